@@ -1,0 +1,37 @@
+//! Host bindings for the three module worlds, generated from `wit/` (the only copy of the WIT).
+//!
+//! The scorer and policy bindings reuse the `types` generated for the features world, so one
+//! Rust type stands for each WIT type whichever module it goes to.
+
+/// The `features` world: feature extraction.
+pub mod features {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "features",
+    });
+}
+
+/// The `scorer` world: scoring through the host's `inference` import.
+pub mod scorer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "scorer",
+        with: {
+            "fleet:edge/types": super::features::fleet::edge::types,
+        },
+    });
+}
+
+/// The `policy` world: actions from scores.
+pub mod policy {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        with: {
+            "fleet:edge/types": super::features::fleet::edge::types,
+        },
+    });
+}
+
+pub use features::fleet::edge::types;
+pub use scorer::fleet::edge::inference;

@@ -1,0 +1,108 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod features;
+mod score;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use fleet_host::engine::{SandboxEngine, SandboxLimits};
+use fleet_host::inference::{Model, ModelRegistry};
+use fleet_host::features_only::FeatureExtractor;
+use fleet_host::module::{ModuleKind, load_kind_from_dir};
+use fleet_host::registry::{ModuleRegistry, ModuleSource, embedded};
+
+/// The delivery-fleet edge runtime: sandboxed WASM modules and on-device inference.
+#[derive(Parser, Debug)]
+#[command(name = "edge-host", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Score events offline: JSON lines in (stdin or --input), one decision per scored event
+    /// as JSON lines on stdout. Malformed lines are reported on stderr and skipped.
+    Score(score::ScoreArgs),
+    /// Run only the features module: JSON-line events in, CSV feature rows out (for training
+    /// and inspection).
+    Features(features::FeaturesArgs),
+}
+
+/// Where modules and models come from, and the sandbox limits.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RuntimeArgs {
+    /// Directory of module manifests (`*.toml`) and components; watched and hot-swapped.
+    /// Default: the modules built into this binary.
+    #[arg(long, env = "EDGE_MODULES")]
+    modules: Option<PathBuf>,
+    /// ONNX model to register (its metadata names it). Default: the built-in late_risk model.
+    #[arg(long, env = "EDGE_MODEL")]
+    model: Vec<PathBuf>,
+    /// CPU deadline for one call into a module, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    deadline_ms: u64,
+    /// Linear-memory cap per module instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: usize,
+}
+
+impl RuntimeArgs {
+    fn engine(&self) -> anyhow::Result<Arc<SandboxEngine>> {
+        let limits = SandboxLimits {
+            memory_bytes: self.memory_mib << 20,
+            deadline: Duration::from_millis(self.deadline_ms),
+            ..SandboxLimits::default()
+        };
+        let engine = SandboxEngine::new(limits).map_err(anyhow::Error::from).context("creating the wasm engine")?;
+        Ok(Arc::new(engine))
+    }
+
+    /// The built-in late_risk model, or the `--model` files.
+    fn models(&self) -> anyhow::Result<Arc<ModelRegistry>> {
+        let mut models = ModelRegistry::new();
+        if self.model.is_empty() {
+            models.insert(fleet_host::defaults::late_risk_model().context("loading the built-in model")?);
+        }
+        for path in &self.model {
+            let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+            let model = Model::load(name, &bytes).with_context(|| format!("loading model {}", path.display()))?;
+            models.insert(model);
+        }
+        Ok(Arc::new(models))
+    }
+
+    /// Engine, models and the module set, ready for a pipeline.
+    pub(crate) fn registry(&self) -> anyhow::Result<Arc<ModuleRegistry>> {
+        let source = match &self.modules {
+            Some(dir) => ModuleSource::Dir(dir.clone()),
+            None => ModuleSource::Embedded,
+        };
+        let registry = ModuleRegistry::new(self.engine()?, self.models()?, source).context("loading modules")?;
+        Ok(Arc::new(registry))
+    }
+
+    /// Just the features module (no model needed), for feature extraction.
+    pub(crate) fn feature_extractor(&self) -> anyhow::Result<FeatureExtractor> {
+        let engine = self.engine()?;
+        let models = Arc::new(ModelRegistry::new());
+        let module = match &self.modules {
+            Some(dir) => load_kind_from_dir(&engine, &models, dir, ModuleKind::Features)?,
+            None => embedded(&engine, &models, "late-risk-features", ModuleKind::Features, fleet_guest_modules::FEATURES_WASM)?,
+        };
+        FeatureExtractor::new(engine, models, module)
+    }
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Score(args) => score::run(args),
+        Command::Features(args) => features::run(args),
+    }
+}

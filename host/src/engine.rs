@@ -1,0 +1,120 @@
+//! The shared wasmtime [`Engine`]: configuration, the epoch ticker behind per-call deadlines,
+//! and the pooling allocator with its on-demand fallback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Limits applied to every module instance.
+#[derive(Clone, Debug)]
+pub struct SandboxLimits {
+    /// Largest linear memory one instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// CPU deadline for one call into a module.
+    pub deadline: Duration,
+    /// Largest wasm stack, in bytes (deep recursion traps past it).
+    pub stack_bytes: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_millis(100),
+            stack_bytes: 512 << 10,
+        }
+    }
+}
+
+/// Epoch tick period: a deadline is a whole number of ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Instances the pooling allocator reserves room for.
+const POOLED_INSTANCES: u32 = 64;
+
+/// An engine plus the thread that advances its epoch.
+pub struct SandboxEngine {
+    engine: Engine,
+    limits: SandboxLimits,
+    pooled: bool,
+    stop: Arc<AtomicBool>,
+}
+
+impl SandboxEngine {
+    /// Builds the engine, pooled if the platform lets us reserve the address space.
+    pub fn new(limits: SandboxLimits) -> wasmtime::Result<Self> {
+        let (engine, pooled) = match Engine::new(&config(&limits, true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand instances");
+                (Engine::new(&config(&limits, false))?, false)
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.weak();
+        let stop_ticker = stop.clone();
+        thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop_ticker.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    match ticker.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+        Ok(Self { engine, limits, pooled, stop })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// The deadline in epoch ticks.
+    pub fn deadline_ticks(&self) -> u64 {
+        (self.limits.deadline.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1)
+    }
+}
+
+impl Drop for SandboxEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn config(limits: &SandboxLimits, pooled: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        // Component-model async support costs ~3x per call and no module needs it.
+        .concurrency_support(false)
+        .epoch_interruption(true)
+        .max_wasm_stack(limits.stack_bytes)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    if pooled {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOLED_INSTANCES)
+            .total_core_instances(POOLED_INSTANCES * 4)
+            .total_memories(POOLED_INSTANCES * 4)
+            .total_tables(POOLED_INSTANCES * 4)
+            .max_memory_size(limits.memory_bytes)
+            .max_memories_per_component(4)
+            .max_tables_per_component(4);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}

@@ -1,0 +1,450 @@
+//! The scoring pipeline: events in, decisions out, through the three modules.
+//!
+//! `ingest (validate, dedup) -> features (per key, state in/out) -> scorer -> policy`.
+//! A batch runs on the module set current when it starts. Feature state and the dedup window
+//! are committed only when the whole batch succeeded; a failed batch is dead-lettered whole,
+//! the failing instance is dropped and re-created on the next call.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::bindings::features::exports::fleet::edge::extract::{KeyBatch, KeyOutput};
+use crate::bindings::policy::exports::fleet::edge::decide::{Context, DecisionInput};
+use crate::bindings::types as wit;
+use crate::decision::{Action, DeadLetter, Decision, Factor, ModuleVersions, NamedFeatures, Severity, Stage};
+use crate::engine::SandboxEngine;
+use crate::event::{Event, format_time};
+use crate::module::{Exports, Instance, LoadedModule};
+use crate::registry::{ModuleRegistry, ModuleSet};
+use crate::sandbox::ModuleError;
+
+/// Event ids remembered for deduplication by default.
+pub const DEFAULT_DEDUP_WINDOW: usize = 1 << 20;
+
+/// Per-key feature state, owned by the host.
+pub trait StateStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn put(&mut self, key: String, state: Vec<u8>);
+}
+
+/// A [`StateStore`] in memory.
+#[derive(Default, Debug)]
+pub struct MemStateStore(HashMap<String, Vec<u8>>);
+
+impl StateStore for MemStateStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.get(key).cloned()
+    }
+
+    fn put(&mut self, key: String, state: Vec<u8>) {
+        self.0.insert(key, state);
+    }
+}
+
+/// The last `capacity` event ids seen, by 128-bit hash.
+#[derive(Debug)]
+pub struct DedupWindow {
+    seen: HashSet<u128>,
+    order: VecDeque<u128>,
+    capacity: usize,
+}
+
+impl DedupWindow {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn contains(&self, event_id: &str) -> bool {
+        self.seen.contains(&xxh3_128(event_id.as_bytes()))
+    }
+
+    pub fn insert(&mut self, event_id: &str) {
+        let h = xxh3_128(event_id.as_bytes());
+        if self.seen.insert(h) {
+            self.order.push_back(h);
+            if self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What one batch produced.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// One per scored event, in input order.
+    pub decisions: Vec<Decision>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Events dropped as repeats of an event id already processed.
+    pub duplicates: usize,
+    /// Events folded into state but not scored (see the features module contract).
+    pub unscored: usize,
+}
+
+/// Live instances for one module set.
+struct Live {
+    set: Arc<ModuleSet>,
+    features: Option<Instance>,
+    scorer: Option<Instance>,
+    policy: Option<Instance>,
+    feature_names: Arc<[String]>,
+    versions: ModuleVersions,
+    model: (String, String, String),
+}
+
+/// Runs batches through the current module set. One pipeline is used by one thread at a time.
+pub struct Pipeline {
+    registry: Arc<ModuleRegistry>,
+    live: Option<Live>,
+    states: Box<dyn StateStore + Send>,
+    dedup: DedupWindow,
+}
+
+impl Pipeline {
+    pub fn new(registry: Arc<ModuleRegistry>) -> Self {
+        Self::with_store(registry, Box::new(MemStateStore::default()), DEFAULT_DEDUP_WINDOW)
+    }
+
+    pub fn with_store(registry: Arc<ModuleRegistry>, states: Box<dyn StateStore + Send>, dedup_window: usize) -> Self {
+        Self {
+            registry,
+            live: None,
+            states,
+            dedup: DedupWindow::new(dedup_window),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<ModuleRegistry> {
+        &self.registry
+    }
+
+    /// Runs one batch of validated events.
+    pub fn process(&mut self, events: Vec<Event>) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+        let set = self.registry.current();
+        if self.live.as_ref().is_none_or(|l| l.set.generation != set.generation) {
+            match self.make_live(set.clone()) {
+                Ok(live) => self.live = Some(live),
+                Err((stage, module, error)) => {
+                    outcome.dead_letters = dead_letters(events, stage, &module, &error);
+                    return outcome;
+                }
+            }
+        }
+        // Drop repeats of ids already committed, and repeats inside this batch.
+        let mut batch_ids = HashSet::new();
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter(|e| {
+                let fresh = !self.dedup.contains(&e.event_id) && batch_ids.insert(e.event_id.clone());
+                outcome.duplicates += usize::from(!fresh);
+                fresh
+            })
+            .collect();
+        if events.is_empty() {
+            return outcome;
+        }
+        let engine = self.registry.engine().clone();
+        let models = self.registry.models().clone();
+        let live = self.live.as_mut().expect("set above");
+        match run_batch(live, &engine, &models, self.states.as_ref(), &events) {
+            Ok((decisions, states, unscored)) => {
+                for (key, state) in states {
+                    self.states.put(key, state);
+                }
+                for e in &events {
+                    self.dedup.insert(&e.event_id);
+                }
+                outcome.decisions = decisions;
+                outcome.unscored = unscored;
+            }
+            Err((stage, error)) => {
+                let module = match stage {
+                    Stage::Features => &live.set.features,
+                    Stage::Scorer => &live.set.scorer,
+                    Stage::Policy => &live.set.policy,
+                };
+                let label = module.label();
+                tracing::error!(module = %label, ?stage, events = events.len(), keys = %keys_of(&events), error = %error, "batch failed; events dead-lettered");
+                outcome.dead_letters = dead_letters(events, stage, &label, &error.to_string());
+            }
+        }
+        outcome
+    }
+
+    fn make_live(&self, set: Arc<ModuleSet>) -> Result<Live, (Stage, String, String)> {
+        let engine = self.registry.engine();
+        let models = self.registry.models();
+        let make = |module: &LoadedModule, stage: Stage| {
+            module
+                .instantiate(engine, models)
+                .map_err(|e| (stage, module.label(), format!("instantiate: {e}")))
+        };
+        let mut features = make(&set.features, Stage::Features)?;
+        let scorer = make(&set.scorer, Stage::Scorer)?;
+        let policy = make(&set.policy, Stage::Policy)?;
+        let names = feature_names(&mut features).map_err(|e| (Stage::Features, set.features.label(), e.to_string()))?;
+        let model = scorer
+            .store
+            .data()
+            .inference
+            .loaded()
+            .first()
+            .map(|m| (m.name.clone(), m.version.clone(), m.digest.clone()))
+            .unwrap_or_default();
+        Ok(Live {
+            versions: ModuleVersions {
+                features: set.features.label(),
+                scorer: set.scorer.label(),
+                policy: set.policy.label(),
+            },
+            set,
+            features: Some(features),
+            scorer: Some(scorer),
+            policy: Some(policy),
+            feature_names: names.into(),
+            model,
+        })
+    }
+}
+
+pub(crate) type StageFailure = (Stage, ModuleError);
+type Decided = (Vec<Decision>, Vec<(String, Vec<u8>)>, usize);
+
+fn run_batch(
+    live: &mut Live,
+    engine: &SandboxEngine,
+    models: &Arc<crate::inference::ModelRegistry>,
+    states: &dyn StateStore,
+    events: &[Event],
+) -> Result<Decided, StageFailure> {
+    let (new_states, scored) = extract(&mut live.features, &live.set.features, engine, models, states, events, live.feature_names.len())?;
+    let unscored = events.len() - scored.len();
+    if scored.is_empty() {
+        return Ok((Vec::new(), new_states, unscored));
+    }
+
+    let vectors: Vec<Vec<f32>> = scored.iter().map(|(_, v)| v.clone()).collect();
+    let scores = call(&mut live.scorer, &live.set.scorer, engine, models, Stage::Scorer, |exports, store| match exports {
+        Exports::Scorer(s) => s.fleet_edge_scoring().call_score_batch(store, &vectors),
+        _ => unreachable!("scorer slot holds a scorer instance"),
+    })?;
+    if scores.len() != scored.len() {
+        return Err((Stage::Scorer, ModuleError::Contract(format!("{} scores for {} vectors", scores.len(), scored.len()))));
+    }
+
+    let inputs: Vec<DecisionInput> = scored
+        .iter()
+        .zip(&scores)
+        .map(|((i, v), s)| {
+            let e = &events[*i];
+            DecisionInput {
+                score: s.clone(),
+                features: v.clone(),
+                context: Context {
+                    event_id: e.event_id.clone(),
+                    courier_id: e.courier_id.clone(),
+                    task_id: e.task_id.clone(),
+                    event_type: e.event_type.into(),
+                    event_time_ms: e.event_time_ms(),
+                },
+            }
+        })
+        .collect();
+    let names: Vec<String> = live.feature_names.to_vec();
+    let actions = call(&mut live.policy, &live.set.policy, engine, models, Stage::Policy, |exports, store| match exports {
+        Exports::Policy(p) => p.fleet_edge_decide().call_decide(store, &names, &inputs).map(Ok),
+        _ => unreachable!("policy slot holds a policy instance"),
+    })?;
+    if actions.len() != inputs.len() {
+        return Err((Stage::Policy, ModuleError::Contract(format!("{} action lists for {} inputs", actions.len(), inputs.len()))));
+    }
+
+    let decisions = scored
+        .into_iter()
+        .zip(scores)
+        .zip(actions)
+        .map(|(((i, values), score), actions)| decision(live, &events[i], values, score, actions))
+        .collect();
+    Ok((decisions, new_states, unscored))
+}
+
+/// Calls into one stage's instance (creating it if the last call poisoned it) under the
+/// sandbox deadline.
+fn call<T>(
+    slot: &mut Option<Instance>,
+    module: &LoadedModule,
+    engine: &SandboxEngine,
+    models: &Arc<crate::inference::ModelRegistry>,
+    stage: Stage,
+    f: impl FnOnce(&Exports, &mut wasmtime::Store<crate::sandbox::HostState>) -> wasmtime::Result<Result<T, String>>,
+) -> Result<T, StageFailure> {
+    if slot.is_none() {
+        *slot = Some(module.instantiate(engine, models).map_err(|e| (stage, e))?);
+    }
+    let instance = slot.as_mut().expect("set above");
+    instance.store.set_epoch_deadline(engine.deadline_ticks());
+    let result = f(&instance.exports, &mut instance.store);
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err((stage, ModuleError::Returned(message))),
+        Err(e) => {
+            let error = ModuleError::from_call(e, engine, instance.store.data().stderr());
+            if error.poisons_instance() {
+                *slot = None;
+            }
+            Err((stage, error))
+        }
+    }
+}
+
+type Scored = (usize, Vec<f32>);
+
+/// Runs the features stage: groups `events` by key, folds them into each key's state, and
+/// returns the new states and the feature vectors of scored events, in input order.
+pub(crate) fn extract(
+    slot: &mut Option<Instance>,
+    module: &LoadedModule,
+    engine: &SandboxEngine,
+    models: &Arc<crate::inference::ModelRegistry>,
+    states: &dyn StateStore,
+    events: &[Event],
+    width: usize,
+) -> Result<(Vec<(String, Vec<u8>)>, Vec<Scored>), StageFailure> {
+    // Group by key, keeping each key's events in arrival order.
+    let mut key_index: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let key = e.state_key();
+        let g = *key_index.entry(key).or_insert_with(|| {
+            groups.push((key.to_string(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    let batches: Vec<KeyBatch> = groups
+        .iter()
+        .map(|(key, idx)| KeyBatch {
+            key: key.clone(),
+            state: states.get(key),
+            events: idx.iter().map(|&i| events[i].to_wit()).collect(),
+        })
+        .collect();
+    let outputs = call(slot, module, engine, models, Stage::Features, |exports, store| match exports {
+        Exports::Features(f) => f.fleet_edge_extract().call_extract(store, &batches).map(Ok),
+        _ => unreachable!("features slot holds a features instance"),
+    })?;
+    let (new_states, mut scored) = check_features(&groups, outputs, width).map_err(|e| (Stage::Features, e))?;
+    scored.sort_by_key(|(i, _)| *i);
+    Ok((new_states, scored))
+}
+
+/// Checks the features module's output against its contract and flattens it.
+fn check_features(groups: &[(String, Vec<usize>)], outputs: Vec<KeyOutput>, width: usize) -> Result<(Vec<(String, Vec<u8>)>, Vec<Scored>), ModuleError> {
+    if outputs.len() != groups.len() {
+        return Err(ModuleError::Contract(format!("{} outputs for {} keys", outputs.len(), groups.len())));
+    }
+    let mut states = Vec::with_capacity(groups.len());
+    let mut scored = Vec::new();
+    for ((key, idx), out) in groups.iter().zip(outputs) {
+        if out.features.len() != idx.len() {
+            return Err(ModuleError::Contract(format!("key {key}: {} feature entries for {} events", out.features.len(), idx.len())));
+        }
+        for (&i, v) in idx.iter().zip(out.features) {
+            if let Some(v) = v {
+                if v.len() != width {
+                    return Err(ModuleError::Contract(format!("key {key}: vector of {} values, expected {width}", v.len())));
+                }
+                scored.push((i, v));
+            }
+        }
+        states.push((key.clone(), out.state));
+    }
+    Ok((states, scored))
+}
+
+fn decision(live: &Live, event: &Event, values: Vec<f32>, score: wit::Score, actions: Vec<wit::Action>) -> Decision {
+    let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
+    let severity = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Alert { severity, .. } => Some(*severity),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(Severity::Info);
+    let (model_name, model_version, model_digest) = &live.model;
+    let id_source = format!(
+        "{}\u{1f}{model_digest}\u{1f}{}\u{1f}{}\u{1f}{}",
+        event.event_id, live.versions.features, live.versions.scorer, live.versions.policy
+    );
+    Decision {
+        event_id: event.event_id.clone(),
+        task_id: event.task_id.clone(),
+        courier_id: event.courier_id.clone(),
+        event_type: event.event_type,
+        event_time: format_time(event.event_time_ms(), *event.event_time.offset()),
+        score: score.probability,
+        severity,
+        actions,
+        prediction_id: format!("pred-{:032x}", xxh3_128(id_source.as_bytes())),
+        model_name: model_name.clone(),
+        model_version: model_version.clone(),
+        modules: live.versions.clone(),
+        features: NamedFeatures {
+            names: live.feature_names.clone(),
+            values,
+        },
+        top_factors: score
+            .top_factors
+            .into_iter()
+            .map(|f| Factor {
+                feature: f.feature,
+                contribution: f.contribution,
+            })
+            .collect(),
+    }
+}
+
+/// Asks a features instance for its feature names.
+pub(crate) fn feature_names(instance: &mut Instance) -> Result<Vec<String>, ModuleError> {
+    let Exports::Features(f) = &instance.exports else {
+        return Err(ModuleError::Contract("not a features module".into()));
+    };
+    f.fleet_edge_extract()
+        .call_feature_names(&mut instance.store)
+        .map_err(|e| ModuleError::Trap(format!("{e:#}")))
+}
+
+fn dead_letters(events: Vec<Event>, stage: Stage, module: &str, error: &str) -> Vec<DeadLetter> {
+    events
+        .into_iter()
+        .map(|event| DeadLetter {
+            stage,
+            module: module.to_string(),
+            key: event.state_key().to_string(),
+            error: error.to_string(),
+            event,
+        })
+        .collect()
+}
+
+fn keys_of(events: &[Event]) -> String {
+    let mut keys: Vec<&str> = events.iter().map(Event::state_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let shown: Vec<&str> = keys.iter().take(5).copied().collect();
+    if keys.len() > 5 {
+        format!("{} (+{} more)", shown.join(","), keys.len() - 5)
+    } else {
+        shown.join(",")
+    }
+}

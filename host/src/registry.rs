@@ -1,0 +1,227 @@
+//! The module set a pipeline runs (one features, one scorer, one policy module) and its hot
+//! swap: a new set is loaded and checked off to the side, then published atomically. A batch
+//! takes the current set when it starts and finishes on it, so a swap lands between batches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+
+use crate::engine::SandboxEngine;
+use crate::inference::ModelRegistry;
+use crate::module::{LoadError, LoadedModule, Manifest, ModuleKind, manifests_in};
+
+/// The modules one batch runs through, with a generation number that changes on every swap.
+#[derive(Debug)]
+pub struct ModuleSet {
+    pub generation: u64,
+    pub features: LoadedModule,
+    pub scorer: LoadedModule,
+    pub policy: LoadedModule,
+}
+
+/// Why a module set could not be assembled.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// One module failed to load.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The directory does not hold exactly one module of each kind.
+    #[error("module directory {dir}: {reason}")]
+    Layout { dir: PathBuf, reason: String },
+    /// The features module and the model disagree on the feature list.
+    #[error("features module {module} produces {produced:?} but model {model} reads {expected:?}")]
+    FeatureMismatch {
+        module: String,
+        model: String,
+        produced: Vec<String>,
+        expected: Vec<String>,
+    },
+}
+
+/// Where modules come from.
+#[derive(Clone, Debug)]
+pub enum ModuleSource {
+    /// The components built into this binary, with default configuration.
+    Embedded,
+    /// A directory of `<name>.toml` manifests and their components.
+    Dir(PathBuf),
+}
+
+/// Holds the current [`ModuleSet`] and swaps it.
+pub struct ModuleRegistry {
+    engine: Arc<SandboxEngine>,
+    models: Arc<ModelRegistry>,
+    source: ModuleSource,
+    current: ArcSwap<ModuleSet>,
+    generations: AtomicU64,
+}
+
+impl ModuleRegistry {
+    /// Loads the first set from `source`.
+    pub fn new(engine: Arc<SandboxEngine>, models: Arc<ModelRegistry>, source: ModuleSource) -> Result<Self, RegistryError> {
+        let set = load_set(&engine, &models, &source, 1)?;
+        Ok(Self {
+            engine,
+            models,
+            source,
+            current: ArcSwap::from_pointee(set),
+            generations: AtomicU64::new(1),
+        })
+    }
+
+    /// The set new batches run on.
+    pub fn current(&self) -> Arc<ModuleSet> {
+        self.current.load_full()
+    }
+
+    pub fn engine(&self) -> &Arc<SandboxEngine> {
+        &self.engine
+    }
+
+    pub fn models(&self) -> &Arc<ModelRegistry> {
+        &self.models
+    }
+
+    /// Reloads every module from the source and swaps the set in. On error the current set
+    /// stays, untouched.
+    pub fn reload(&self) -> Result<Arc<ModuleSet>, RegistryError> {
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        let set = Arc::new(load_set(&self.engine, &self.models, &self.source, generation)?);
+        self.current.store(set.clone());
+        tracing::info!(
+            generation,
+            features = %set.features.label(),
+            scorer = %set.scorer.label(),
+            policy = %set.policy.label(),
+            "module set swapped in"
+        );
+        Ok(set)
+    }
+
+    /// Replaces one module (already loaded and checked) and swaps the set in.
+    pub fn replace(&self, module: LoadedModule) -> Result<Arc<ModuleSet>, RegistryError> {
+        let current = self.current();
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut set = ModuleSet {
+            generation,
+            features: current.features.clone(),
+            scorer: current.scorer.clone(),
+            policy: current.policy.clone(),
+        };
+        match module.kind() {
+            ModuleKind::Features => set.features = module,
+            ModuleKind::Scorer => set.scorer = module,
+            ModuleKind::Policy => set.policy = module,
+        }
+        check_features(&self.engine, &self.models, &set)?;
+        let set = Arc::new(set);
+        self.current.store(set.clone());
+        Ok(set)
+    }
+
+    /// The manifest files a directory source is made of (for change detection).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        match &self.source {
+            ModuleSource::Embedded => Vec::new(),
+            ModuleSource::Dir(dir) => {
+                let mut files = manifests_in(dir).unwrap_or_default();
+                let components: Vec<PathBuf> = files
+                    .iter()
+                    .filter_map(|m| std::fs::read_to_string(m).ok().and_then(|t| toml::from_str::<Manifest>(&t).ok()).map(|man| dir.join(man.component)))
+                    .collect();
+                files.extend(components);
+                files
+            }
+        }
+    }
+}
+
+fn load_set(engine: &SandboxEngine, models: &Arc<ModelRegistry>, source: &ModuleSource, generation: u64) -> Result<ModuleSet, RegistryError> {
+    let set = match source {
+        ModuleSource::Embedded => ModuleSet {
+            generation,
+            features: embedded(engine, models, "late-risk-features", ModuleKind::Features, fleet_guest_modules::FEATURES_WASM)?,
+            scorer: embedded(engine, models, "late-risk-scorer", ModuleKind::Scorer, fleet_guest_modules::SCORER_WASM)?,
+            policy: embedded(engine, models, "late-risk-policy", ModuleKind::Policy, fleet_guest_modules::POLICY_WASM)?,
+        },
+        ModuleSource::Dir(dir) => {
+            let layout = |reason: String| RegistryError::Layout { dir: dir.clone(), reason };
+            let mut features = None;
+            let mut scorer = None;
+            let mut policy = None;
+            for path in manifests_in(dir).map_err(|e| layout(e.to_string()))? {
+                let module = LoadedModule::from_manifest_file(engine, models, &path)?;
+                let slot = match module.kind() {
+                    ModuleKind::Features => &mut features,
+                    ModuleKind::Scorer => &mut scorer,
+                    ModuleKind::Policy => &mut policy,
+                };
+                if let Some(other) = slot.replace(module) {
+                    return Err(layout(format!("two {} modules ({} and {})", other.kind(), other.label(), slot.as_ref().map(LoadedModule::label).unwrap_or_default())));
+                }
+            }
+            let missing = |kind: &str| layout(format!("no {kind} module"));
+            ModuleSet {
+                generation,
+                features: features.ok_or_else(|| missing("features"))?,
+                scorer: scorer.ok_or_else(|| missing("scorer"))?,
+                policy: policy.ok_or_else(|| missing("policy"))?,
+            }
+        }
+    };
+    check_features(engine, models, &set)?;
+    Ok(set)
+}
+
+/// The default manifest of an embedded module.
+pub fn embedded_manifest(name: &str, kind: ModuleKind) -> Manifest {
+    Manifest {
+        name: name.to_string(),
+        kind,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        component: PathBuf::from(format!("<embedded {kind}>")),
+        config: Default::default(),
+    }
+}
+
+/// Loads one of the modules built into this binary.
+pub fn embedded(engine: &SandboxEngine, models: &Arc<ModelRegistry>, name: &str, kind: ModuleKind, bytes: &[u8]) -> Result<LoadedModule, RegistryError> {
+    if let Some(fix) = fleet_guest_modules::MISSING_TARGET {
+        return Err(RegistryError::Layout {
+            dir: PathBuf::from("<embedded>"),
+            reason: format!("this binary was built without its guest modules; run `{fix}` and rebuild"),
+        });
+    }
+    Ok(LoadedModule::from_bytes(engine, models, embedded_manifest(name, kind), bytes)?)
+}
+
+/// The features module must produce exactly the columns the scorer's model reads.
+fn check_features(engine: &SandboxEngine, models: &Arc<ModelRegistry>, set: &ModuleSet) -> Result<(), RegistryError> {
+    let mut instance = set
+        .features
+        .instantiate(engine, models)
+        .map_err(|error| LoadError::Init { module: set.features.label(), error })?;
+    let produced = crate::pipeline::feature_names(&mut instance).map_err(|error| LoadError::Init { module: set.features.label(), error })?;
+    let model_name = set
+        .scorer
+        .manifest
+        .config_pairs()
+        .into_iter()
+        .find(|(k, _)| k == "model")
+        .map_or_else(|| "late_risk".to_string(), |(_, v)| v);
+    if let Some(model) = models.get(&model_name) {
+        if model.features != produced {
+            return Err(RegistryError::FeatureMismatch {
+                module: set.features.label(),
+                model: format!("{}@{}", model.name, model.version),
+                produced,
+                expected: model.features.clone(),
+            });
+        }
+    }
+    Ok(())
+}
