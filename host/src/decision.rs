@@ -6,6 +6,8 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::bindings::types as wit;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
+
 use crate::event::{Event, EventType};
 
 /// Severity of a decision: the highest alert among its actions, `info` when none.
@@ -84,16 +86,16 @@ pub struct Decision {
     pub task_id: Option<String>,
     pub courier_id: String,
     pub event_type: EventType,
-    pub event_time: String,
+    pub event_time: chrono::DateTime<chrono::FixedOffset>,
     pub score: f32,
     pub severity: Severity,
     pub actions: Vec<Action>,
     /// Stable for (event, model, modules): replaying the same event through the same versions
     /// gives the same id.
     pub prediction_id: String,
-    pub model_name: String,
-    pub model_version: String,
-    pub modules: ModuleVersions,
+    pub model_name: Arc<str>,
+    pub model_version: Arc<str>,
+    pub modules: Arc<ModuleVersions>,
     pub features: NamedFeatures,
     pub top_factors: Vec<Factor>,
 }
@@ -117,4 +119,60 @@ pub struct DeadLetter {
     pub key: String,
     pub error: String,
     pub event: Event,
+}
+
+/// Assembles decisions for one module set and model: what every decision of a batch shares.
+#[derive(Clone, Debug)]
+pub struct DecisionMaker {
+    pub feature_names: Arc<[String]>,
+    pub versions: Arc<ModuleVersions>,
+    pub model_name: Arc<str>,
+    pub model_version: Arc<str>,
+    /// Hash of the model digest and module versions; a prediction id is the event id hashed
+    /// with it, so a replay through the same versions gives the same id.
+    prediction_seed: u64,
+}
+
+impl DecisionMaker {
+    pub fn new(feature_names: Arc<[String]>, versions: ModuleVersions, model_name: &str, model_version: &str, model_digest: &str) -> Self {
+        let seed_source = format!("{model_digest}\u{1f}{}\u{1f}{}\u{1f}{}", versions.features, versions.scorer, versions.policy);
+        Self {
+            feature_names,
+            versions: Arc::new(versions),
+            model_name: model_name.into(),
+            model_version: model_version.into(),
+            prediction_seed: xxh3_64(seed_source.as_bytes()),
+        }
+    }
+
+    /// The decision for `event`, scored `score` from `features`, with the policy's actions.
+    pub fn make(&self, event: &Event, features: Vec<f32>, score: f32, top_factors: Vec<Factor>, actions: Vec<Action>) -> Decision {
+        let severity = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Alert { severity, .. } => Some(*severity),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Severity::Info);
+        Decision {
+            event_id: event.event_id.clone(),
+            task_id: event.task_id.clone(),
+            courier_id: event.courier_id.clone(),
+            event_type: event.event_type,
+            event_time: event.event_time,
+            score,
+            severity,
+            actions,
+            prediction_id: format!("pred-{:032x}", xxh3_128_with_seed(event.event_id.as_bytes(), self.prediction_seed)),
+            model_name: self.model_name.clone(),
+            model_version: self.model_version.clone(),
+            modules: self.versions.clone(),
+            features: NamedFeatures {
+                names: self.feature_names.clone(),
+                values: features,
+            },
+            top_factors,
+        }
+    }
 }

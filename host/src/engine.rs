@@ -1,11 +1,13 @@
 //! The shared wasmtime [`Engine`]: configuration, the epoch ticker behind per-call deadlines,
 //! and the pooling allocator with its on-demand fallback.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Limits applied to every module instance.
@@ -35,12 +37,16 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Instances the pooling allocator reserves room for.
 const POOLED_INSTANCES: u32 = 64;
 
-/// An engine plus the thread that advances its epoch.
+/// Compiled components kept by digest, so reloading a set recompiles only what changed.
+const COMPILED_CACHE: usize = 16;
+
+/// An engine plus the thread that advances its epoch, and a cache of compiled components.
 pub struct SandboxEngine {
     engine: Engine,
     limits: SandboxLimits,
     pooled: bool,
     stop: Arc<AtomicBool>,
+    compiled: Mutex<VecDeque<(String, Component)>>,
 }
 
 impl SandboxEngine {
@@ -68,7 +74,29 @@ impl SandboxEngine {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        Ok(Self { engine, limits, pooled, stop })
+        Ok(Self {
+            engine,
+            limits,
+            pooled,
+            stop,
+            compiled: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Compiles `bytes` (whose digest is `digest`), or returns the component compiled for the
+    /// same digest earlier.
+    pub fn compile(&self, digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let cached = |c: &VecDeque<(String, Component)>| c.iter().find(|(d, _)| d == digest).map(|(_, c)| c.clone());
+        if let Some(component) = cached(&self.compiled.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(component);
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        compiled.push_back((digest.to_string(), component.clone()));
+        if compiled.len() > COMPILED_CACHE {
+            compiled.pop_front();
+        }
+        Ok(component)
     }
 
     pub fn engine(&self) -> &Engine {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{features, policy, scorer};
 use crate::engine::SandboxEngine;
@@ -188,7 +188,8 @@ impl LoadedModule {
         if wasmparser_is_core_module(bytes) {
             return Err(LoadError::NotComponent { module });
         }
-        let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Compile {
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let component = engine.compile(&digest, bytes).map_err(|e| LoadError::Compile {
             module: module.clone(),
             reason: format!("{e:#}"),
         })?;
@@ -213,7 +214,7 @@ impl LoadedModule {
         };
         let loaded = Self {
             manifest: Arc::new(manifest),
-            digest: format!("sha256:{:x}", Sha256::digest(bytes)),
+            digest,
             pre,
         };
         loaded

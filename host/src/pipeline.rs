@@ -13,9 +13,9 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::bindings::features::exports::fleet::edge::extract::{KeyBatch, KeyOutput};
 use crate::bindings::policy::exports::fleet::edge::decide::{Context, DecisionInput};
 use crate::bindings::types as wit;
-use crate::decision::{Action, DeadLetter, Decision, Factor, ModuleVersions, NamedFeatures, Severity, Stage};
+use crate::decision::{Action, DeadLetter, Decision, DecisionMaker, Factor, ModuleVersions, Stage};
 use crate::engine::SandboxEngine;
-use crate::event::{Event, format_time};
+use crate::event::Event;
 use crate::module::{Exports, Instance, LoadedModule};
 use crate::registry::{ModuleRegistry, ModuleSet};
 use crate::sandbox::ModuleError;
@@ -95,9 +95,7 @@ struct Live {
     features: Option<Instance>,
     scorer: Option<Instance>,
     policy: Option<Instance>,
-    feature_names: Arc<[String]>,
-    versions: ModuleVersions,
-    model: (String, String, String),
+    decisions: DecisionMaker,
 }
 
 /// Runs batches through the current module set. One pipeline is used by one thread at a time.
@@ -192,7 +190,7 @@ impl Pipeline {
         let scorer = make(&set.scorer, Stage::Scorer)?;
         let policy = make(&set.policy, Stage::Policy)?;
         let names = feature_names(&mut features).map_err(|e| (Stage::Features, set.features.label(), e.to_string()))?;
-        let model = scorer
+        let (model_name, model_version, model_digest) = scorer
             .store
             .data()
             .inference
@@ -200,18 +198,17 @@ impl Pipeline {
             .first()
             .map(|m| (m.name.clone(), m.version.clone(), m.digest.clone()))
             .unwrap_or_default();
+        let versions = ModuleVersions {
+            features: set.features.label(),
+            scorer: set.scorer.label(),
+            policy: set.policy.label(),
+        };
         Ok(Live {
-            versions: ModuleVersions {
-                features: set.features.label(),
-                scorer: set.scorer.label(),
-                policy: set.policy.label(),
-            },
+            decisions: DecisionMaker::new(names.into(), versions, &model_name, &model_version, &model_digest),
             set,
             features: Some(features),
             scorer: Some(scorer),
             policy: Some(policy),
-            feature_names: names.into(),
-            model,
         })
     }
 }
@@ -226,29 +223,30 @@ fn run_batch(
     states: &dyn StateStore,
     events: &[Event],
 ) -> Result<Decided, StageFailure> {
-    let (new_states, scored) = extract(&mut live.features, &live.set.features, engine, models, states, events, live.feature_names.len())?;
+    let (new_states, scored) = extract(&mut live.features, &live.set.features, engine, models, states, events, live.decisions.feature_names.len())?;
     let unscored = events.len() - scored.len();
     if scored.is_empty() {
         return Ok((Vec::new(), new_states, unscored));
     }
 
-    let vectors: Vec<Vec<f32>> = scored.iter().map(|(_, v)| v.clone()).collect();
+    let (index, vectors): (Vec<usize>, Vec<Vec<f32>>) = scored.into_iter().unzip();
     let scores = call(&mut live.scorer, &live.set.scorer, engine, models, Stage::Scorer, |exports, store| match exports {
         Exports::Scorer(s) => s.fleet_edge_scoring().call_score_batch(store, &vectors),
         _ => unreachable!("scorer slot holds a scorer instance"),
     })?;
-    if scores.len() != scored.len() {
-        return Err((Stage::Scorer, ModuleError::Contract(format!("{} scores for {} vectors", scores.len(), scored.len()))));
+    if scores.len() != vectors.len() {
+        return Err((Stage::Scorer, ModuleError::Contract(format!("{} scores for {} vectors", scores.len(), vectors.len()))));
     }
 
-    let inputs: Vec<DecisionInput> = scored
+    let inputs: Vec<DecisionInput> = index
         .iter()
-        .zip(&scores)
-        .map(|((i, v), s)| {
-            let e = &events[*i];
+        .zip(vectors)
+        .zip(scores)
+        .map(|((&i, features), score)| {
+            let e = &events[i];
             DecisionInput {
-                score: s.clone(),
-                features: v.clone(),
+                score,
+                features,
                 context: Context {
                     event_id: e.event_id.clone(),
                     courier_id: e.courier_id.clone(),
@@ -259,7 +257,7 @@ fn run_batch(
             }
         })
         .collect();
-    let names: Vec<String> = live.feature_names.to_vec();
+    let names: Vec<String> = live.decisions.feature_names.to_vec();
     let actions = call(&mut live.policy, &live.set.policy, engine, models, Stage::Policy, |exports, store| match exports {
         Exports::Policy(p) => p.fleet_edge_decide().call_decide(store, &names, &inputs).map(Ok),
         _ => unreachable!("policy slot holds a policy instance"),
@@ -268,11 +266,11 @@ fn run_batch(
         return Err((Stage::Policy, ModuleError::Contract(format!("{} action lists for {} inputs", actions.len(), inputs.len()))));
     }
 
-    let decisions = scored
+    let decisions = index
         .into_iter()
-        .zip(scores)
+        .zip(inputs)
         .zip(actions)
-        .map(|(((i, values), score), actions)| decision(live, &events[i], values, score, actions))
+        .map(|((i, input), actions)| decision(live, &events[i], input.features, input.score, actions))
         .collect();
     Ok((decisions, new_states, unscored))
 }
@@ -372,46 +370,16 @@ fn check_features(groups: &[(String, Vec<usize>)], outputs: Vec<KeyOutput>, widt
 }
 
 fn decision(live: &Live, event: &Event, values: Vec<f32>, score: wit::Score, actions: Vec<wit::Action>) -> Decision {
-    let actions: Vec<Action> = actions.into_iter().map(Action::from).collect();
-    let severity = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Alert { severity, .. } => Some(*severity),
-            _ => None,
+    let factors = score
+        .top_factors
+        .into_iter()
+        .map(|f| Factor {
+            feature: f.feature,
+            contribution: f.contribution,
         })
-        .max()
-        .unwrap_or(Severity::Info);
-    let (model_name, model_version, model_digest) = &live.model;
-    let id_source = format!(
-        "{}\u{1f}{model_digest}\u{1f}{}\u{1f}{}\u{1f}{}",
-        event.event_id, live.versions.features, live.versions.scorer, live.versions.policy
-    );
-    Decision {
-        event_id: event.event_id.clone(),
-        task_id: event.task_id.clone(),
-        courier_id: event.courier_id.clone(),
-        event_type: event.event_type,
-        event_time: format_time(event.event_time_ms(), *event.event_time.offset()),
-        score: score.probability,
-        severity,
-        actions,
-        prediction_id: format!("pred-{:032x}", xxh3_128(id_source.as_bytes())),
-        model_name: model_name.clone(),
-        model_version: model_version.clone(),
-        modules: live.versions.clone(),
-        features: NamedFeatures {
-            names: live.feature_names.clone(),
-            values,
-        },
-        top_factors: score
-            .top_factors
-            .into_iter()
-            .map(|f| Factor {
-                feature: f.feature,
-                contribution: f.contribution,
-            })
-            .collect(),
-    }
+        .collect();
+    let actions = actions.into_iter().map(Action::from).collect();
+    live.decisions.make(event, values, score.probability, factors, actions)
 }
 
 /// Asks a features instance for its feature names.
@@ -419,6 +387,8 @@ pub(crate) fn feature_names(instance: &mut Instance) -> Result<Vec<String>, Modu
     let Exports::Features(f) = &instance.exports else {
         return Err(ModuleError::Contract("not a features module".into()));
     };
+    // The deadline is absolute: re-arm it for this call.
+    instance.store.set_epoch_deadline(1000);
     f.fleet_edge_extract()
         .call_feature_names(&mut instance.store)
         .map_err(|e| ModuleError::Trap(format!("{e:#}")))

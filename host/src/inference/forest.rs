@@ -78,14 +78,23 @@ struct Split {
     threshold: f32,
 }
 
+const PADDING: Split = Split {
+    feature: 0,
+    threshold: f32::INFINITY,
+};
+
+/// Independent walks advanced in lockstep, so the CPU overlaps their load latencies.
+const LANES: usize = 8;
+
 #[derive(Clone, Copy, Debug)]
 struct TreeInfo {
-    depth: u32,
-    /// Offset of the tree's root in `splits` and `means`.
+    /// Offset of the tree's root in `splits`.
     split_offset: usize,
     /// Offset of the tree's first leaf in `leaves`.
     leaf_offset: usize,
     column: usize,
+    /// Mean of the tree's leaves: its share of the bias.
+    mean: f32,
 }
 
 /// A compiled ensemble; see the module documentation.
@@ -96,12 +105,20 @@ pub struct Forest {
     labels: Vec<i64>,
     base: Vec<f32>,
     post: PostTransform,
+    /// Every tree is padded to this depth.
+    depth: u32,
     trees: Vec<TreeInfo>,
     splits: Vec<Split>,
-    /// Per split: mean of the leaf values below it (for explanations).
-    means: Vec<f32>,
+    /// Per split, parallel to `splits`: change of the subtree mean going left, and right.
+    deltas: Vec<(f32, f32)>,
     leaves: Vec<f32>,
+    /// Per leaf of every tree, the contribution of each feature along the path to it
+    /// (`n_features` values a leaf); empty when too large or for multi-column models.
+    leaf_contributions: Vec<f32>,
 }
+
+/// Largest dense per-leaf contribution table kept, in values (64 MiB).
+const MAX_CONTRIBUTION_TABLE: usize = 16 << 20;
 
 impl Forest {
     /// Compiles the ensemble. `labels` are the class labels; `base` the base values (empty,
@@ -156,55 +173,54 @@ impl Forest {
             return Err(ForestError::Unsupported("softmax over a single score column".into()));
         }
 
+        let mut roots = Vec::with_capacity(n_trees);
+        let mut depth = 0;
+        for (tree, index) in by_tree.iter().enumerate() {
+            let root = root_of(tree, index)?;
+            depth = depth.max(depth_of(index, root, 0, tree)?);
+            roots.push(root);
+        }
+        if n_trees.saturating_mul((1usize << depth) - 1) > MAX_PADDED_NODES {
+            return Err(ForestError::Unsupported(format!("{n_trees} trees of depth {depth} are too large to pad")));
+        }
         let mut forest = Self {
             n_features: 0,
             n_columns,
             labels,
             base,
             post,
+            depth,
             trees: Vec::with_capacity(n_trees),
             splits: Vec::new(),
-            means: Vec::new(),
+            deltas: Vec::new(),
             leaves: Vec::new(),
+            leaf_contributions: Vec::new(),
         };
         for (tree, index) in by_tree.iter().enumerate() {
-            forest.add_tree(tree, index, &leaf_weight)?;
+            forest.add_tree(tree, roots[tree], index, &leaf_weight)?;
         }
+        forest.fill_contribution_table();
         Ok(forest)
     }
 
     fn add_tree(
         &mut self,
         tree: usize,
+        root: usize,
         index: &std::collections::HashMap<usize, &NodeSpec>,
         leaf_weight: &std::collections::HashMap<(usize, usize), (usize, f32)>,
     ) -> Result<(), ForestError> {
         let malformed = |m: String| ForestError::Malformed(m);
-        // The root is the node no other node points to.
-        let mut children = std::collections::HashSet::new();
-        for n in index.values().filter(|n| n.mode.is_some()) {
-            children.insert(n.true_id);
-            children.insert(n.false_id);
-        }
-        let roots: Vec<usize> = index.keys().filter(|id| !children.contains(id)).copied().collect();
-        let [root] = roots[..] else {
-            return Err(malformed(format!("tree {tree} has {} roots", roots.len())));
-        };
-        let depth = depth_of(index, root, 0, tree)?;
+        let depth = self.depth;
         let padded = (1usize << depth) - 1;
-        if self.splits.len() + padded > MAX_PADDED_NODES {
-            return Err(ForestError::Unsupported(format!(
-                "trees too deep to pad (tree {tree} has depth {depth})"
-            )));
-        }
         let info = TreeInfo {
-            depth,
             split_offset: self.splits.len(),
             leaf_offset: self.leaves.len(),
             column: 0,
+            mean: 0.0,
         };
-        self.splits.resize(info.split_offset + padded, Split { feature: 0, threshold: f32::INFINITY });
-        self.means.resize(info.split_offset + padded, 0.0);
+        self.splits.resize(info.split_offset + padded, PADDING);
+        self.deltas.resize(info.split_offset + padded, (0.0, 0.0));
         self.leaves.resize(info.leaf_offset + padded + 1, 0.0);
         let mut column = None;
         // Walk the original tree, filling the complete tree; a leaf above the bottom fills the
@@ -250,29 +266,53 @@ impl Forest {
                 }
             }
         }
+        let mean = self.fill_deltas(&info);
         self.trees.push(TreeInfo {
             column: column.unwrap_or(0),
+            mean,
             ..info
         });
-        self.fill_means(self.trees.len() - 1);
         Ok(())
     }
 
-    /// Each split's mean leaf value, bottom-up.
-    fn fill_means(&mut self, tree: usize) {
-        let t = self.trees[tree];
-        let padded = (1usize << t.depth) - 1;
-        let value = |this: &Self, pos: usize| {
-            if pos >= padded {
-                this.leaves[t.leaf_offset + pos - padded]
-            } else {
-                this.means[t.split_offset + pos]
-            }
+    /// Sets each split's deltas (child mean minus own mean, a node's value being the mean of
+    /// the leaves below it) and returns the tree's mean.
+    fn fill_deltas(&mut self, t: &TreeInfo) -> f32 {
+        let padded = (1usize << self.depth) - 1;
+        let mut means = vec![0f32; padded];
+        let value = |means: &[f32], pos: usize| {
+            if pos >= padded { self.leaves[t.leaf_offset + pos - padded] } else { means[pos] }
         };
         for pos in (0..padded).rev() {
-            let mean = (value(self, 2 * pos + 1) + value(self, 2 * pos + 2)) / 2.0;
-            self.means[t.split_offset + pos] = mean;
+            let (left, right) = (value(&means, 2 * pos + 1), value(&means, 2 * pos + 2));
+            means[pos] = (left + right) / 2.0;
+            self.deltas[t.split_offset + pos] = (left - means[pos], right - means[pos]);
         }
+        value(&means, 0)
+    }
+
+    /// For each leaf, sums the deltas of the splits on its path, by feature.
+    fn fill_contribution_table(&mut self) {
+        let leaves_per_tree = 1usize << self.depth;
+        let size = self.trees.len() * leaves_per_tree * self.n_features;
+        if self.n_columns != 1 || size > MAX_CONTRIBUTION_TABLE {
+            return;
+        }
+        let mut table = vec![0f32; size];
+        for t in &self.trees {
+            for leaf in 0..leaves_per_tree {
+                let out = &mut table[(t.leaf_offset + leaf) * self.n_features..][..self.n_features];
+                let mut pos = 0usize;
+                for level in (0..self.depth).rev() {
+                    let split = self.splits[t.split_offset + pos];
+                    let (left_delta, right_delta) = self.deltas[t.split_offset + pos];
+                    let right = (leaf >> level) & 1 == 1;
+                    out[(split.feature & !MISSING_RIGHT) as usize] += if right { right_delta } else { left_delta };
+                    pos = 2 * pos + 1 + usize::from(right);
+                }
+            }
+        }
+        self.leaf_contributions = table;
     }
 
     /// Number of input features a row must have (at least).
@@ -290,49 +330,95 @@ impl Forest {
         self.trees.len()
     }
 
-    /// Writes one probability per label for `row` into `out` (`labels().len()` values) and
-    /// returns the index of the winning label.
+    /// Probabilities for `rows` rows of `width` values (`width >= n_features()`), one per label
+    /// per row into `out`; the index of each row's winning label into `winners`.
+    pub fn predict_rows(&self, input: &[f32], width: usize, out: &mut [f32], winners: &mut [usize]) {
+        let n_labels = self.labels.len();
+        let rows = winners.len();
+        assert!(width >= self.n_features && input.len() >= rows * width, "rows narrower than the model");
+        assert!(out.len() >= rows * n_labels, "output too small");
+        let mut margins = vec![0f32; rows * self.n_columns];
+        for (m, _) in margins.chunks_exact_mut(self.n_columns).zip(0..rows) {
+            m.copy_from_slice(&self.base);
+        }
+        // Eight rows at a time through each tree; the rest one by one, eight trees at a time.
+        let blocks = rows / LANES;
+        for block in 0..blocks {
+            let first = block * LANES;
+            let row_start: [usize; LANES] = std::array::from_fn(|l| (first + l) * width);
+            for t in &self.trees {
+                let leaves = self.walk([t.split_offset; LANES], row_start, input, |_, _, _, _| {});
+                for (l, leaf) in leaves.iter().enumerate() {
+                    margins[(first + l) * self.n_columns + t.column] += self.leaves[t.leaf_offset + leaf];
+                }
+            }
+        }
+        for r in blocks * LANES..rows {
+            let m = &mut margins[r * self.n_columns..(r + 1) * self.n_columns];
+            self.tree_lanes(&input[r * width..(r + 1) * width], |t, leaf| m[t.column] += self.leaves[t.leaf_offset + leaf]);
+        }
+        for r in 0..rows {
+            let scores = &mut margins[r * self.n_columns..(r + 1) * self.n_columns];
+            winners[r] = self.finish(scores, &mut out[r * n_labels..(r + 1) * n_labels]);
+        }
+    }
+
+    /// Probabilities for one row (`labels().len()` values into `out`); returns the winner.
     pub fn predict_into(&self, row: &[f32], out: &mut [f32]) -> usize {
-        let mut scores = [0f32; 8];
-        let scores: &mut [f32] = if self.n_columns <= scores.len() {
-            &mut scores[..self.n_columns]
-        } else {
-            return self.predict_wide(row, out);
-        };
-        self.margins(row, scores);
-        self.finish(scores, out)
+        let mut winner = [0];
+        self.predict_rows(row, row.len(), out, &mut winner);
+        winner[0]
     }
 
-    fn predict_wide(&self, row: &[f32], out: &mut [f32]) -> usize {
-        let mut scores = vec![0f32; self.n_columns];
-        self.margins(row, &mut scores);
-        self.finish(&mut scores, out)
-    }
-
-    /// Raw per-column margins (base values included).
-    fn margins(&self, row: &[f32], scores: &mut [f32]) {
-        scores.copy_from_slice(&self.base);
-        for t in &self.trees {
-            scores[t.column] += self.leaves[t.leaf_offset + self.leaf_index(t, row)];
-        }
-    }
-
-    /// Index among the tree's leaves of the leaf `row` reaches.
+    /// Walks every tree for one row, eight trees in lockstep, calling `leaf(tree, index)` for
+    /// the leaf reached.
     #[inline(always)]
-    fn leaf_index(&self, t: &TreeInfo, row: &[f32]) -> usize {
-        let splits = &self.splits[t.split_offset..];
-        let mut pos = 0usize;
-        for _ in 0..t.depth {
-            let split = splits[pos];
-            let x = row[(split.feature & !MISSING_RIGHT) as usize];
-            let right = if x.is_nan() {
-                split.feature & MISSING_RIGHT != 0
-            } else {
-                x >= split.threshold
-            };
-            pos = 2 * pos + 1 + right as usize;
+    fn tree_lanes(&self, row: &[f32], mut leaf: impl FnMut(&TreeInfo, usize)) {
+        let mut chunks = self.trees.chunks_exact(LANES);
+        for group in &mut chunks {
+            let starts: [usize; LANES] = std::array::from_fn(|l| group[l].split_offset);
+            let leaves = self.walk(starts, [0; LANES], row, |_, _, _, _| {});
+            for (t, &i) in group.iter().zip(&leaves) {
+                leaf(t, i);
+            }
         }
-        pos - ((1usize << t.depth) - 1)
+        for t in chunks.remainder() {
+            let [i] = self.walk([t.split_offset], [0], row, |_, _, _, _| {});
+            leaf(t, i);
+        }
+    }
+
+    /// Advances `K` walks (tree root offset, row start in `input`) level by level to the
+    /// bottom and returns each walk's leaf index; `step(lane, feature, split, right)` sees each
+    /// split passed.
+    #[inline(always)]
+    fn walk<const K: usize>(
+        &self,
+        roots: [usize; K],
+        row_start: [usize; K],
+        input: &[f32],
+        mut step: impl FnMut(usize, usize, usize, bool),
+    ) -> [usize; K] {
+        debug_assert!(roots.iter().all(|&r| r + (1usize << self.depth) - 1 <= self.splits.len()));
+        debug_assert!(row_start.iter().all(|&r| r + self.n_features <= input.len()));
+        let mut pos = [0usize; K];
+        for _ in 0..self.depth {
+            for l in 0..K {
+                // SAFETY: `roots` are tree offsets made by `add_tree`, each followed by
+                // 2^depth - 1 splits, and `pos` stays below that for `depth` steps; every
+                // caller checks that each row holds at least `n_features` values and no split
+                // reads a feature at or past `n_features` (build sets it to the maximum + 1).
+                let split = unsafe { *self.splits.get_unchecked(roots[l] + pos[l]) };
+                let feature = (split.feature & !MISSING_RIGHT) as usize;
+                let x = unsafe { *input.get_unchecked(row_start[l] + feature) };
+                // Branch-free: NaN compares false, so it goes right only when so tracked.
+                let right = (x >= split.threshold) | (x.is_nan() & (split.feature & MISSING_RIGHT != 0));
+                step(l, feature, roots[l] + pos[l], right);
+                pos[l] = 2 * pos[l] + 1 + usize::from(right);
+            }
+        }
+        let padded = (1usize << self.depth) - 1;
+        pos.map(|p| p - padded)
     }
 
     fn finish(&self, scores: &mut [f32], out: &mut [f32]) -> usize {
@@ -366,52 +452,55 @@ impl Forest {
             .fold(0, |best, (i, &s)| if s > scores[best] { i } else { best })
     }
 
-    /// The part of the margin not attributed to any feature: base values plus root means,
-    /// for score column `column`.
+    /// The part of the margin not attributed to any feature: base value plus the trees' leaf
+    /// means, for score column `column`.
     pub fn bias(&self, column: usize) -> f32 {
-        self.base[column]
-            + self
-                .trees
-                .iter()
-                .filter(|t| t.column == column)
-                .map(|t| self.root_value(t))
-                .sum::<f32>()
-    }
-
-    fn root_value(&self, t: &TreeInfo) -> f32 {
-        if t.depth == 0 {
-            self.leaves[t.leaf_offset]
-        } else {
-            self.means[t.split_offset]
-        }
+        self.base[column] + self.trees.iter().filter(|t| t.column == column).map(|t| t.mean).sum::<f32>()
     }
 
     /// Adds each feature's contribution to score column `column`'s margin into `out`
     /// (`n_features()` values, log-odds for a logistic model).
     pub fn contributions_into(&self, row: &[f32], column: usize, out: &mut [f32]) {
-        for t in self.trees.iter().filter(|t| t.column == column) {
-            let padded = (1usize << t.depth) - 1;
-            let mut pos = 0usize;
-            let mut value = self.root_value(t);
-            for _ in 0..t.depth {
-                let split = self.splits[t.split_offset + pos];
-                let feature = (split.feature & !MISSING_RIGHT) as usize;
-                let x = row[feature];
-                let right = if x.is_nan() {
-                    split.feature & MISSING_RIGHT != 0
-                } else {
-                    x >= split.threshold
-                };
-                pos = 2 * pos + 1 + right as usize;
-                let next = if pos >= padded {
-                    self.leaves[t.leaf_offset + pos - padded]
-                } else {
-                    self.means[t.split_offset + pos]
-                };
-                out[feature] += next - value;
-                value = next;
-            }
+        assert!(row.len() >= self.n_features && out.len() >= self.n_features, "row narrower than the model");
+        if !self.leaf_contributions.is_empty() {
+            let n = self.n_features;
+            let out = &mut out[..n];
+            self.tree_lanes(row, |t, leaf| {
+                let path = &self.leaf_contributions[(t.leaf_offset + leaf) * n..][..n];
+                out.iter_mut().zip(path).for_each(|(o, c)| *o += c);
+            });
+            return;
         }
+        for t in self.trees.iter().filter(|t| t.column == column) {
+            self.walk([t.split_offset], [0], row, |_, feature, split, right| {
+                let (left_delta, right_delta) = self.deltas[split];
+                out[feature] += if right { right_delta } else { left_delta };
+            });
+        }
+    }
+
+    /// Probabilities (as [`Forest::predict_rows`]) and the positive column's contributions (as
+    /// [`Forest::contributions_into`]) of `rows` rows of `width` values, in one walk per row.
+    /// `None` when the model has no per-leaf contribution table (multi-column, or too large).
+    pub fn predict_explained(&self, input: &[f32], width: usize, rows: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        if self.leaf_contributions.is_empty() {
+            return None;
+        }
+        assert!(width >= self.n_features && input.len() >= rows * width, "rows narrower than the model");
+        let n = self.n_features;
+        let mut probabilities = vec![0f32; rows * 2];
+        let mut contributions = vec![0f32; rows * n];
+        for r in 0..rows {
+            let out = &mut contributions[r * n..(r + 1) * n];
+            let mut margin = self.base[0];
+            self.tree_lanes(&input[r * width..(r + 1) * width], |t, leaf| {
+                margin += self.leaves[t.leaf_offset + leaf];
+                let path = &self.leaf_contributions[(t.leaf_offset + leaf) * n..][..n];
+                out.iter_mut().zip(path).for_each(|(o, c)| *o += c);
+            });
+            self.finish(&mut [margin], &mut probabilities[r * 2..r * 2 + 2]);
+        }
+        Some((probabilities, contributions))
     }
 
     /// The score column whose contributions explain the positive class.
@@ -431,6 +520,20 @@ fn normalize(mode: Mode, threshold: f32) -> (f32, bool) {
         Mode::GreaterEqual => (threshold, false),
         // x > t  <=>  !(x < next_up(t))
         Mode::Greater => (threshold.next_up(), false),
+    }
+}
+
+/// The root is the one node no other node points to.
+fn root_of(tree: usize, index: &std::collections::HashMap<usize, &NodeSpec>) -> Result<usize, ForestError> {
+    let mut children = std::collections::HashSet::new();
+    for n in index.values().filter(|n| n.mode.is_some()) {
+        children.insert(n.true_id);
+        children.insert(n.false_id);
+    }
+    let roots: Vec<usize> = index.keys().filter(|id| !children.contains(id)).copied().collect();
+    match roots[..] {
+        [root] => Ok(root),
+        _ => Err(ForestError::Malformed(format!("tree {tree} has {} roots", roots.len()))),
     }
 }
 

@@ -137,17 +137,29 @@ impl wit::Host for crate::sandbox::HostState {
             return Err(wit::Error::InvalidInput(format!("expected 1 input tensor, got {}", inputs.len())));
         };
         let (rows, values) = input_rows(&input.tensor, model.features.len())?;
+        let wants = |name: &str| outputs.iter().any(|o| o == name);
+        if let Some(other) = outputs.iter().find(|o| !model.outputs().contains(o)) {
+            return Err(wit::Error::InvalidInput(format!("no output named {other:?}")));
+        }
+        let (mut probabilities, mut contributions) = match (wants("probabilities"), wants("contributions")) {
+            (true, true) => {
+                let (p, c) = model.explained(&values, rows)?;
+                (Some(p), Some(c))
+            }
+            (true, false) => (Some(model.probabilities(&values, rows)?), None),
+            (false, true) => (None, Some(model.contributions(&values, rows)?)),
+            (false, false) => (None, None),
+        };
         outputs
             .iter()
             .map(|name| {
                 let (data, width) = match name.as_str() {
                     "probabilities" => {
-                        let p = model.probabilities(&values, rows)?;
+                        let p = probabilities.take().unwrap_or_default();
                         let width = if rows == 0 { 0 } else { p.len() / rows };
                         (p, width)
                     }
-                    "contributions" => (model.contributions(&values, rows)?, model.features.len()),
-                    other => return Err(wit::Error::InvalidInput(format!("no output named {other:?}"))),
+                    _ => (contributions.take().unwrap_or_default(), model.features.len()),
                 };
                 Ok(wit::NamedTensor {
                     name: name.clone(),

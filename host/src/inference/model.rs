@@ -26,7 +26,8 @@ pub struct Model {
     pub digest: String,
     plan: Arc<TypedRunnableModel>,
     probabilities_output: usize,
-    /// Present when the model is a tree ensemble: explains predictions.
+    /// Present when the whole graph is one tree ensemble reading the input: explains
+    /// predictions (and computes them with the explanation in one pass).
     forest: Option<Arc<Forest>>,
 }
 
@@ -74,11 +75,7 @@ impl Model {
             .set_input_fact(0, f32::fact(&[batch.to_dim(), width.to_dim()]).into())
             .map_err(invalid)?;
         let typed = model.into_optimized().map_err(invalid)?;
-        let forest = typed
-            .nodes()
-            .iter()
-            .find_map(|n| n.op_as::<ForestOp>())
-            .map(|op| op.forest.clone());
+        let forest = whole_graph_forest(&typed).map_err(invalid)?;
         let probabilities_output = typed
             .output_outlets()
             .map_err(invalid)?
@@ -131,6 +128,15 @@ impl Model {
         Ok(view.iter().copied().collect())
     }
 
+    /// Probabilities and contributions together, in one pass when the model allows it.
+    pub fn explained(&self, input: &[f32], rows: usize) -> Result<(Vec<f32>, Vec<f32>), InferenceError> {
+        self.check_input(input, rows)?;
+        if let Some((p, c)) = self.forest.as_ref().and_then(|f| f.predict_explained(input, self.features.len(), rows)) {
+            return Ok((p, c));
+        }
+        Ok((self.probabilities(input, rows)?, self.contributions(input, rows)?))
+    }
+
     /// Per-feature contributions to the positive class's log-odds (`[rows, features]`).
     pub fn contributions(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, InferenceError> {
         self.check_input(input, rows)?;
@@ -155,4 +161,18 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The forest, when the optimized graph is exactly `input -> tree ensemble -> outputs`: only
+/// then do its contributions explain the model's probabilities.
+fn whole_graph_forest(typed: &TypedModel) -> anyhow::Result<Option<Arc<Forest>>> {
+    let inputs = typed.input_outlets()?;
+    let outputs = typed.output_outlets()?;
+    let mut forests = typed.nodes().iter().filter_map(|n| n.op_as::<ForestOp>().map(|op| (n, op)));
+    let (Some((node, op)), None) = (forests.next(), forests.next()) else {
+        return Ok(None);
+    };
+    let reads_input = node.inputs.len() == 1 && inputs.len() == 1 && node.inputs[0] == inputs[0];
+    let writes_outputs = outputs.iter().all(|o| o.node == node.id);
+    Ok((reads_input && writes_outputs).then(|| op.forest.clone()))
 }

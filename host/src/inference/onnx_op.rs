@@ -200,19 +200,17 @@ impl EvalOp for ForestOp {
         );
         let n_labels = self.forest.labels().len();
         let mut probabilities = vec![0f32; rows * n_labels];
-        let mut labels = vec![0i64; rows];
-        let mut row_buf = vec![0f32; width];
-        for (r, row) in view.outer_iter().enumerate() {
-            let row = match row.as_slice() {
-                Some(slice) => slice,
-                None => {
-                    row_buf.iter_mut().zip(row.iter()).for_each(|(d, s)| *d = *s);
-                    &row_buf
-                }
-            };
-            let winner = self.forest.predict_into(row, &mut probabilities[r * n_labels..(r + 1) * n_labels]);
-            labels[r] = self.forest.labels()[winner];
-        }
+        let mut winners = vec![0usize; rows];
+        let owned;
+        let flat = match view.as_slice() {
+            Some(slice) => slice,
+            None => {
+                owned = view.iter().copied().collect::<Vec<f32>>();
+                &owned
+            }
+        };
+        self.forest.predict_rows(flat, width, &mut probabilities, &mut winners);
+        let labels: Vec<i64> = winners.iter().map(|&w| self.forest.labels()[w]).collect();
         let labels = Tensor::from_shape(&[rows], &labels)?;
         let probabilities = Tensor::from_shape(&[rows, n_labels], &probabilities)?;
         Ok(tvec!(labels.into_tvalue(), probabilities.into_tvalue()))

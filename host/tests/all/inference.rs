@@ -81,3 +81,17 @@ fn wrong_input_shapes_are_errors() {
     assert!(matches!(model.contributions(&[1.0; 31], 2), Err(InferenceError::InvalidInput(_))));
     assert_eq!(model.probabilities(&[], 0).unwrap(), Vec::<f32>::new());
 }
+
+#[test]
+fn one_pass_explanation_matches_the_tract_plan() {
+    let models = util::models();
+    let model = models.get("late_risk").unwrap();
+    assert!(model.outputs().iter().any(|o| o == "contributions"), "the shipped graph is one tree ensemble");
+    let (rows, _) = parity_rows();
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let (p, c) = model.explained(&flat, rows.len()).unwrap();
+    let via_tract = model.probabilities(&flat, rows.len()).unwrap();
+    let walked = model.contributions(&flat, rows.len()).unwrap();
+    assert!(p.iter().zip(&via_tract).all(|(a, b)| (a - b).abs() <= 1e-6));
+    assert!(c.iter().zip(&walked).all(|(a, b)| (a - b).abs() <= 1e-4));
+}

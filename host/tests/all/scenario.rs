@@ -35,7 +35,7 @@ fn late_task_raises_a_critical_alert_with_its_prediction_log() {
     assert!(d.actions.iter().any(|a| matches!(a, Action::NotifyCourier { .. })));
     // The prediction log: id, model, module versions, inputs, score, factors.
     assert!(d.prediction_id.starts_with("pred-") && d.prediction_id.len() == 37);
-    assert_eq!((d.model_name.as_str(), d.model_version.as_str()), ("late_risk", "1.0.0"));
+    assert_eq!((&*d.model_name, &*d.model_version), ("late_risk", "1.0.0"));
     assert!(d.modules.features.starts_with("late-risk-features@"));
     assert!(d.modules.policy.starts_with("late-risk-policy@"));
     let feature = |name: &str| d.features.values[d.features.names.iter().position(|n| n == name).unwrap()];

@@ -53,7 +53,8 @@ pub(crate) fn fold_batch(task: &mut TaskState, events: &[Event]) -> Vec<Option<V
 
 /// Records the event id; false when it was seen recently (a duplicate, counted once).
 fn remember(task: &mut TaskState, event_id: &str) -> bool {
-    let hash = fnv1a(event_id.as_bytes());
+    // 32 bits are plenty to tell apart the last few dozen ids of one task.
+    let hash = fnv1a(event_id.as_bytes()) as u32;
     if task.seen.contains(&hash) {
         return false;
     }
@@ -81,6 +82,7 @@ fn fold_event(task: &mut TaskState, event: &Event) {
                         assigned_at: t,
                         pickup: (ctx.pickup.lat, ctx.pickup.lon),
                         dropoff: (ctx.dropoff.lat, ctx.dropoff.lon),
+                        route_km: haversine_km(ctx.pickup.lat, ctx.pickup.lon, ctx.dropoff.lat, ctx.dropoff.lon) as f32,
                         promised_at: ctx.promised_at_ms,
                         stops_remaining: ctx.stops_remaining,
                         order_code: order_code(&ctx.order_type),
@@ -112,14 +114,29 @@ fn add_fix(task: &mut TaskState, event: &Event) {
         lat,
         lon,
         speed_kmh: event.speed_kmh,
+        segment_km: 0.0,
     };
-    match task.fixes.binary_search_by_key(&fix.t, |f| f.t) {
+    let i = match task.fixes.binary_search_by_key(&fix.t, |f| f.t) {
         // Two fixes with one timestamp: keep the later report.
-        Ok(i) => task.fixes[i] = fix,
-        Err(i) => task.fixes.insert(i, fix),
+        Ok(i) => {
+            task.fixes[i] = fix;
+            i
+        }
+        Err(i) => {
+            task.fixes.insert(i, fix);
+            i
+        }
+    };
+    // Only the new fix's segment and the one after it change.
+    for j in [i, i + 1] {
+        if j > 0 && j < task.fixes.len() {
+            let (a, b) = (task.fixes[j - 1], task.fixes[j]);
+            task.fixes[j].segment_km = haversine_km(a.lat, a.lon, b.lat, b.lon);
+        }
     }
     if task.fixes.len() > MAX_FIXES {
         task.fixes.remove(0);
+        task.fixes[0].segment_km = 0.0;
     }
 }
 
@@ -160,9 +177,7 @@ pub(crate) fn features(task: &TaskState) -> Vec<f32> {
     };
     vec![
         distance_to_dropoff,
-        ctx.map_or(nan, |c| {
-            haversine_km(c.pickup.0, c.pickup.1, c.dropoff.0, c.dropoff.1) as f32
-        }),
+        ctx.map_or(nan, |c| c.route_km),
         minutes_since(task.assigned_at),
         minutes_since(task.picked_up_at),
         ctx.map_or(nan, |c| (c.promised_at - now) as f32 / MS_PER_MIN),
@@ -186,7 +201,7 @@ fn rolling_speed_kmh(fixes: &[Fix]) -> f32 {
     let (mut km, mut ms) = (0.0, 0i64);
     for pair in fixes.windows(2) {
         let dt = pair[1].t - pair[0].t;
-        let d = haversine_km(pair[0].lat, pair[0].lon, pair[1].lat, pair[1].lon);
+        let d = pair[1].segment_km;
         if dt > 0 && d / (dt as f64 / MS_PER_HOUR as f64) <= MAX_PLAUSIBLE_KMH {
             km += d;
             ms += dt;

@@ -17,7 +17,7 @@ use exports::fleet::edge::extract::{Guest as Extract, KeyBatch, KeyOutput};
 use exports::fleet::edge::module::Guest as Module;
 use fleet::edge::types::Config;
 
-struct Features;
+pub struct Features;
 
 impl Module for Features {
     fn init(config: Config) -> Result<(), String> {
@@ -53,4 +53,12 @@ fn extract_key(batch: KeyBatch) -> KeyOutput {
     }
 }
 
+// Natively (benchmarks) the same code is called through the Guest traits instead.
+#[cfg(target_arch = "wasm32")]
 export!(Features);
+
+/// For native callers (benchmarks): the generated types and the implementation.
+pub mod native {
+    pub use crate::exports::fleet::edge::extract::{Guest as Extract, KeyBatch, KeyOutput};
+    pub use crate::fleet::edge::types::{Event, EventType, Geo, TaskContext};
+}

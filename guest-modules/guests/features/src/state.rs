@@ -3,12 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the layout changes; a state of another version is discarded on decode.
-const STATE_VERSION: u8 = 1;
+const STATE_VERSION: u8 = 2;
 /// Recent fixes kept for the rolling speed and the GPS gap, by event time.
 pub(crate) const MAX_FIXES: usize = 6;
 /// Recent event ids remembered for duplicate suppression inside the module. The host keeps the
 /// long-horizon dedup index; this catches duplicates inside and across nearby batches.
-pub(crate) const MAX_SEEN: usize = 64;
+pub(crate) const MAX_SEEN: usize = 32;
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 pub(crate) struct TaskState {
@@ -23,8 +23,8 @@ pub(crate) struct TaskState {
     /// The latest event time folded: the module's "now" for this task.
     pub(crate) latest_ms: i64,
     pub(crate) latest_utc_offset_min: i32,
-    /// FNV-1a hashes of recent event ids, oldest first.
-    pub(crate) seen: Vec<u64>,
+    /// FNV-1a hashes (32-bit) of recent event ids, oldest first.
+    pub(crate) seen: Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -32,6 +32,8 @@ pub(crate) struct Context {
     pub(crate) assigned_at: i64,
     pub(crate) pickup: (f64, f64),
     pub(crate) dropoff: (f64, f64),
+    /// Pickup to dropoff, computed once.
+    pub(crate) route_km: f32,
     pub(crate) promised_at: i64,
     pub(crate) stops_remaining: u32,
     pub(crate) order_code: f32,
@@ -46,6 +48,8 @@ pub(crate) struct Fix {
     pub(crate) lat: f64,
     pub(crate) lon: f64,
     pub(crate) speed_kmh: Option<f32>,
+    /// Distance from the previous fix (0 for the oldest kept), kept up to date on insert.
+    pub(crate) segment_km: f64,
 }
 
 impl TaskState {

@@ -16,7 +16,7 @@ use exports::fleet::edge::decide::{DecisionInput, Guest as Decide};
 use exports::fleet::edge::module::Guest as Module;
 use fleet::edge::types::{Action, Alert, Config, Severity};
 
-struct Policy;
+pub struct Policy;
 
 #[derive(Clone, Copy)]
 struct Thresholds {
@@ -114,4 +114,13 @@ fn decide_one(t: &Thresholds, input: &DecisionInput) -> Vec<Action> {
     actions
 }
 
+// Natively (benchmarks) the same code is called through the Guest traits instead.
+#[cfg(target_arch = "wasm32")]
 export!(Policy);
+
+/// For native callers (benchmarks): the generated types and the implementation.
+pub mod native {
+    pub use crate::exports::fleet::edge::decide::{Context, DecisionInput, Guest as Decide};
+    pub use crate::exports::fleet::edge::module::Guest as Module;
+    pub use crate::fleet::edge::types::{Action, EventType, Factor, Score, Severity};
+}

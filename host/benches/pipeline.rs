@@ -1,0 +1,324 @@
+//! Per-event cost of each stage and of the whole pipeline, batched and unbatched, and the same
+//! logic compiled natively (the guest crates called through their Rust traits) for the ratio.
+//!
+//! `cargo bench -p fleet-host --bench pipeline`
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+use fleet_host::bindings::types as wit;
+use fleet_host::decision::{Action, Decision, DecisionMaker, Factor, ModuleVersions, Severity};
+use fleet_host::event::{Event, EventType};
+use fleet_host::features_only::FeatureExtractor;
+use fleet_host::inference::Model;
+use fleet_host::module::Exports;
+use fleet_host::pipeline::{DedupWindow, Pipeline};
+use guest_features::native as gf;
+use guest_policy::native as gp;
+
+/// Keys active at once in the event stream (a busy handset batch or a small edge node).
+const ACTIVE_TASKS: usize = 64;
+const BATCH: usize = 256;
+
+fn bench_pipeline(c: &mut Criterion) {
+    let registry = common::registry();
+    let pool = common::fleet_events(ACTIVE_TASKS, 50_000);
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(20).measurement_time(Duration::from_secs(4));
+    for (name, size) in [("batched", BATCH), ("unbatched", 1)] {
+        group.throughput(Throughput::Elements(size as u64));
+        let mut feed = common::Feed::new(pool.clone());
+        let mut wasm = Pipeline::new(registry.clone());
+        group.bench_function(BenchmarkId::new("wasm", name), |b| {
+            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| wasm.process(batch).decisions.len()))
+        });
+        let mut feed = common::Feed::new(pool.clone());
+        let mut native = NativePipeline::new(&registry);
+        group.bench_function(BenchmarkId::new("native", name), |b| {
+            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| native.process(batch).len()))
+        });
+    }
+    group.finish();
+}
+
+fn bench_stages(c: &mut Criterion) {
+    let registry = common::registry();
+    let set = registry.current();
+    let pool = common::fleet_events(ACTIVE_TASKS, 20_000);
+    // Feature vectors and decision inputs for the later stages, from the real features module.
+    let mut extractor = FeatureExtractor::new(registry.engine().clone(), registry.models().clone(), set.features.clone()).unwrap();
+    let vectors: Vec<Vec<f32>> = extractor.extract(pool[..4096].to_vec()).unwrap().into_iter().map(|(_, v)| v).collect();
+    let names = extractor.names().to_vec();
+    let mut native = NativePipeline::new(&registry);
+
+    let mut group = c.benchmark_group("stage");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    for (name, size) in [("batched", BATCH), ("unbatched", 1)] {
+        group.throughput(Throughput::Elements(size as u64));
+        let mut feed = common::Feed::new(pool.clone());
+        let mut wasm_features = FeatureExtractor::new(registry.engine().clone(), registry.models().clone(), set.features.clone()).unwrap();
+        group.bench_function(BenchmarkId::new("features/wasm", name), |b| {
+            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| wasm_features.extract(batch).unwrap().len()))
+        });
+        let mut feed = common::Feed::new(pool.clone());
+        group.bench_function(BenchmarkId::new("features/native", name), |b| {
+            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| native.features(&batch).1.len()))
+        });
+
+        let mut scorer = set.scorer.instantiate(registry.engine(), registry.models()).unwrap();
+        let mut at = 0;
+        let mut next_vectors = || {
+            at = (at + size) % (vectors.len() - size);
+            vectors[at..at + size].to_vec()
+        };
+        group.bench_function(BenchmarkId::new("scorer/wasm", name), |b| {
+            b.iter_custom(|iters| {
+                timed(iters, &mut next_vectors, |v| {
+                    let Exports::Scorer(s) = &scorer.exports else { unreachable!() };
+                    scorer.store.set_epoch_deadline(registry.engine().deadline_ticks());
+                    s.fleet_edge_scoring().call_score_batch(&mut scorer.store, &v).unwrap().unwrap().len()
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("scorer/native", name), |b| {
+            b.iter_custom(|iters| timed(iters, &mut next_vectors, |v| native.score(&v).len()))
+        });
+
+        let mut policy = set.policy.instantiate(registry.engine(), registry.models()).unwrap();
+        let inputs: Vec<_> = native.score(&vectors[..size]).into_iter().zip(&vectors[..size]).map(|((p, factors), v)| wit_input(p, factors, v)).collect();
+        group.bench_function(BenchmarkId::new("policy/wasm", name), |b| {
+            b.iter(|| {
+                let Exports::Policy(p) = &policy.exports else { unreachable!() };
+                policy.store.set_epoch_deadline(registry.engine().deadline_ticks());
+                p.fleet_edge_decide().call_decide(&mut policy.store, &names, &inputs).unwrap().len()
+            })
+        });
+        let native_inputs: Vec<_> = native.score(&vectors[..size]).into_iter().zip(&vectors[..size]).map(|((p, factors), v)| guest_input(p, factors, v)).collect();
+        group.bench_function(BenchmarkId::new("policy/native", name), |b| {
+            b.iter(|| <guest_policy::Policy as gp::Decide>::decide(names.clone(), native_inputs.clone()).len())
+        });
+    }
+    group.finish();
+}
+
+/// Runs `work` on `iters` fresh inputs, timing only the work.
+fn timed<I, O>(iters: u64, mut input: impl FnMut() -> I, mut work: impl FnMut(I) -> O) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let i = input();
+        let start = Instant::now();
+        std::hint::black_box(work(i));
+        total += start.elapsed();
+    }
+    total
+}
+
+fn wit_input(p: f32, factors: Vec<(String, f32)>, v: &[f32]) -> fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
+    fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
+        score: wit::Score {
+            probability: p,
+            top_factors: factors.into_iter().map(|(feature, contribution)| wit::Factor { feature, contribution }).collect(),
+        },
+        features: v.to_vec(),
+        context: fleet_host::bindings::policy::exports::fleet::edge::decide::Context {
+            event_id: "e".into(),
+            courier_id: "c".into(),
+            task_id: Some("T".into()),
+            event_type: wit::EventType::Location,
+            event_time_ms: 0,
+        },
+    }
+}
+
+fn guest_input(p: f32, factors: Vec<(String, f32)>, v: &[f32]) -> gp::DecisionInput {
+    gp::DecisionInput {
+        score: gp::Score {
+            probability: p,
+            top_factors: factors.into_iter().map(|(feature, contribution)| gp::Factor { feature, contribution }).collect(),
+        },
+        features: v.to_vec(),
+        context: gp::Context {
+            event_id: "e".into(),
+            courier_id: "c".into(),
+            task_id: Some("T".into()),
+            event_type: gp::EventType::Location,
+            event_time_ms: 0,
+        },
+    }
+}
+
+/// The pipeline's logic with the guest crates compiled natively and called directly: the
+/// same host-side work (dedup, grouping, state map, decisions) without the sandbox.
+struct NativePipeline {
+    model: Arc<Model>,
+    names: Arc<[String]>,
+    states: HashMap<String, Vec<u8>>,
+    dedup: DedupWindow,
+    decisions: DecisionMaker,
+}
+
+impl NativePipeline {
+    fn new(registry: &fleet_host::registry::ModuleRegistry) -> Self {
+        <guest_policy::Policy as gp::Module>::init(Vec::new()).unwrap();
+        let model = registry.models().get("late_risk").unwrap().clone();
+        let set = registry.current();
+        let names: Arc<[String]> = model.features.clone().into();
+        let versions = ModuleVersions {
+            features: set.features.label(),
+            scorer: set.scorer.label(),
+            policy: set.policy.label(),
+        };
+        Self {
+            decisions: DecisionMaker::new(names.clone(), versions, &model.name, &model.version, &model.digest),
+            names,
+            model,
+            states: HashMap::new(),
+            dedup: DedupWindow::new(fleet_host::pipeline::DEFAULT_DEDUP_WINDOW),
+        }
+    }
+
+    fn features(&mut self, events: &[Event]) -> (Vec<(String, Vec<u8>)>, Vec<(usize, Vec<f32>)>) {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let key = e.state_key();
+            let g = *index.entry(key).or_insert_with(|| {
+                groups.push((key.to_string(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        let batches = groups
+            .iter()
+            .map(|(key, idx)| gf::KeyBatch {
+                key: key.clone(),
+                state: self.states.get(key).cloned(),
+                events: idx.iter().map(|&i| to_guest(&events[i])).collect(),
+            })
+            .collect();
+        let outputs = <guest_features::Features as gf::Extract>::extract(batches);
+        let mut states = Vec::new();
+        let mut scored = Vec::new();
+        for ((key, idx), out) in groups.into_iter().zip(outputs) {
+            for (&i, v) in idx.iter().zip(out.features) {
+                if let Some(v) = v {
+                    scored.push((i, v));
+                }
+            }
+            states.push((key, out.state));
+        }
+        scored.sort_by_key(|(i, _)| *i);
+        for (k, s) in &states {
+            self.states.insert(k.clone(), s.clone());
+        }
+        (states, scored)
+    }
+
+    fn score(&self, vectors: &[Vec<f32>]) -> Vec<(f32, Vec<(String, f32)>)> {
+        let width = self.names.len();
+        let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
+        let (p, c) = self.model.explained(&flat, vectors.len()).unwrap();
+        (0..vectors.len())
+            .map(|r| {
+                let row = &c[r * width..(r + 1) * width];
+                let mut idx: Vec<usize> = (0..width).collect();
+                idx.sort_by(|&a, &b| row[b].abs().total_cmp(&row[a].abs()));
+                (p[r * 2 + 1], idx.into_iter().take(3).map(|i| (self.names[i].clone(), row[i])).collect())
+            })
+            .collect()
+    }
+
+    fn process(&mut self, events: Vec<Event>) -> Vec<Decision> {
+        let events: Vec<Event> = events.into_iter().filter(|e| !self.dedup.contains(&e.event_id)).collect();
+        let (_, scored) = self.features(&events);
+        for e in &events {
+            self.dedup.insert(&e.event_id);
+        }
+        let vectors: Vec<Vec<f32>> = scored.iter().map(|(_, v)| v.clone()).collect();
+        let scores = self.score(&vectors);
+        let inputs: Vec<gp::DecisionInput> = scored
+            .iter()
+            .zip(&scores)
+            .map(|((i, v), (p, f))| {
+                let e = &events[*i];
+                let mut input = guest_input(*p, f.clone(), v);
+                input.context = gp::Context {
+                    event_id: e.event_id.clone(),
+                    courier_id: e.courier_id.clone(),
+                    task_id: e.task_id.clone(),
+                    event_type: gp::EventType::Location,
+                    event_time_ms: e.event_time_ms(),
+                };
+                input
+            })
+            .collect();
+        let actions = <guest_policy::Policy as gp::Decide>::decide(self.names.to_vec(), inputs);
+        scored
+            .into_iter()
+            .zip(scores)
+            .zip(actions)
+            .map(|(((i, values), (p, factors)), actions)| {
+                let e = &events[i];
+                let actions: Vec<Action> = actions
+                    .into_iter()
+                    .map(|a| match a {
+                        gp::Action::Alert(a) => Action::Alert {
+                            severity: match a.severity {
+                                gp::Severity::Info => Severity::Info,
+                                gp::Severity::Warning => Severity::Warning,
+                                gp::Severity::Critical => Severity::Critical,
+                            },
+                            message: a.message,
+                        },
+                        gp::Action::NotifyCourier(m) => Action::NotifyCourier { message: m },
+                        gp::Action::Reassign(r) => Action::Reassign { reason: r },
+                        gp::Action::Surge(m) => Action::Surge { multiplier: m },
+                    })
+                    .collect();
+                let factors = factors.into_iter().map(|(feature, contribution)| Factor { feature, contribution }).collect();
+                self.decisions.make(e, values, p, factors, actions)
+            })
+            .collect()
+    }
+}
+
+fn to_guest(e: &Event) -> gf::Event {
+    let w = e.to_wit();
+    gf::Event {
+        event_id: w.event_id,
+        courier_id: w.courier_id,
+        task_id: w.task_id,
+        event_type: match e.event_type {
+            EventType::TaskAssigned => gf::EventType::TaskAssigned,
+            EventType::Location => gf::EventType::Location,
+            EventType::ArrivedPickup => gf::EventType::ArrivedPickup,
+            EventType::PickedUp => gf::EventType::PickedUp,
+            EventType::ArrivedDropoff => gf::EventType::ArrivedDropoff,
+            EventType::Delivered => gf::EventType::Delivered,
+            EventType::DeliveryFailed => gf::EventType::DeliveryFailed,
+        },
+        event_time_ms: w.event_time_ms,
+        utc_offset_min: w.utc_offset_min,
+        position: gf::Geo { lat: w.position.lat, lon: w.position.lon },
+        speed_kmh: w.speed_kmh,
+        accuracy_m: w.accuracy_m,
+        task: w.task.map(|t| gf::TaskContext {
+            pickup: gf::Geo { lat: t.pickup.lat, lon: t.pickup.lon },
+            dropoff: gf::Geo { lat: t.dropoff.lat, lon: t.dropoff.lon },
+            promised_at_ms: t.promised_at_ms,
+            stops_remaining: t.stops_remaining,
+            order_type: t.order_type,
+            vehicle_type: t.vehicle_type,
+            courier_rating: t.courier_rating,
+            courier_age: t.courier_age,
+        }),
+    }
+}
+
+criterion_group!(benches, bench_pipeline, bench_stages);
+criterion_main!(benches);
