@@ -18,7 +18,10 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let guests_dir = manifest_dir.join("guests");
     println!("cargo:rerun-if-changed={}", guests_dir.display());
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../wit").display()
+    );
     println!("cargo:rerun-if-env-changed=RUSTFLAGS");
 
     let names = guest_names(&guests_dir);
@@ -41,11 +44,19 @@ fn main() {
         code,
         "/// Set when the guests could not be built, with the command that fixes it.\n\
          pub const MISSING_TARGET: Option<&str> = {};",
-        if built { "None".to_string() } else { format!("Some(\"rustup target add {TARGET}\")") }
+        if built {
+            "None".to_string()
+        } else {
+            format!("Some(\"rustup target add {TARGET}\")")
+        }
     )
     .unwrap();
     for name in &names {
-        let path = if built { release.join(format!("{name}.wasm")) } else { empty.clone() };
+        let path = if built {
+            release.join(format!("{name}.wasm"))
+        } else {
+            empty.clone()
+        };
         let upper = name.to_uppercase();
         writeln!(
             code,
@@ -56,7 +67,11 @@ fn main() {
         .unwrap();
     }
     writeln!(code, "/// Path of the guest component called `name`.").unwrap();
-    writeln!(code, "pub fn path(name: &str) -> Option<&'static str> {{\n    match name {{").unwrap();
+    writeln!(
+        code,
+        "pub fn path(name: &str) -> Option<&'static str> {{\n    match name {{"
+    )
+    .unwrap();
     for name in &names {
         writeln!(code, "        {name:?} => Some({}),", name.to_uppercase()).unwrap();
     }
@@ -111,5 +126,8 @@ fn build_guests(guests_dir: &Path, target_dir: &Path) {
         cmd.env("RUSTFLAGS", "-D warnings");
     }
     let status = cmd.status().expect("run cargo for the guests");
-    assert!(status.success(), "building the guest modules failed (see the output above)");
+    assert!(
+        status.success(),
+        "building the guest modules failed (see the output above)"
+    );
 }

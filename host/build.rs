@@ -17,7 +17,10 @@ fn main() {
     };
     std::fs::write(
         out_dir.join("model.rs"),
-        format!("pub static LATE_RISK_ONNX: &[u8] = include_bytes!({:?});\n", embedded.display().to_string()),
+        format!(
+            "pub static LATE_RISK_ONNX: &[u8] = include_bytes!({:?});\n",
+            embedded.display().to_string()
+        ),
     )
     .expect("write model.rs");
 }

@@ -10,14 +10,26 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn parity_rows() -> Vec<Vec<f32>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/late_risk/testdata/parity.csv");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/late_risk/testdata/parity.csv"
+    );
     std::fs::read_to_string(path)
         .expect("models/late_risk/testdata/parity.csv")
         .lines()
         .skip(1)
         .map(|l| {
             let cells: Vec<&str> = l.split(',').collect();
-            cells[..cells.len() - 1].iter().map(|c| if c.is_empty() { f32::NAN } else { c.parse().unwrap() }).collect()
+            cells[..cells.len() - 1]
+                .iter()
+                .map(|c| {
+                    if c.is_empty() {
+                        f32::NAN
+                    } else {
+                        c.parse().unwrap()
+                    }
+                })
+                .collect()
         })
         .collect()
 }
@@ -29,20 +41,26 @@ fn bench(c: &mut Criterion) {
     let width = rows[0].len();
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let mut group = c.benchmark_group("inference");
-    group.sample_size(30).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3));
     for batch in [1usize, 64] {
         group.throughput(Throughput::Elements(batch as u64));
         let mut at = 0;
         group.bench_function(BenchmarkId::new("probabilities", batch), |b| {
             b.iter(|| {
                 at = (at + batch) % (rows.len() - batch);
-                model.probabilities(&flat[at * width..(at + batch) * width], batch).unwrap()
+                model
+                    .probabilities(&flat[at * width..(at + batch) * width], batch)
+                    .unwrap()
             })
         });
         group.bench_function(BenchmarkId::new("contributions", batch), |b| {
             b.iter(|| {
                 at = (at + batch) % (rows.len() - batch);
-                model.contributions(&flat[at * width..(at + batch) * width], batch).unwrap()
+                model
+                    .contributions(&flat[at * width..(at + batch) * width], batch)
+                    .unwrap()
             })
         });
     }

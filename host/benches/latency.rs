@@ -51,9 +51,18 @@ fn main() {
         batched.push(start.elapsed());
     }
     let after = common::rss_bytes();
-    println!("rss: process start {:.1} MiB, modules + model loaded {:.1} MiB, after {} events {:.1} MiB", mib(before), mib(loaded), events * 2, mib(after));
+    println!(
+        "rss: process start {:.1} MiB, modules + model loaded {:.1} MiB, after {} events {:.1} MiB",
+        mib(before),
+        mib(loaded),
+        events * 2,
+        mib(after)
+    );
     println!("latency, one event per call: {}", percentiles(single));
-    println!("latency, batch of 32 (last decision): {}", percentiles(batched));
+    println!(
+        "latency, batch of 32 (last decision): {}",
+        percentiles(batched)
+    );
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -29,18 +29,32 @@ fn bench_pipeline(c: &mut Criterion) {
     let registry = common::registry();
     let pool = common::fleet_events(ACTIVE_TASKS, 50_000);
     let mut group = c.benchmark_group("pipeline");
-    group.sample_size(20).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     for (name, size) in [("batched", BATCH), ("unbatched", 1)] {
         group.throughput(Throughput::Elements(size as u64));
         let mut feed = common::Feed::new(pool.clone());
         let mut wasm = Pipeline::new(registry.clone());
         group.bench_function(BenchmarkId::new("wasm", name), |b| {
-            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| wasm.process(batch).decisions.len()))
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || feed.next_batch(size),
+                    |batch| wasm.process(batch).decisions.len(),
+                )
+            })
         });
         let mut feed = common::Feed::new(pool.clone());
         let mut native = NativePipeline::new(&registry);
         group.bench_function(BenchmarkId::new("native", name), |b| {
-            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| native.process(batch).len()))
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || feed.next_batch(size),
+                    |batch| native.process(batch).len(),
+                )
+            })
         });
     }
     group.finish();
@@ -51,26 +65,58 @@ fn bench_stages(c: &mut Criterion) {
     let set = registry.current();
     let pool = common::fleet_events(ACTIVE_TASKS, 20_000);
     // Feature vectors and decision inputs for the later stages, from the real features module.
-    let mut extractor = FeatureExtractor::new(registry.engine().clone(), registry.models().clone(), set.features.clone()).unwrap();
-    let vectors: Vec<Vec<f32>> = extractor.extract(pool[..4096].to_vec()).unwrap().into_iter().map(|(_, v)| v).collect();
+    let mut extractor = FeatureExtractor::new(
+        registry.engine().clone(),
+        registry.models().clone(),
+        set.features.clone(),
+    )
+    .unwrap();
+    let vectors: Vec<Vec<f32>> = extractor
+        .extract(pool[..4096].to_vec())
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     let names = extractor.names().to_vec();
     let mut native = NativePipeline::new(&registry);
 
     let mut group = c.benchmark_group("stage");
-    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
     for (name, size) in [("batched", BATCH), ("unbatched", 1)] {
         group.throughput(Throughput::Elements(size as u64));
         let mut feed = common::Feed::new(pool.clone());
-        let mut wasm_features = FeatureExtractor::new(registry.engine().clone(), registry.models().clone(), set.features.clone()).unwrap();
+        let mut wasm_features = FeatureExtractor::new(
+            registry.engine().clone(),
+            registry.models().clone(),
+            set.features.clone(),
+        )
+        .unwrap();
         group.bench_function(BenchmarkId::new("features/wasm", name), |b| {
-            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| wasm_features.extract(batch).unwrap().len()))
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || feed.next_batch(size),
+                    |batch| wasm_features.extract(batch).unwrap().len(),
+                )
+            })
         });
         let mut feed = common::Feed::new(pool.clone());
         group.bench_function(BenchmarkId::new("features/native", name), |b| {
-            b.iter_custom(|iters| timed(iters, || feed.next_batch(size), |batch| native.features(&batch).1.len()))
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || feed.next_batch(size),
+                    |batch| native.features(&batch).1.len(),
+                )
+            })
         });
 
-        let mut scorer = set.scorer.instantiate(registry.engine(), registry.models()).unwrap();
+        let mut scorer = set
+            .scorer
+            .instantiate(registry.engine(), registry.models())
+            .unwrap();
         let mut at = 0;
         let mut next_vectors = || {
             at = (at + size) % (vectors.len() - size);
@@ -79,9 +125,17 @@ fn bench_stages(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("scorer/wasm", name), |b| {
             b.iter_custom(|iters| {
                 timed(iters, &mut next_vectors, |v| {
-                    let Exports::Scorer(s) = &scorer.exports else { unreachable!() };
-                    scorer.store.set_epoch_deadline(registry.engine().deadline_ticks());
-                    s.fleet_edge_scoring().call_score_batch(&mut scorer.store, &v).unwrap().unwrap().len()
+                    let Exports::Scorer(s) = &scorer.exports else {
+                        unreachable!()
+                    };
+                    scorer
+                        .store
+                        .set_epoch_deadline(registry.engine().deadline_ticks());
+                    s.fleet_edge_scoring()
+                        .call_score_batch(&mut scorer.store, &v)
+                        .unwrap()
+                        .unwrap()
+                        .len()
                 })
             })
         });
@@ -89,18 +143,41 @@ fn bench_stages(c: &mut Criterion) {
             b.iter_custom(|iters| timed(iters, &mut next_vectors, |v| native.score(&v).len()))
         });
 
-        let mut policy = set.policy.instantiate(registry.engine(), registry.models()).unwrap();
-        let inputs: Vec<_> = native.score(&vectors[..size]).into_iter().zip(&vectors[..size]).map(|((p, factors), v)| wit_input(p, factors, v)).collect();
+        let mut policy = set
+            .policy
+            .instantiate(registry.engine(), registry.models())
+            .unwrap();
+        let inputs: Vec<_> = native
+            .score(&vectors[..size])
+            .into_iter()
+            .zip(&vectors[..size])
+            .map(|((p, factors), v)| wit_input(p, factors, v))
+            .collect();
         group.bench_function(BenchmarkId::new("policy/wasm", name), |b| {
             b.iter(|| {
-                let Exports::Policy(p) = &policy.exports else { unreachable!() };
-                policy.store.set_epoch_deadline(registry.engine().deadline_ticks());
-                p.fleet_edge_decide().call_decide(&mut policy.store, &names, &inputs).unwrap().len()
+                let Exports::Policy(p) = &policy.exports else {
+                    unreachable!()
+                };
+                policy
+                    .store
+                    .set_epoch_deadline(registry.engine().deadline_ticks());
+                p.fleet_edge_decide()
+                    .call_decide(&mut policy.store, &names, &inputs)
+                    .unwrap()
+                    .len()
             })
         });
-        let native_inputs: Vec<_> = native.score(&vectors[..size]).into_iter().zip(&vectors[..size]).map(|((p, factors), v)| guest_input(p, factors, v)).collect();
+        let native_inputs: Vec<_> = native
+            .score(&vectors[..size])
+            .into_iter()
+            .zip(&vectors[..size])
+            .map(|((p, factors), v)| guest_input(p, factors, v))
+            .collect();
         group.bench_function(BenchmarkId::new("policy/native", name), |b| {
-            b.iter(|| <guest_policy::Policy as gp::Decide>::decide(names.clone(), native_inputs.clone()).len())
+            b.iter(|| {
+                <guest_policy::Policy as gp::Decide>::decide(names.clone(), native_inputs.clone())
+                    .len()
+            })
         });
     }
     group.finish();
@@ -118,11 +195,21 @@ fn timed<I, O>(iters: u64, mut input: impl FnMut() -> I, mut work: impl FnMut(I)
     total
 }
 
-fn wit_input(p: f32, factors: Vec<(String, f32)>, v: &[f32]) -> fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
+fn wit_input(
+    p: f32,
+    factors: Vec<(u32, f32)>,
+    v: &[f32],
+) -> fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
     fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
         score: wit::Score {
             probability: p,
-            top_factors: factors.into_iter().map(|(feature, contribution)| wit::Factor { feature, contribution }).collect(),
+            top_factors: factors
+                .into_iter()
+                .map(|(feature, contribution)| wit::Factor {
+                    feature,
+                    contribution,
+                })
+                .collect(),
         },
         features: v.to_vec(),
         context: fleet_host::bindings::policy::exports::fleet::edge::decide::Context {
@@ -135,11 +222,17 @@ fn wit_input(p: f32, factors: Vec<(String, f32)>, v: &[f32]) -> fleet_host::bind
     }
 }
 
-fn guest_input(p: f32, factors: Vec<(String, f32)>, v: &[f32]) -> gp::DecisionInput {
+fn guest_input(p: f32, factors: Vec<(u32, f32)>, v: &[f32]) -> gp::DecisionInput {
     gp::DecisionInput {
         score: gp::Score {
             probability: p,
-            top_factors: factors.into_iter().map(|(feature, contribution)| gp::Factor { feature, contribution }).collect(),
+            top_factors: factors
+                .into_iter()
+                .map(|(feature, contribution)| gp::Factor {
+                    feature,
+                    contribution,
+                })
+                .collect(),
         },
         features: v.to_vec(),
         context: gp::Context {
@@ -174,7 +267,13 @@ impl NativePipeline {
             policy: set.policy.label(),
         };
         Self {
-            decisions: DecisionMaker::new(names.clone(), versions, &model.name, &model.version, &model.digest),
+            decisions: DecisionMaker::new(
+                names.clone(),
+                versions,
+                &model.name,
+                &model.version,
+                &model.digest,
+            ),
             names,
             model,
             states: HashMap::new(),
@@ -219,7 +318,7 @@ impl NativePipeline {
         (states, scored)
     }
 
-    fn score(&self, vectors: &[Vec<f32>]) -> Vec<(f32, Vec<(String, f32)>)> {
+    fn score(&self, vectors: &[Vec<f32>]) -> Vec<(f32, Vec<(u32, f32)>)> {
         let width = self.names.len();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let (p, c) = self.model.explained(&flat, vectors.len()).unwrap();
@@ -228,13 +327,22 @@ impl NativePipeline {
                 let row = &c[r * width..(r + 1) * width];
                 let mut idx: Vec<usize> = (0..width).collect();
                 idx.sort_by(|&a, &b| row[b].abs().total_cmp(&row[a].abs()));
-                (p[r * 2 + 1], idx.into_iter().take(3).map(|i| (self.names[i].clone(), row[i])).collect())
+                (
+                    p[r * 2 + 1],
+                    idx.into_iter()
+                        .take(3)
+                        .map(|i| (i as u32, row[i]))
+                        .collect(),
+                )
             })
             .collect()
     }
 
     fn process(&mut self, events: Vec<Event>) -> Vec<Decision> {
-        let events: Vec<Event> = events.into_iter().filter(|e| !self.dedup.contains(&e.event_id)).collect();
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter(|e| !self.dedup.contains(&e.event_id))
+            .collect();
         let (_, scored) = self.features(&events);
         for e in &events {
             self.dedup.insert(&e.event_id);
@@ -280,7 +388,13 @@ impl NativePipeline {
                         gp::Action::Surge(m) => Action::Surge { multiplier: m },
                     })
                     .collect();
-                let factors = factors.into_iter().map(|(feature, contribution)| Factor { feature, contribution }).collect();
+                let factors = factors
+                    .into_iter()
+                    .map(|(i, contribution)| Factor {
+                        feature: self.names[i as usize].clone(),
+                        contribution,
+                    })
+                    .collect();
                 self.decisions.make(e, values, p, factors, actions)
             })
             .collect()
@@ -304,12 +418,21 @@ fn to_guest(e: &Event) -> gf::Event {
         },
         event_time_ms: w.event_time_ms,
         utc_offset_min: w.utc_offset_min,
-        position: gf::Geo { lat: w.position.lat, lon: w.position.lon },
+        position: gf::Geo {
+            lat: w.position.lat,
+            lon: w.position.lon,
+        },
         speed_kmh: w.speed_kmh,
         accuracy_m: w.accuracy_m,
         task: w.task.map(|t| gf::TaskContext {
-            pickup: gf::Geo { lat: t.pickup.lat, lon: t.pickup.lon },
-            dropoff: gf::Geo { lat: t.dropoff.lat, lon: t.dropoff.lon },
+            pickup: gf::Geo {
+                lat: t.pickup.lat,
+                lon: t.pickup.lon,
+            },
+            dropoff: gf::Geo {
+                lat: t.dropoff.lat,
+                lon: t.dropoff.lon,
+            },
             promised_at_ms: t.promised_at_ms,
             stops_remaining: t.stops_remaining,
             order_type: t.order_type,

@@ -18,11 +18,25 @@ fn bench(c: &mut Criterion) {
     let engine = registry.engine().clone();
     let models = registry.models().clone();
     let mut group = c.benchmark_group("module");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     for (name, kind, bytes) in [
-        ("features", ModuleKind::Features, fleet_guest_modules::FEATURES_WASM),
-        ("scorer", ModuleKind::Scorer, fleet_guest_modules::SCORER_WASM),
-        ("policy", ModuleKind::Policy, fleet_guest_modules::POLICY_WASM),
+        (
+            "features",
+            ModuleKind::Features,
+            fleet_guest_modules::FEATURES_WASM,
+        ),
+        (
+            "scorer",
+            ModuleKind::Scorer,
+            fleet_guest_modules::SCORER_WASM,
+        ),
+        (
+            "policy",
+            ModuleKind::Policy,
+            fleet_guest_modules::POLICY_WASM,
+        ),
     ] {
         group.bench_function(format!("compile-only/{name}"), |b| {
             b.iter(|| wasmtime::component::Component::new(engine.engine(), bytes).unwrap())
@@ -31,7 +45,13 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("load/{name}"), |b| {
             b.iter(|| {
                 n += 1;
-                LoadedModule::from_bytes(&engine, &models, embedded_manifest(name, kind), &with_custom_section(bytes, n)).unwrap()
+                LoadedModule::from_bytes(
+                    &engine,
+                    &models,
+                    embedded_manifest(name, kind),
+                    &with_custom_section(bytes, n),
+                )
+                .unwrap()
             })
         });
     }
@@ -40,8 +60,20 @@ fn bench(c: &mut Criterion) {
     let mut pipeline = Pipeline::new(registry.clone());
     let mut feed = common::Feed::new(common::fleet_events(64, 10_000));
     let compiled = [
-        LoadedModule::from_bytes(&engine, &models, embedded_manifest("policy-a", ModuleKind::Policy), fleet_guest_modules::POLICY_WASM).unwrap(),
-        LoadedModule::from_bytes(&engine, &models, embedded_manifest("policy-b", ModuleKind::Policy), fleet_guest_modules::POLICY_WASM).unwrap(),
+        LoadedModule::from_bytes(
+            &engine,
+            &models,
+            embedded_manifest("policy-a", ModuleKind::Policy),
+            fleet_guest_modules::POLICY_WASM,
+        )
+        .unwrap(),
+        LoadedModule::from_bytes(
+            &engine,
+            &models,
+            embedded_manifest("policy-b", ModuleKind::Policy),
+            fleet_guest_modules::POLICY_WASM,
+        )
+        .unwrap(),
     ];
     let mut flip = 0;
     group.bench_function("swap/compiled-policy-to-first-decision", |b| {
@@ -49,7 +81,11 @@ fn bench(c: &mut Criterion) {
             flip += 1;
             registry.replace(compiled[flip % 2].clone()).unwrap();
             let d = pipeline.process(feed.next_batch(1)).decisions;
-            assert!(d[0].modules.policy.starts_with(&compiled[flip % 2].manifest.name));
+            assert!(
+                d[0].modules
+                    .policy
+                    .starts_with(&compiled[flip % 2].manifest.name)
+            );
         })
     });
 
@@ -71,7 +107,11 @@ fn bench(c: &mut Criterion) {
                 registry.replace(module).unwrap();
                 let decisions = pipeline.process(batch).decisions;
                 total += start.elapsed();
-                assert!(decisions.iter().all(|d| d.modules.policy.contains(&format!("@9.{version}+"))));
+                assert!(
+                    decisions
+                        .iter()
+                        .all(|d| d.modules.policy.contains(&format!("@9.{version}+")))
+                );
             }
             total
         })

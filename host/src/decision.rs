@@ -134,8 +134,17 @@ pub struct DecisionMaker {
 }
 
 impl DecisionMaker {
-    pub fn new(feature_names: Arc<[String]>, versions: ModuleVersions, model_name: &str, model_version: &str, model_digest: &str) -> Self {
-        let seed_source = format!("{model_digest}\u{1f}{}\u{1f}{}\u{1f}{}", versions.features, versions.scorer, versions.policy);
+    pub fn new(
+        feature_names: Arc<[String]>,
+        versions: ModuleVersions,
+        model_name: &str,
+        model_version: &str,
+        model_digest: &str,
+    ) -> Self {
+        let seed_source = format!(
+            "{model_digest}\u{1f}{}\u{1f}{}\u{1f}{}",
+            versions.features, versions.scorer, versions.policy
+        );
         Self {
             feature_names,
             versions: Arc::new(versions),
@@ -146,7 +155,14 @@ impl DecisionMaker {
     }
 
     /// The decision for `event`, scored `score` from `features`, with the policy's actions.
-    pub fn make(&self, event: &Event, features: Vec<f32>, score: f32, top_factors: Vec<Factor>, actions: Vec<Action>) -> Decision {
+    pub fn make(
+        &self,
+        event: &Event,
+        features: Vec<f32>,
+        score: f32,
+        top_factors: Vec<Factor>,
+        actions: Vec<Action>,
+    ) -> Decision {
         let severity = actions
             .iter()
             .filter_map(|a| match a {
@@ -164,7 +180,10 @@ impl DecisionMaker {
             score,
             severity,
             actions,
-            prediction_id: format!("pred-{:032x}", xxh3_128_with_seed(event.event_id.as_bytes(), self.prediction_seed)),
+            prediction_id: format!(
+                "pred-{:032x}",
+                xxh3_128_with_seed(event.event_id.as_bytes(), self.prediction_seed)
+            ),
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
             modules: self.versions.clone(),

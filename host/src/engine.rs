@@ -86,7 +86,9 @@ impl SandboxEngine {
     /// Compiles `bytes` (whose digest is `digest`), or returns the component compiled for the
     /// same digest earlier.
     pub fn compile(&self, digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let cached = |c: &VecDeque<(String, Component)>| c.iter().find(|(d, _)| d == digest).map(|(_, c)| c.clone());
+        let cached = |c: &VecDeque<(String, Component)>| {
+            c.iter().find(|(d, _)| d == digest).map(|(_, c)| c.clone())
+        };
         if let Some(component) = cached(&self.compiled.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(component);
         }

@@ -95,7 +95,11 @@ impl Event {
         let de = &mut serde_json::Deserializer::from_str(line);
         let event: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { top_level_field(e.inner()) } else { path };
+            let field = if path == "." {
+                top_level_field(e.inner())
+            } else {
+                path
+            };
             EventError::new(&field, strip_position(&e.inner().to_string()))
         })?;
         event.validate()?;
@@ -104,18 +108,29 @@ impl Event {
 
     /// Checks what the types alone do not: ranges, lengths, required context.
     pub fn validate(&self) -> Result<(), EventError> {
-        for (field, id) in [("event_id", Some(&self.event_id)), ("courier_id", Some(&self.courier_id)), ("task_id", self.task_id.as_ref())] {
+        for (field, id) in [
+            ("event_id", Some(&self.event_id)),
+            ("courier_id", Some(&self.courier_id)),
+            ("task_id", self.task_id.as_ref()),
+        ] {
             if let Some(id) = id {
                 if id.trim().is_empty() {
                     return Err(EventError::new(field, "must not be empty"));
                 }
                 if id.len() > MAX_ID_LEN {
-                    return Err(EventError::new(field, format!("longer than {MAX_ID_LEN} bytes")));
+                    return Err(EventError::new(
+                        field,
+                        format!("longer than {MAX_ID_LEN} bytes"),
+                    ));
                 }
             }
         }
         check_position("lat", "lon", self.lat, self.lon)?;
-        for (field, value, max) in [("speed_kmh", self.speed_kmh, 500.0), ("accuracy_m", self.accuracy_m, 1e6), ("courier_age", self.courier_age, 150.0)] {
+        for (field, value, max) in [
+            ("speed_kmh", self.speed_kmh, 500.0),
+            ("accuracy_m", self.accuracy_m, 1e6),
+            ("courier_age", self.courier_age, 150.0),
+        ] {
             if let Some(v) = value {
                 if !v.is_finite() || v < 0.0 || v > max {
                     return Err(EventError::new(field, format!("{v} is outside 0..={max}")));
@@ -124,7 +139,10 @@ impl Event {
         }
         if let Some(r) = self.courier_rating {
             if !r.is_finite() || !(0.0..=5.0).contains(&r) {
-                return Err(EventError::new("courier_rating", format!("{r} is outside 0..=5")));
+                return Err(EventError::new(
+                    "courier_rating",
+                    format!("{r} is outside 0..=5"),
+                ));
             }
         }
         if self.event_type == EventType::TaskAssigned {
@@ -133,7 +151,12 @@ impl Event {
             }
             for (field, geo) in [("pickup", self.pickup), ("dropoff", self.dropoff)] {
                 let geo = geo.ok_or_else(|| EventError::new(field, "required on task_assigned"))?;
-                check_position(&format!("{field}.lat"), &format!("{field}.lon"), geo.lat, geo.lon)?;
+                check_position(
+                    &format!("{field}.lat"),
+                    &format!("{field}.lon"),
+                    geo.lat,
+                    geo.lon,
+                )?;
             }
             if self.promised_at.is_none() {
                 return Err(EventError::new("promised_at", "required on task_assigned"));
@@ -155,8 +178,14 @@ impl Event {
     /// The event as a module sees it.
     pub fn to_wit(&self) -> wit::Event {
         let task = (self.event_type == EventType::TaskAssigned).then(|| wit::TaskContext {
-            pickup: self.pickup.map(to_wit_geo).unwrap_or(wit::Geo { lat: 0.0, lon: 0.0 }),
-            dropoff: self.dropoff.map(to_wit_geo).unwrap_or(wit::Geo { lat: 0.0, lon: 0.0 }),
+            pickup: self
+                .pickup
+                .map(to_wit_geo)
+                .unwrap_or(wit::Geo { lat: 0.0, lon: 0.0 }),
+            dropoff: self
+                .dropoff
+                .map(to_wit_geo)
+                .unwrap_or(wit::Geo { lat: 0.0, lon: 0.0 }),
             promised_at_ms: self.promised_at.map_or(0, |t| t.timestamp_millis()),
             stops_remaining: self.stops_remaining.unwrap_or(0),
             order_type: self.order_type.clone().unwrap_or_default(),
@@ -171,7 +200,10 @@ impl Event {
             event_type: self.event_type.into(),
             event_time_ms: self.event_time_ms(),
             utc_offset_min: self.event_time.offset().local_minus_utc() / 60,
-            position: wit::Geo { lat: self.lat, lon: self.lon },
+            position: wit::Geo {
+                lat: self.lat,
+                lon: self.lon,
+            },
             speed_kmh: self.speed_kmh,
             accuracy_m: self.accuracy_m,
             task,
@@ -194,15 +226,24 @@ impl From<EventType> for wit::EventType {
 }
 
 fn to_wit_geo(g: Geo) -> wit::Geo {
-    wit::Geo { lat: g.lat, lon: g.lon }
+    wit::Geo {
+        lat: g.lat,
+        lon: g.lon,
+    }
 }
 
 fn check_position(lat_field: &str, lon_field: &str, lat: f64, lon: f64) -> Result<(), EventError> {
     if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
-        return Err(EventError::new(lat_field, format!("{lat} is not a latitude")));
+        return Err(EventError::new(
+            lat_field,
+            format!("{lat} is not a latitude"),
+        ));
     }
     if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
-        return Err(EventError::new(lon_field, format!("{lon} is not a longitude")));
+        return Err(EventError::new(
+            lon_field,
+            format!("{lon} is not a longitude"),
+        ));
     }
     Ok(())
 }
@@ -210,7 +251,9 @@ fn check_position(lat_field: &str, lon_field: &str, lat: f64, lon: f64) -> Resul
 /// For errors about the object itself ("missing field `x`"), the field is in the message.
 fn top_level_field(err: &serde_json::Error) -> String {
     let text = err.to_string();
-    text.split('`').nth(1).map_or_else(|| ".".to_string(), str::to_string)
+    text.split('`')
+        .nth(1)
+        .map_or_else(|| ".".to_string(), str::to_string)
 }
 
 /// serde_json appends " at line 1 column 17"; the caller reports the line itself.
@@ -248,14 +291,38 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace(r#""lat":12.97,"lon":77.59,"pickup""#, r#""lat":"north","lon":77.59,"pickup""#), "lat"),
+            (
+                GOOD.replace(
+                    r#""lat":12.97,"lon":77.59,"pickup""#,
+                    r#""lat":"north","lon":77.59,"pickup""#,
+                ),
+                "lat",
+            ),
             (GOOD.replace(r#""courier_id":"123","#, ""), "courier_id"),
             (GOOD.replace("task_assigned", "teleported"), "event_type"),
-            (GOOD.replace("2026-11-22T10:00:00+05:30", "yesterday"), "event_time"),
-            (GOOD.replace(r#""lat":12.97,"lon":77.59,"pickup""#, r#""lat":123.0,"lon":77.59,"pickup""#), "lat"),
-            (GOOD.replace(r#","promised_at":"2026-11-22T10:30:00+05:30""#, ""), "promised_at"),
-            (GOOD.replace(r#""dropoff":{"lat":13.0"#, r#""dropoff":{"lat":913.0"#), "dropoff.lat"),
-            (GOOD.replace(r#""event_id":"e1""#, r#""event_id":"""#), "event_id"),
+            (
+                GOOD.replace("2026-11-22T10:00:00+05:30", "yesterday"),
+                "event_time",
+            ),
+            (
+                GOOD.replace(
+                    r#""lat":12.97,"lon":77.59,"pickup""#,
+                    r#""lat":123.0,"lon":77.59,"pickup""#,
+                ),
+                "lat",
+            ),
+            (
+                GOOD.replace(r#","promised_at":"2026-11-22T10:30:00+05:30""#, ""),
+                "promised_at",
+            ),
+            (
+                GOOD.replace(r#""dropoff":{"lat":13.0"#, r#""dropoff":{"lat":913.0"#),
+                "dropoff.lat",
+            ),
+            (
+                GOOD.replace(r#""event_id":"e1""#, r#""event_id":"""#),
+                "event_id",
+            ),
             (GOOD.replace(r#""order_type""#, r#""colour""#), "colour"),
         ];
         for (line, field) in cases {

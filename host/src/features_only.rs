@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::engine::SandboxEngine;
 use crate::event::Event;
+use crate::inference::ModelRegistry;
 use crate::module::{Instance, LoadedModule};
 use crate::pipeline::{self, MemStateStore, StateStore};
-use crate::engine::SandboxEngine;
-use crate::inference::ModelRegistry;
 
 /// Runs one features module with in-memory state.
 pub struct FeatureExtractor {
@@ -23,11 +23,16 @@ pub struct FeatureExtractor {
 
 impl FeatureExtractor {
     /// Runs `module`, which must be a features module.
-    pub fn new(engine: Arc<SandboxEngine>, models: Arc<ModelRegistry>, module: LoadedModule) -> anyhow::Result<Self> {
+    pub fn new(
+        engine: Arc<SandboxEngine>,
+        models: Arc<ModelRegistry>,
+        module: LoadedModule,
+    ) -> anyhow::Result<Self> {
         let mut instance = module
             .instantiate(&engine, &models)
             .with_context(|| format!("instantiating {}", module.label()))?;
-        let names = pipeline::feature_names(&mut instance).with_context(|| format!("{}: feature-names", module.label()))?;
+        let names = pipeline::feature_names(&mut instance)
+            .with_context(|| format!("{}: feature-names", module.label()))?;
         Ok(Self {
             engine,
             models,

@@ -161,7 +161,8 @@ impl LoadedModule {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| manifest_error(e.to_string()))?;
-        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| manifest_error(e.to_string()))?;
+        let mut manifest: Manifest =
+            toml::from_str(&text).map_err(|e| manifest_error(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         manifest.component = dir.join(&manifest.component);
         let bytes = std::fs::read(&manifest.component).map_err(|error| LoadError::Read {
@@ -189,28 +190,38 @@ impl LoadedModule {
             return Err(LoadError::NotComponent { module });
         }
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
-        let component = engine.compile(&digest, bytes).map_err(|e| LoadError::Compile {
-            module: module.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let component = engine
+            .compile(&digest, bytes)
+            .map_err(|e| LoadError::Compile {
+                module: module.clone(),
+                reason: format!("{e:#}"),
+            })?;
         let linker = linker_for(engine, kind).map_err(|e| LoadError::Compile {
             module: module.clone(),
             reason: format!("linker: {e:#}"),
         })?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Imports {
-            module: module.clone(),
-            kind,
-            reason: format!("{e:#}"),
-        })?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports {
+                module: module.clone(),
+                kind,
+                reason: format!("{e:#}"),
+            })?;
         let exports_error = |e: wasmtime::Error| LoadError::Exports {
             module: module.clone(),
             kind,
             reason: format!("{e:#}"),
         };
         let pre = match kind {
-            ModuleKind::Features => Pre::Features(features::FeaturesPre::new(instance_pre).map_err(exports_error)?),
-            ModuleKind::Scorer => Pre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(exports_error)?),
-            ModuleKind::Policy => Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(exports_error)?),
+            ModuleKind::Features => {
+                Pre::Features(features::FeaturesPre::new(instance_pre).map_err(exports_error)?)
+            }
+            ModuleKind::Scorer => {
+                Pre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(exports_error)?)
+            }
+            ModuleKind::Policy => {
+                Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(exports_error)?)
+            }
         };
         let loaded = Self {
             manifest: Arc::new(manifest),
@@ -226,7 +237,12 @@ impl LoadedModule {
     /// `name@version` and a short digest, as decisions and logs record it.
     pub fn label(&self) -> String {
         let short = self.digest.strip_prefix("sha256:").unwrap_or(&self.digest);
-        format!("{}@{}+{}", self.manifest.name, self.manifest.version, &short[..12.min(short.len())])
+        format!(
+            "{}@{}+{}",
+            self.manifest.name,
+            self.manifest.version,
+            &short[..12.min(short.len())]
+        )
     }
 
     pub fn kind(&self) -> ModuleKind {
@@ -234,13 +250,19 @@ impl LoadedModule {
     }
 
     /// A fresh instance with its configuration applied.
-    pub fn instantiate(&self, engine: &SandboxEngine, models: &Arc<ModelRegistry>) -> Result<Instance, ModuleError> {
+    pub fn instantiate(
+        &self,
+        engine: &SandboxEngine,
+        models: &Arc<ModelRegistry>,
+    ) -> Result<Instance, ModuleError> {
         let inference = match self.pre {
             Pre::Scorer(_) => InferenceCtx::new(models.clone()),
             _ => InferenceCtx::default(),
         };
         let mut store = HostState::new_store(engine, inference);
-        let trap = |e: wasmtime::Error, store: &Store<HostState>| ModuleError::from_call(e, engine, store.data().stderr());
+        let trap = |e: wasmtime::Error, store: &Store<HostState>| {
+            ModuleError::from_call(e, engine, store.data().stderr())
+        };
         let config = self.manifest.config_pairs();
         let (exports, init) = match &self.pre {
             Pre::Features(pre) => {
@@ -274,7 +296,10 @@ pub fn load_kind_from_dir(
     dir: &Path,
     kind: ModuleKind,
 ) -> Result<LoadedModule, LoadError> {
-    let no_module = |reason: String| LoadError::Manifest { path: dir.to_path_buf(), reason };
+    let no_module = |reason: String| LoadError::Manifest {
+        path: dir.to_path_buf(),
+        reason,
+    };
     for path in manifests_in(dir).map_err(|e| no_module(e.to_string()))? {
         let text = std::fs::read_to_string(&path).map_err(|e| no_module(e.to_string()))?;
         if toml::from_str::<Manifest>(&text).is_ok_and(|m| m.kind == kind) {
@@ -304,7 +329,10 @@ fn linker_for(engine: &SandboxEngine, kind: ModuleKind) -> wasmtime::Result<Link
     let mut linker = Linker::new(engine.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     if kind == ModuleKind::Scorer {
-        crate::bindings::inference::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        crate::bindings::inference::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
     }
     Ok(linker)
 }

@@ -108,10 +108,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(registry: Arc<ModuleRegistry>) -> Self {
-        Self::with_store(registry, Box::new(MemStateStore::default()), DEFAULT_DEDUP_WINDOW)
+        Self::with_store(
+            registry,
+            Box::new(MemStateStore::default()),
+            DEFAULT_DEDUP_WINDOW,
+        )
     }
 
-    pub fn with_store(registry: Arc<ModuleRegistry>, states: Box<dyn StateStore + Send>, dedup_window: usize) -> Self {
+    pub fn with_store(
+        registry: Arc<ModuleRegistry>,
+        states: Box<dyn StateStore + Send>,
+        dedup_window: usize,
+    ) -> Self {
         Self {
             registry,
             live: None,
@@ -128,7 +136,11 @@ impl Pipeline {
     pub fn process(&mut self, events: Vec<Event>) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let set = self.registry.current();
-        if self.live.as_ref().is_none_or(|l| l.set.generation != set.generation) {
+        if self
+            .live
+            .as_ref()
+            .is_none_or(|l| l.set.generation != set.generation)
+        {
             match self.make_live(set.clone()) {
                 Ok(live) => self.live = Some(live),
                 Err((stage, module, error)) => {
@@ -142,7 +154,8 @@ impl Pipeline {
         let events: Vec<Event> = events
             .into_iter()
             .filter(|e| {
-                let fresh = !self.dedup.contains(&e.event_id) && batch_ids.insert(e.event_id.clone());
+                let fresh =
+                    !self.dedup.contains(&e.event_id) && batch_ids.insert(e.event_id.clone());
                 outcome.duplicates += usize::from(!fresh);
                 fresh
             })
@@ -189,7 +202,8 @@ impl Pipeline {
         let mut features = make(&set.features, Stage::Features)?;
         let scorer = make(&set.scorer, Stage::Scorer)?;
         let policy = make(&set.policy, Stage::Policy)?;
-        let names = feature_names(&mut features).map_err(|e| (Stage::Features, set.features.label(), e.to_string()))?;
+        let names = feature_names(&mut features)
+            .map_err(|e| (Stage::Features, set.features.label(), e.to_string()))?;
         let (model_name, model_version, model_digest) = scorer
             .store
             .data()
@@ -204,7 +218,13 @@ impl Pipeline {
             policy: set.policy.label(),
         };
         Ok(Live {
-            decisions: DecisionMaker::new(names.into(), versions, &model_name, &model_version, &model_digest),
+            decisions: DecisionMaker::new(
+                names.into(),
+                versions,
+                &model_name,
+                &model_version,
+                &model_digest,
+            ),
             set,
             features: Some(features),
             scorer: Some(scorer),
@@ -223,19 +243,41 @@ fn run_batch(
     states: &dyn StateStore,
     events: &[Event],
 ) -> Result<Decided, StageFailure> {
-    let (new_states, scored) = extract(&mut live.features, &live.set.features, engine, models, states, events, live.decisions.feature_names.len())?;
+    let (new_states, scored) = extract(
+        &mut live.features,
+        &live.set.features,
+        engine,
+        models,
+        states,
+        events,
+        live.decisions.feature_names.len(),
+    )?;
     let unscored = events.len() - scored.len();
     if scored.is_empty() {
         return Ok((Vec::new(), new_states, unscored));
     }
 
     let (index, vectors): (Vec<usize>, Vec<Vec<f32>>) = scored.into_iter().unzip();
-    let scores = call(&mut live.scorer, &live.set.scorer, engine, models, Stage::Scorer, |exports, store| match exports {
-        Exports::Scorer(s) => s.fleet_edge_scoring().call_score_batch(store, &vectors),
-        _ => unreachable!("scorer slot holds a scorer instance"),
-    })?;
+    let scores = call(
+        &mut live.scorer,
+        &live.set.scorer,
+        engine,
+        models,
+        Stage::Scorer,
+        |exports, store| match exports {
+            Exports::Scorer(s) => s.fleet_edge_scoring().call_score_batch(store, &vectors),
+            _ => unreachable!("scorer slot holds a scorer instance"),
+        },
+    )?;
     if scores.len() != vectors.len() {
-        return Err((Stage::Scorer, ModuleError::Contract(format!("{} scores for {} vectors", scores.len(), vectors.len()))));
+        return Err((
+            Stage::Scorer,
+            ModuleError::Contract(format!(
+                "{} scores for {} vectors",
+                scores.len(),
+                vectors.len()
+            )),
+        ));
     }
 
     let inputs: Vec<DecisionInput> = index
@@ -258,19 +300,38 @@ fn run_batch(
         })
         .collect();
     let names: Vec<String> = live.decisions.feature_names.to_vec();
-    let actions = call(&mut live.policy, &live.set.policy, engine, models, Stage::Policy, |exports, store| match exports {
-        Exports::Policy(p) => p.fleet_edge_decide().call_decide(store, &names, &inputs).map(Ok),
-        _ => unreachable!("policy slot holds a policy instance"),
-    })?;
+    let actions = call(
+        &mut live.policy,
+        &live.set.policy,
+        engine,
+        models,
+        Stage::Policy,
+        |exports, store| match exports {
+            Exports::Policy(p) => p
+                .fleet_edge_decide()
+                .call_decide(store, &names, &inputs)
+                .map(Ok),
+            _ => unreachable!("policy slot holds a policy instance"),
+        },
+    )?;
     if actions.len() != inputs.len() {
-        return Err((Stage::Policy, ModuleError::Contract(format!("{} action lists for {} inputs", actions.len(), inputs.len()))));
+        return Err((
+            Stage::Policy,
+            ModuleError::Contract(format!(
+                "{} action lists for {} inputs",
+                actions.len(),
+                inputs.len()
+            )),
+        ));
     }
 
     let decisions = index
         .into_iter()
         .zip(inputs)
         .zip(actions)
-        .map(|((i, input), actions)| decision(live, &events[i], input.features, input.score, actions))
+        .map(|((i, input), actions)| {
+            decision(live, &events[i], input.features, input.score, actions)
+        })
         .collect();
     Ok((decisions, new_states, unscored))
 }
@@ -283,7 +344,10 @@ fn call<T>(
     engine: &SandboxEngine,
     models: &Arc<crate::inference::ModelRegistry>,
     stage: Stage,
-    f: impl FnOnce(&Exports, &mut wasmtime::Store<crate::sandbox::HostState>) -> wasmtime::Result<Result<T, String>>,
+    f: impl FnOnce(
+        &Exports,
+        &mut wasmtime::Store<crate::sandbox::HostState>,
+    ) -> wasmtime::Result<Result<T, String>>,
 ) -> Result<T, StageFailure> {
     if slot.is_none() {
         *slot = Some(module.instantiate(engine, models).map_err(|e| (stage, e))?);
@@ -336,30 +400,53 @@ pub(crate) fn extract(
             events: idx.iter().map(|&i| events[i].to_wit()).collect(),
         })
         .collect();
-    let outputs = call(slot, module, engine, models, Stage::Features, |exports, store| match exports {
-        Exports::Features(f) => f.fleet_edge_extract().call_extract(store, &batches).map(Ok),
-        _ => unreachable!("features slot holds a features instance"),
-    })?;
-    let (new_states, mut scored) = check_features(&groups, outputs, width).map_err(|e| (Stage::Features, e))?;
+    let outputs = call(
+        slot,
+        module,
+        engine,
+        models,
+        Stage::Features,
+        |exports, store| match exports {
+            Exports::Features(f) => f.fleet_edge_extract().call_extract(store, &batches).map(Ok),
+            _ => unreachable!("features slot holds a features instance"),
+        },
+    )?;
+    let (new_states, mut scored) =
+        check_features(&groups, outputs, width).map_err(|e| (Stage::Features, e))?;
     scored.sort_by_key(|(i, _)| *i);
     Ok((new_states, scored))
 }
 
 /// Checks the features module's output against its contract and flattens it.
-fn check_features(groups: &[(String, Vec<usize>)], outputs: Vec<KeyOutput>, width: usize) -> Result<(Vec<(String, Vec<u8>)>, Vec<Scored>), ModuleError> {
+fn check_features(
+    groups: &[(String, Vec<usize>)],
+    outputs: Vec<KeyOutput>,
+    width: usize,
+) -> Result<(Vec<(String, Vec<u8>)>, Vec<Scored>), ModuleError> {
     if outputs.len() != groups.len() {
-        return Err(ModuleError::Contract(format!("{} outputs for {} keys", outputs.len(), groups.len())));
+        return Err(ModuleError::Contract(format!(
+            "{} outputs for {} keys",
+            outputs.len(),
+            groups.len()
+        )));
     }
     let mut states = Vec::with_capacity(groups.len());
     let mut scored = Vec::new();
     for ((key, idx), out) in groups.iter().zip(outputs) {
         if out.features.len() != idx.len() {
-            return Err(ModuleError::Contract(format!("key {key}: {} feature entries for {} events", out.features.len(), idx.len())));
+            return Err(ModuleError::Contract(format!(
+                "key {key}: {} feature entries for {} events",
+                out.features.len(),
+                idx.len()
+            )));
         }
         for (&i, v) in idx.iter().zip(out.features) {
             if let Some(v) = v {
                 if v.len() != width {
-                    return Err(ModuleError::Contract(format!("key {key}: vector of {} values, expected {width}", v.len())));
+                    return Err(ModuleError::Contract(format!(
+                        "key {key}: vector of {} values, expected {width}",
+                        v.len()
+                    )));
                 }
                 scored.push((i, v));
             }
@@ -369,17 +456,28 @@ fn check_features(groups: &[(String, Vec<usize>)], outputs: Vec<KeyOutput>, widt
     Ok((states, scored))
 }
 
-fn decision(live: &Live, event: &Event, values: Vec<f32>, score: wit::Score, actions: Vec<wit::Action>) -> Decision {
+fn decision(
+    live: &Live,
+    event: &Event,
+    values: Vec<f32>,
+    score: wit::Score,
+    actions: Vec<wit::Action>,
+) -> Decision {
+    let names = &live.decisions.feature_names;
     let factors = score
         .top_factors
         .into_iter()
         .map(|f| Factor {
-            feature: f.feature,
+            feature: names
+                .get(f.feature as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", f.feature)),
             contribution: f.contribution,
         })
         .collect();
     let actions = actions.into_iter().map(Action::from).collect();
-    live.decisions.make(event, values, score.probability, factors, actions)
+    live.decisions
+        .make(event, values, score.probability, factors, actions)
 }
 
 /// Asks a features instance for its feature names.

@@ -62,7 +62,11 @@ pub struct ModuleRegistry {
 
 impl ModuleRegistry {
     /// Loads the first set from `source`.
-    pub fn new(engine: Arc<SandboxEngine>, models: Arc<ModelRegistry>, source: ModuleSource) -> Result<Self, RegistryError> {
+    pub fn new(
+        engine: Arc<SandboxEngine>,
+        models: Arc<ModelRegistry>,
+        source: ModuleSource,
+    ) -> Result<Self, RegistryError> {
         let set = load_set(&engine, &models, &source, 1)?;
         Ok(Self {
             engine,
@@ -90,7 +94,12 @@ impl ModuleRegistry {
     /// stays, untouched.
     pub fn reload(&self) -> Result<Arc<ModuleSet>, RegistryError> {
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
-        let set = Arc::new(load_set(&self.engine, &self.models, &self.source, generation)?);
+        let set = Arc::new(load_set(
+            &self.engine,
+            &self.models,
+            &self.source,
+            generation,
+        )?);
         self.current.store(set.clone());
         tracing::info!(
             generation,
@@ -131,7 +140,12 @@ impl ModuleRegistry {
                 let mut files = manifests_in(dir).unwrap_or_default();
                 let components: Vec<PathBuf> = files
                     .iter()
-                    .filter_map(|m| std::fs::read_to_string(m).ok().and_then(|t| toml::from_str::<Manifest>(&t).ok()).map(|man| dir.join(man.component)))
+                    .filter_map(|m| {
+                        std::fs::read_to_string(m)
+                            .ok()
+                            .and_then(|t| toml::from_str::<Manifest>(&t).ok())
+                            .map(|man| dir.join(man.component))
+                    })
                     .collect();
                 files.extend(components);
                 files
@@ -140,16 +154,42 @@ impl ModuleRegistry {
     }
 }
 
-fn load_set(engine: &SandboxEngine, models: &Arc<ModelRegistry>, source: &ModuleSource, generation: u64) -> Result<ModuleSet, RegistryError> {
+fn load_set(
+    engine: &SandboxEngine,
+    models: &Arc<ModelRegistry>,
+    source: &ModuleSource,
+    generation: u64,
+) -> Result<ModuleSet, RegistryError> {
     let set = match source {
         ModuleSource::Embedded => ModuleSet {
             generation,
-            features: embedded(engine, models, "late-risk-features", ModuleKind::Features, fleet_guest_modules::FEATURES_WASM)?,
-            scorer: embedded(engine, models, "late-risk-scorer", ModuleKind::Scorer, fleet_guest_modules::SCORER_WASM)?,
-            policy: embedded(engine, models, "late-risk-policy", ModuleKind::Policy, fleet_guest_modules::POLICY_WASM)?,
+            features: embedded(
+                engine,
+                models,
+                "late-risk-features",
+                ModuleKind::Features,
+                fleet_guest_modules::FEATURES_WASM,
+            )?,
+            scorer: embedded(
+                engine,
+                models,
+                "late-risk-scorer",
+                ModuleKind::Scorer,
+                fleet_guest_modules::SCORER_WASM,
+            )?,
+            policy: embedded(
+                engine,
+                models,
+                "late-risk-policy",
+                ModuleKind::Policy,
+                fleet_guest_modules::POLICY_WASM,
+            )?,
         },
         ModuleSource::Dir(dir) => {
-            let layout = |reason: String| RegistryError::Layout { dir: dir.clone(), reason };
+            let layout = |reason: String| RegistryError::Layout {
+                dir: dir.clone(),
+                reason,
+            };
             let mut features = None;
             let mut scorer = None;
             let mut policy = None;
@@ -161,7 +201,12 @@ fn load_set(engine: &SandboxEngine, models: &Arc<ModelRegistry>, source: &Module
                     ModuleKind::Policy => &mut policy,
                 };
                 if let Some(other) = slot.replace(module) {
-                    return Err(layout(format!("two {} modules ({} and {})", other.kind(), other.label(), slot.as_ref().map(LoadedModule::label).unwrap_or_default())));
+                    return Err(layout(format!(
+                        "two {} modules ({} and {})",
+                        other.kind(),
+                        other.label(),
+                        slot.as_ref().map(LoadedModule::label).unwrap_or_default()
+                    )));
                 }
             }
             let missing = |kind: &str| layout(format!("no {kind} module"));
@@ -189,23 +234,47 @@ pub fn embedded_manifest(name: &str, kind: ModuleKind) -> Manifest {
 }
 
 /// Loads one of the modules built into this binary.
-pub fn embedded(engine: &SandboxEngine, models: &Arc<ModelRegistry>, name: &str, kind: ModuleKind, bytes: &[u8]) -> Result<LoadedModule, RegistryError> {
+pub fn embedded(
+    engine: &SandboxEngine,
+    models: &Arc<ModelRegistry>,
+    name: &str,
+    kind: ModuleKind,
+    bytes: &[u8],
+) -> Result<LoadedModule, RegistryError> {
     if let Some(fix) = fleet_guest_modules::MISSING_TARGET {
         return Err(RegistryError::Layout {
             dir: PathBuf::from("<embedded>"),
-            reason: format!("this binary was built without its guest modules; run `{fix}` and rebuild"),
+            reason: format!(
+                "this binary was built without its guest modules; run `{fix}` and rebuild"
+            ),
         });
     }
-    Ok(LoadedModule::from_bytes(engine, models, embedded_manifest(name, kind), bytes)?)
+    Ok(LoadedModule::from_bytes(
+        engine,
+        models,
+        embedded_manifest(name, kind),
+        bytes,
+    )?)
 }
 
 /// The features module must produce exactly the columns the scorer's model reads.
-fn check_features(engine: &SandboxEngine, models: &Arc<ModelRegistry>, set: &ModuleSet) -> Result<(), RegistryError> {
-    let mut instance = set
-        .features
-        .instantiate(engine, models)
-        .map_err(|error| LoadError::Init { module: set.features.label(), error })?;
-    let produced = crate::pipeline::feature_names(&mut instance).map_err(|error| LoadError::Init { module: set.features.label(), error })?;
+fn check_features(
+    engine: &SandboxEngine,
+    models: &Arc<ModelRegistry>,
+    set: &ModuleSet,
+) -> Result<(), RegistryError> {
+    let mut instance =
+        set.features
+            .instantiate(engine, models)
+            .map_err(|error| LoadError::Init {
+                module: set.features.label(),
+                error,
+            })?;
+    let produced =
+        crate::pipeline::feature_names(&mut instance).map_err(|error| LoadError::Init {
+            module: set.features.label(),
+            error,
+        })?;
     let model_name = set
         .scorer
         .manifest

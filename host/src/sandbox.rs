@@ -70,7 +70,9 @@ impl HostState {
 
     /// What the module wrote to stderr so far (lossy UTF-8, trimmed).
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
     }
 }
 

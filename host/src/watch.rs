@@ -31,7 +31,11 @@ pub fn watch(registry: Arc<ModuleRegistry>, every: Duration) -> Watcher {
     let snapshot = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
         files
             .iter()
-            .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
             .collect()
     };
     let mut files = registry.watched_files();
@@ -50,7 +54,9 @@ pub fn watch(registry: Arc<ModuleRegistry>, every: Duration) -> Watcher {
                 thread::sleep(every / 4);
                 match registry.reload() {
                     Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "module reload failed; keeping the current set"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "module reload failed; keeping the current set")
+                    }
                 }
                 files = registry.watched_files();
                 last = snapshot(&files);

@@ -33,7 +33,10 @@ pub fn fleet_events(tasks: usize, n: usize) -> Vec<Event> {
             if out.len() == n {
                 break;
             }
-            let (lat0, lon0) = (12.90 + (k % 50) as f64 * 0.002, 77.55 + (k / 50) as f64 * 0.002);
+            let (lat0, lon0) = (
+                12.90 + (k % 50) as f64 * 0.002,
+                77.55 + (k / 50) as f64 * 0.002,
+            );
             let time = t0 + chrono::Duration::seconds((round * 5 + k % 5) as i64);
             let lat = lat0 + round as f64 * 0.00004;
             let mut e = Event {
@@ -57,8 +60,14 @@ pub fn fleet_events(tasks: usize, n: usize) -> Vec<Event> {
             };
             if round == 0 {
                 e.event_type = EventType::TaskAssigned;
-                e.pickup = Some(Geo { lat: lat0, lon: lon0 });
-                e.dropoff = Some(Geo { lat: lat0 + 0.03, lon: lon0 + 0.01 });
+                e.pickup = Some(Geo {
+                    lat: lat0,
+                    lon: lon0,
+                });
+                e.dropoff = Some(Geo {
+                    lat: lat0 + 0.03,
+                    lon: lon0 + 0.01,
+                });
                 e.promised_at = Some(time + chrono::Duration::minutes(30 + (k % 20) as i64));
                 e.order_type = Some("meal".into());
                 e.vehicle_type = Some("scooter".into());
@@ -82,7 +91,11 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(pool: Vec<Event>) -> Self {
-        Self { pool, at: 0, lap: 0 }
+        Self {
+            pool,
+            at: 0,
+            lap: 0,
+        }
     }
 
     pub fn next_batch(&mut self, size: usize) -> Vec<Event> {
@@ -107,6 +120,15 @@ impl Feed {
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) * 1024))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    * 1024
+            })
+        })
         .unwrap_or(0)
 }

@@ -26,7 +26,9 @@ pub(crate) struct FeaturesArgs {
 pub(crate) fn run(args: FeaturesArgs) -> anyhow::Result<()> {
     let mut extractor = args.runtime.feature_extractor()?;
     let input: Box<dyn BufRead> = match &args.input {
-        Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(File::open(p).with_context(|| format!("opening {}", p.display()))?)),
+        Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(
+            File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
         _ => Box::new(std::io::stdin().lock()),
     };
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -35,8 +37,23 @@ pub(crate) fn run(args: FeaturesArgs) -> anyhow::Result<()> {
     let mut malformed = 0usize;
     let mut write_batch = |batch: &mut Vec<Event>, out: &mut BufWriter<_>| -> anyhow::Result<()> {
         for (event, values) in extractor.extract(std::mem::take(batch))? {
-            let row: Vec<String> = values.iter().map(|v| if v.is_finite() { v.to_string() } else { String::new() }).collect();
-            writeln!(out, "{},{},{}", event.event_id, event.task_id.as_deref().unwrap_or(""), row.join(","))?;
+            let row: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    if v.is_finite() {
+                        v.to_string()
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
+            writeln!(
+                out,
+                "{},{},{}",
+                event.event_id,
+                event.task_id.as_deref().unwrap_or(""),
+                row.join(",")
+            )?;
         }
         Ok(())
     };

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use fleet_host::engine::{SandboxEngine, SandboxLimits};
-use fleet_host::inference::{Model, ModelRegistry};
 use fleet_host::features_only::FeatureExtractor;
+use fleet_host::inference::{Model, ModelRegistry};
 use fleet_host::module::{ModuleKind, load_kind_from_dir};
 use fleet_host::registry::{ModuleRegistry, ModuleSource, embedded};
 
@@ -59,7 +59,9 @@ impl RuntimeArgs {
             deadline: Duration::from_millis(self.deadline_ms),
             ..SandboxLimits::default()
         };
-        let engine = SandboxEngine::new(limits).map_err(anyhow::Error::from).context("creating the wasm engine")?;
+        let engine = SandboxEngine::new(limits)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasm engine")?;
         Ok(Arc::new(engine))
     }
 
@@ -67,12 +69,16 @@ impl RuntimeArgs {
     fn models(&self) -> anyhow::Result<Arc<ModelRegistry>> {
         let mut models = ModelRegistry::new();
         if self.model.is_empty() {
-            models.insert(fleet_host::defaults::late_risk_model().context("loading the built-in model")?);
+            models.insert(
+                fleet_host::defaults::late_risk_model().context("loading the built-in model")?,
+            );
         }
         for path in &self.model {
-            let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-            let model = Model::load(name, &bytes).with_context(|| format!("loading model {}", path.display()))?;
+            let model = Model::load(name, &bytes)
+                .with_context(|| format!("loading model {}", path.display()))?;
             models.insert(model);
         }
         Ok(Arc::new(models))
@@ -84,7 +90,8 @@ impl RuntimeArgs {
             Some(dir) => ModuleSource::Dir(dir.clone()),
             None => ModuleSource::Embedded,
         };
-        let registry = ModuleRegistry::new(self.engine()?, self.models()?, source).context("loading modules")?;
+        let registry = ModuleRegistry::new(self.engine()?, self.models()?, source)
+            .context("loading modules")?;
         Ok(Arc::new(registry))
     }
 
@@ -94,7 +101,13 @@ impl RuntimeArgs {
         let models = Arc::new(ModelRegistry::new());
         let module = match &self.modules {
             Some(dir) => load_kind_from_dir(&engine, &models, dir, ModuleKind::Features)?,
-            None => embedded(&engine, &models, "late-risk-features", ModuleKind::Features, fleet_guest_modules::FEATURES_WASM)?,
+            None => embedded(
+                &engine,
+                &models,
+                "late-risk-features",
+                ModuleKind::Features,
+                fleet_guest_modules::FEATURES_WASM,
+            )?,
         };
         FeatureExtractor::new(engine, models, module)
     }

@@ -38,21 +38,30 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|_| fleet_host::watch::watch(registry.clone(), Duration::from_millis(500)));
     let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing the SIGHUP handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing the SIGHUP handler")?;
     let mut pipeline = Pipeline::new(registry.clone());
 
     let input: Box<dyn BufRead> = match &args.input {
-        Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(File::open(p).with_context(|| format!("opening {}", p.display()))?)),
+        Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(
+            File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
         _ => Box::new(std::io::stdin().lock()),
     };
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut dead: Box<dyn Write> = match &args.dead_letters {
-        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => Box::new(std::io::stderr()),
     };
     let mut stats = Stats::default();
     let mut batch = Vec::with_capacity(args.batch);
-    let mut flush = |batch: &mut Vec<Event>, out: &mut BufWriter<_>, dead: &mut Box<dyn Write>, stats: &mut Stats| -> anyhow::Result<()> {
+    let mut flush = |batch: &mut Vec<Event>,
+                     out: &mut BufWriter<_>,
+                     dead: &mut Box<dyn Write>,
+                     stats: &mut Stats|
+     -> anyhow::Result<()> {
         if reload.swap(false, Ordering::Relaxed) {
             if let Err(e) = registry.reload() {
                 tracing::error!(error = %e, "reload on SIGHUP failed; keeping the current modules");
@@ -94,7 +103,14 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     if !batch.is_empty() {
         flush(&mut batch, &mut out, &mut dead, &mut stats)?;
     }
-    tracing::info!(lines = stats.lines, decisions = stats.decisions, malformed = stats.malformed, duplicates = stats.duplicates, dead_lettered = stats.dead, "done");
+    tracing::info!(
+        lines = stats.lines,
+        decisions = stats.decisions,
+        malformed = stats.malformed,
+        duplicates = stats.duplicates,
+        dead_lettered = stats.dead,
+        "done"
+    );
     Ok(())
 }
 

@@ -142,7 +142,10 @@ impl Forest {
             vec![Default::default(); n_trees];
         for n in nodes {
             if by_tree[n.tree].insert(n.id, n).is_some() {
-                return Err(malformed(format!("tree {} has node {} twice", n.tree, n.id)));
+                return Err(malformed(format!(
+                    "tree {} has node {} twice",
+                    n.tree, n.id
+                )));
             }
         }
         let mut leaf_weight: std::collections::HashMap<(usize, usize), (usize, f32)> =
@@ -167,10 +170,17 @@ impl Forest {
             0 => vec![0.0; n_columns],
             n if n == n_columns => base,
             // onnxmltools writes one base value for a binary classifier with one score column.
-            _ => return Err(malformed(format!("{} base values for {n_columns} columns", base.len()))),
+            _ => {
+                return Err(malformed(format!(
+                    "{} base values for {n_columns} columns",
+                    base.len()
+                )));
+            }
         };
         if binary_single && post == PostTransform::Softmax {
-            return Err(ForestError::Unsupported("softmax over a single score column".into()));
+            return Err(ForestError::Unsupported(
+                "softmax over a single score column".into(),
+            ));
         }
 
         let mut roots = Vec::with_capacity(n_trees);
@@ -181,7 +191,9 @@ impl Forest {
             roots.push(root);
         }
         if n_trees.saturating_mul((1usize << depth) - 1) > MAX_PADDED_NODES {
-            return Err(ForestError::Unsupported(format!("{n_trees} trees of depth {depth} are too large to pad")));
+            return Err(ForestError::Unsupported(format!(
+                "{n_trees} trees of depth {depth} are too large to pad"
+            )));
         }
         let mut forest = Self {
             n_features: 0,
@@ -281,7 +293,11 @@ impl Forest {
         let padded = (1usize << self.depth) - 1;
         let mut means = vec![0f32; padded];
         let value = |means: &[f32], pos: usize| {
-            if pos >= padded { self.leaves[t.leaf_offset + pos - padded] } else { means[pos] }
+            if pos >= padded {
+                self.leaves[t.leaf_offset + pos - padded]
+            } else {
+                means[pos]
+            }
         };
         for pos in (0..padded).rev() {
             let (left, right) = (value(&means, 2 * pos + 1), value(&means, 2 * pos + 2));
@@ -307,7 +323,8 @@ impl Forest {
                     let split = self.splits[t.split_offset + pos];
                     let (left_delta, right_delta) = self.deltas[t.split_offset + pos];
                     let right = (leaf >> level) & 1 == 1;
-                    out[(split.feature & !MISSING_RIGHT) as usize] += if right { right_delta } else { left_delta };
+                    out[(split.feature & !MISSING_RIGHT) as usize] +=
+                        if right { right_delta } else { left_delta };
                     pos = 2 * pos + 1 + usize::from(right);
                 }
             }
@@ -332,10 +349,19 @@ impl Forest {
 
     /// Probabilities for `rows` rows of `width` values (`width >= n_features()`), one per label
     /// per row into `out`; the index of each row's winning label into `winners`.
-    pub fn predict_rows(&self, input: &[f32], width: usize, out: &mut [f32], winners: &mut [usize]) {
+    pub fn predict_rows(
+        &self,
+        input: &[f32],
+        width: usize,
+        out: &mut [f32],
+        winners: &mut [usize],
+    ) {
         let n_labels = self.labels.len();
         let rows = winners.len();
-        assert!(width >= self.n_features && input.len() >= rows * width, "rows narrower than the model");
+        assert!(
+            width >= self.n_features && input.len() >= rows * width,
+            "rows narrower than the model"
+        );
         assert!(out.len() >= rows * n_labels, "output too small");
         let mut margins = vec![0f32; rows * self.n_columns];
         for (m, _) in margins.chunks_exact_mut(self.n_columns).zip(0..rows) {
@@ -349,13 +375,16 @@ impl Forest {
             for t in &self.trees {
                 let leaves = self.walk([t.split_offset; LANES], row_start, input, |_, _, _, _| {});
                 for (l, leaf) in leaves.iter().enumerate() {
-                    margins[(first + l) * self.n_columns + t.column] += self.leaves[t.leaf_offset + leaf];
+                    margins[(first + l) * self.n_columns + t.column] +=
+                        self.leaves[t.leaf_offset + leaf];
                 }
             }
         }
         for r in blocks * LANES..rows {
             let m = &mut margins[r * self.n_columns..(r + 1) * self.n_columns];
-            self.tree_lanes(&input[r * width..(r + 1) * width], |t, leaf| m[t.column] += self.leaves[t.leaf_offset + leaf]);
+            self.tree_lanes(&input[r * width..(r + 1) * width], |t, leaf| {
+                m[t.column] += self.leaves[t.leaf_offset + leaf]
+            });
         }
         for r in 0..rows {
             let scores = &mut margins[r * self.n_columns..(r + 1) * self.n_columns];
@@ -399,8 +428,16 @@ impl Forest {
         input: &[f32],
         mut step: impl FnMut(usize, usize, usize, bool),
     ) -> [usize; K] {
-        debug_assert!(roots.iter().all(|&r| r + (1usize << self.depth) - 1 <= self.splits.len()));
-        debug_assert!(row_start.iter().all(|&r| r + self.n_features <= input.len()));
+        debug_assert!(
+            roots
+                .iter()
+                .all(|&r| r + (1usize << self.depth) - 1 <= self.splits.len())
+        );
+        debug_assert!(
+            row_start
+                .iter()
+                .all(|&r| r + self.n_features <= input.len())
+        );
         let mut pos = [0usize; K];
         for _ in 0..self.depth {
             for l in 0..K {
@@ -412,7 +449,8 @@ impl Forest {
                 let feature = (split.feature & !MISSING_RIGHT) as usize;
                 let x = unsafe { *input.get_unchecked(row_start[l] + feature) };
                 // Branch-free: NaN compares false, so it goes right only when so tracked.
-                let right = (x >= split.threshold) | (x.is_nan() & (split.feature & MISSING_RIGHT != 0));
+                let right =
+                    (x >= split.threshold) | (x.is_nan() & (split.feature & MISSING_RIGHT != 0));
                 step(l, feature, roots[l] + pos[l], right);
                 pos[l] = 2 * pos[l] + 1 + usize::from(right);
             }
@@ -455,13 +493,22 @@ impl Forest {
     /// The part of the margin not attributed to any feature: base value plus the trees' leaf
     /// means, for score column `column`.
     pub fn bias(&self, column: usize) -> f32 {
-        self.base[column] + self.trees.iter().filter(|t| t.column == column).map(|t| t.mean).sum::<f32>()
+        self.base[column]
+            + self
+                .trees
+                .iter()
+                .filter(|t| t.column == column)
+                .map(|t| t.mean)
+                .sum::<f32>()
     }
 
     /// Adds each feature's contribution to score column `column`'s margin into `out`
     /// (`n_features()` values, log-odds for a logistic model).
     pub fn contributions_into(&self, row: &[f32], column: usize, out: &mut [f32]) {
-        assert!(row.len() >= self.n_features && out.len() >= self.n_features, "row narrower than the model");
+        assert!(
+            row.len() >= self.n_features && out.len() >= self.n_features,
+            "row narrower than the model"
+        );
         if !self.leaf_contributions.is_empty() {
             let n = self.n_features;
             let out = &mut out[..n];
@@ -482,11 +529,19 @@ impl Forest {
     /// Probabilities (as [`Forest::predict_rows`]) and the positive column's contributions (as
     /// [`Forest::contributions_into`]) of `rows` rows of `width` values, in one walk per row.
     /// `None` when the model has no per-leaf contribution table (multi-column, or too large).
-    pub fn predict_explained(&self, input: &[f32], width: usize, rows: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+    pub fn predict_explained(
+        &self,
+        input: &[f32],
+        width: usize,
+        rows: usize,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
         if self.leaf_contributions.is_empty() {
             return None;
         }
-        assert!(width >= self.n_features && input.len() >= rows * width, "rows narrower than the model");
+        assert!(
+            width >= self.n_features && input.len() >= rows * width,
+            "rows narrower than the model"
+        );
         let n = self.n_features;
         let mut probabilities = vec![0f32; rows * 2];
         let mut contributions = vec![0f32; rows * n];
@@ -524,16 +579,26 @@ fn normalize(mode: Mode, threshold: f32) -> (f32, bool) {
 }
 
 /// The root is the one node no other node points to.
-fn root_of(tree: usize, index: &std::collections::HashMap<usize, &NodeSpec>) -> Result<usize, ForestError> {
+fn root_of(
+    tree: usize,
+    index: &std::collections::HashMap<usize, &NodeSpec>,
+) -> Result<usize, ForestError> {
     let mut children = std::collections::HashSet::new();
     for n in index.values().filter(|n| n.mode.is_some()) {
         children.insert(n.true_id);
         children.insert(n.false_id);
     }
-    let roots: Vec<usize> = index.keys().filter(|id| !children.contains(id)).copied().collect();
+    let roots: Vec<usize> = index
+        .keys()
+        .filter(|id| !children.contains(id))
+        .copied()
+        .collect();
     match roots[..] {
         [root] => Ok(root),
-        _ => Err(ForestError::Malformed(format!("tree {tree} has {} roots", roots.len()))),
+        _ => Err(ForestError::Malformed(format!(
+            "tree {tree} has {} roots",
+            roots.len()
+        ))),
     }
 }
 
@@ -553,8 +618,14 @@ fn depth_of(
     })?;
     match node.mode {
         None => Ok(0),
-        Some(_) => Ok(1 + depth_of(index, node.true_id, level + 1, tree)?
-            .max(depth_of(index, node.false_id, level + 1, tree)?)),
+        Some(_) => Ok(
+            1 + depth_of(index, node.true_id, level + 1, tree)?.max(depth_of(
+                index,
+                node.false_id,
+                level + 1,
+                tree,
+            )?),
+        ),
     }
 }
 
@@ -566,7 +637,14 @@ fn sigmoid(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    fn split(tree: usize, id: usize, feature: usize, threshold: f32, t: usize, f: usize) -> NodeSpec {
+    fn split(
+        tree: usize,
+        id: usize,
+        feature: usize,
+        threshold: f32,
+        t: usize,
+        f: usize,
+    ) -> NodeSpec {
         NodeSpec {
             tree,
             id,
@@ -593,7 +671,12 @@ mod tests {
     }
 
     fn weight(tree: usize, id: usize, weight: f32) -> LeafSpec {
-        LeafSpec { tree, id, class: 0, weight }
+        LeafSpec {
+            tree,
+            id,
+            class: 0,
+            weight,
+        }
     }
 
     /// Tree 0: x0 < 1 ? (x1 < 5 ? 1.0 : 2.0) : 3.0 — unbalanced, so padding matters.
@@ -607,7 +690,12 @@ mod tests {
             leaf(0, 4),
             leaf(1, 0),
         ];
-        let leaves = vec![weight(0, 2, 3.0), weight(0, 3, 1.0), weight(0, 4, 2.0), weight(1, 0, 0.5)];
+        let leaves = vec![
+            weight(0, 2, 3.0),
+            weight(0, 3, 1.0),
+            weight(0, 4, 2.0),
+            weight(1, 0, 0.5),
+        ];
         Forest::build(&nodes, &leaves, vec![0, 1], vec![0.25], PostTransform::None).unwrap()
     }
 
@@ -615,7 +703,12 @@ mod tests {
     fn walks_unbalanced_trees_and_single_leaf_trees() {
         let f = sample();
         let mut out = [0.0; 2];
-        for (row, margin) in [([0.0, 0.0], 1.0), ([0.0, 9.0], 2.0), ([2.0, 0.0], 3.0), ([2.0, 9.0], 3.0)] {
+        for (row, margin) in [
+            ([0.0, 0.0], 1.0),
+            ([0.0, 9.0], 2.0),
+            ([2.0, 0.0], 3.0),
+            ([2.0, 9.0], 3.0),
+        ] {
             f.predict_into(&row, &mut out);
             assert_eq!(out[1], margin + 0.5 + 0.25, "row {row:?}");
         }
@@ -638,7 +731,11 @@ mod tests {
             let mut out = [0.0; 2];
             f.predict_into(&row, &mut out);
             let total = f.bias(0) + contrib.iter().sum::<f32>();
-            assert!((total - out[1]).abs() < 1e-6, "row {row:?}: {total} vs {}", out[1]);
+            assert!(
+                (total - out[1]).abs() < 1e-6,
+                "row {row:?}: {total} vs {}",
+                out[1]
+            );
         }
     }
 
@@ -654,7 +751,8 @@ mod tests {
             root.mode = Some(mode);
             let nodes = vec![root, leaf(0, 1), leaf(0, 2)];
             let leaves = vec![weight(0, 1, 10.0), weight(0, 2, 20.0)];
-            let f = Forest::build(&nodes, &leaves, vec![0, 1], vec![], PostTransform::None).unwrap();
+            let f =
+                Forest::build(&nodes, &leaves, vec![0, 1], vec![], PostTransform::None).unwrap();
             let mut out = [0.0; 2];
             f.predict_into(&[1.0], &mut out);
             let expected = if at_threshold_goes_true { 10.0 } else { 20.0 };
@@ -665,14 +763,32 @@ mod tests {
     #[test]
     fn malformed_ensembles_are_refused_with_a_reason() {
         let dangling = vec![split(0, 0, 0, 1.0, 1, 7), leaf(0, 1)];
-        let err = Forest::build(&dangling, &[weight(0, 1, 1.0)], vec![0, 1], vec![], PostTransform::None)
-            .unwrap_err();
-        assert!(matches!(err, ForestError::Malformed(ref m) if m.contains("missing node 7")), "{err}");
+        let err = Forest::build(
+            &dangling,
+            &[weight(0, 1, 1.0)],
+            vec![0, 1],
+            vec![],
+            PostTransform::None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ForestError::Malformed(ref m) if m.contains("missing node 7")),
+            "{err}"
+        );
         let cycle = vec![split(0, 0, 0, 1.0, 1, 1), split(0, 1, 0, 1.0, 0, 0)];
         let err = Forest::build(&cycle, &[], vec![0, 1], vec![], PostTransform::None).unwrap_err();
-        assert!(matches!(err, ForestError::Malformed(_) | ForestError::Unsupported(_)), "{err}");
-        let err = Forest::build(&[leaf(0, 0)], &[weight(0, 0, 1.0)], vec![0], vec![], PostTransform::None)
-            .unwrap_err();
+        assert!(
+            matches!(err, ForestError::Malformed(_) | ForestError::Unsupported(_)),
+            "{err}"
+        );
+        let err = Forest::build(
+            &[leaf(0, 0)],
+            &[weight(0, 0, 1.0)],
+            vec![0],
+            vec![],
+            PostTransform::None,
+        )
+        .unwrap_err();
         assert!(matches!(err, ForestError::Malformed(_)), "{err}");
     }
 }

@@ -111,7 +111,11 @@ impl wit::Host for crate::sandbox::HostState {
         if let Some(i) = ctx.graphs.iter().position(|m| m.name == name) {
             return Ok(i as wit::Graph);
         }
-        let model = ctx.registry.get(&name).ok_or(wit::Error::NotFound(name))?.clone();
+        let model = ctx
+            .registry
+            .get(&name)
+            .ok_or(wit::Error::NotFound(name))?
+            .clone();
         ctx.graphs.push(model);
         Ok((ctx.graphs.len() - 1) as wit::Graph)
     }
@@ -134,22 +138,28 @@ impl wit::Host for crate::sandbox::HostState {
     ) -> Result<Vec<wit::NamedTensor>, wit::Error> {
         let model = self.inference.graph(graph)?.clone();
         let [input] = &inputs[..] else {
-            return Err(wit::Error::InvalidInput(format!("expected 1 input tensor, got {}", inputs.len())));
+            return Err(wit::Error::InvalidInput(format!(
+                "expected 1 input tensor, got {}",
+                inputs.len()
+            )));
         };
         let (rows, values) = input_rows(&input.tensor, model.features.len())?;
         let wants = |name: &str| outputs.iter().any(|o| o == name);
         if let Some(other) = outputs.iter().find(|o| !model.outputs().contains(o)) {
-            return Err(wit::Error::InvalidInput(format!("no output named {other:?}")));
+            return Err(wit::Error::InvalidInput(format!(
+                "no output named {other:?}"
+            )));
         }
-        let (mut probabilities, mut contributions) = match (wants("probabilities"), wants("contributions")) {
-            (true, true) => {
-                let (p, c) = model.explained(&values, rows)?;
-                (Some(p), Some(c))
-            }
-            (true, false) => (Some(model.probabilities(&values, rows)?), None),
-            (false, true) => (None, Some(model.contributions(&values, rows)?)),
-            (false, false) => (None, None),
-        };
+        let (mut probabilities, mut contributions) =
+            match (wants("probabilities"), wants("contributions")) {
+                (true, true) => {
+                    let (p, c) = model.explained(&values, rows)?;
+                    (Some(p), Some(c))
+                }
+                (true, false) => (Some(model.probabilities(&values, rows)?), None),
+                (false, true) => (None, Some(model.contributions(&values, rows)?)),
+                (false, false) => (None, None),
+            };
         outputs
             .iter()
             .map(|name| {
@@ -159,7 +169,10 @@ impl wit::Host for crate::sandbox::HostState {
                         let width = if rows == 0 { 0 } else { p.len() / rows };
                         (p, width)
                     }
-                    _ => (contributions.take().unwrap_or_default(), model.features.len()),
+                    _ => (
+                        contributions.take().unwrap_or_default(),
+                        model.features.len(),
+                    ),
                 };
                 Ok(wit::NamedTensor {
                     name: name.clone(),
@@ -181,14 +194,22 @@ fn input_rows(tensor: &wit::Tensor, width: usize) -> Result<(usize, Vec<f32>), w
         return Err(invalid("input must be fp32".into()));
     }
     let [rows, cols] = tensor.dimensions[..] else {
-        return Err(invalid(format!("input must be 2-D, got {:?}", tensor.dimensions)));
+        return Err(invalid(format!(
+            "input must be 2-D, got {:?}",
+            tensor.dimensions
+        )));
     };
     if cols as usize != width {
-        return Err(invalid(format!("input has {cols} columns, the model reads {width}")));
+        return Err(invalid(format!(
+            "input has {cols} columns, the model reads {width}"
+        )));
     }
     let expected = rows as usize * width * 4;
     if tensor.data.len() != expected {
-        return Err(invalid(format!("input has {} bytes, shape needs {expected}", tensor.data.len())));
+        return Err(invalid(format!(
+            "input has {} bytes, shape needs {expected}",
+            tensor.data.len()
+        )));
     }
     let values = tensor
         .data

@@ -52,7 +52,9 @@ impl Model {
         };
         let mut onnx = onnx();
         onnx_op::register(&mut onnx.op_register);
-        let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(invalid)?;
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(invalid)?;
         let meta = |key: &str| {
             proto
                 .metadata_props
@@ -66,10 +68,11 @@ impl Model {
             meta(META_FEATURES).map(|f| f.split(',').map(|s| s.trim().to_string()).collect());
 
         let mut model = onnx.model_for_proto_model(&proto).map_err(invalid)?;
-        let width = declared_features
-            .as_ref()
-            .map(Vec::len)
-            .ok_or_else(|| invalid(anyhow::anyhow!("no {META_FEATURES} metadata: the input columns are unnamed")))?;
+        let width = declared_features.as_ref().map(Vec::len).ok_or_else(|| {
+            invalid(anyhow::anyhow!(
+                "no {META_FEATURES} metadata: the input columns are unnamed"
+            ))
+        })?;
         let batch = model.symbols.sym("N");
         model
             .set_input_fact(0, f32::fact(&[batch.to_dim(), width.to_dim()]).into())
@@ -80,7 +83,11 @@ impl Model {
             .output_outlets()
             .map_err(invalid)?
             .iter()
-            .position(|o| typed.outlet_fact(*o).is_ok_and(|f| f.datum_type == f32::datum_type()))
+            .position(|o| {
+                typed
+                    .outlet_fact(*o)
+                    .is_ok_and(|f| f.datum_type == f32::datum_type())
+            })
             .ok_or_else(|| invalid(anyhow::anyhow!("no f32 output for probabilities")))?;
         if let Some(forest) = &forest {
             if forest.n_features() > width {
@@ -91,7 +98,8 @@ impl Model {
             }
         }
         let plan = typed.into_runnable().map_err(invalid)?;
-        let features = declared_features.unwrap_or_else(|| (0..width).map(|i| format!("f{i}")).collect());
+        let features =
+            declared_features.unwrap_or_else(|| (0..width).map(|i| format!("f{i}")).collect());
         Ok(Self {
             name,
             version,
@@ -129,12 +137,23 @@ impl Model {
     }
 
     /// Probabilities and contributions together, in one pass when the model allows it.
-    pub fn explained(&self, input: &[f32], rows: usize) -> Result<(Vec<f32>, Vec<f32>), InferenceError> {
+    pub fn explained(
+        &self,
+        input: &[f32],
+        rows: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), InferenceError> {
         self.check_input(input, rows)?;
-        if let Some((p, c)) = self.forest.as_ref().and_then(|f| f.predict_explained(input, self.features.len(), rows)) {
+        if let Some((p, c)) = self
+            .forest
+            .as_ref()
+            .and_then(|f| f.predict_explained(input, self.features.len(), rows))
+        {
             return Ok((p, c));
         }
-        Ok((self.probabilities(input, rows)?, self.contributions(input, rows)?))
+        Ok((
+            self.probabilities(input, rows)?,
+            self.contributions(input, rows)?,
+        ))
     }
 
     /// Per-feature contributions to the positive class's log-odds (`[rows, features]`).
@@ -168,7 +187,10 @@ impl Model {
 fn whole_graph_forest(typed: &TypedModel) -> anyhow::Result<Option<Arc<Forest>>> {
     let inputs = typed.input_outlets()?;
     let outputs = typed.output_outlets()?;
-    let mut forests = typed.nodes().iter().filter_map(|n| n.op_as::<ForestOp>().map(|op| (n, op)));
+    let mut forests = typed
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<ForestOp>().map(|op| (n, op)));
     let (Some((node, op)), None) = (forests.next(), forests.next()) else {
         return Ok(None);
     };

@@ -19,9 +19,17 @@ pub(crate) fn register(register: &mut OnnxOpRegister) {
     register.insert("TreeEnsembleClassifier", build);
 }
 
-fn build(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn build(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let forest = parse(node).with_context(|| format!("TreeEnsembleClassifier {:?}", node.name))?;
-    Ok((expand(ForestClassifier { forest: Arc::new(forest) }), vec![]))
+    Ok((
+        expand(ForestClassifier {
+            forest: Arc::new(forest),
+        }),
+        vec![],
+    ))
 }
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
@@ -29,16 +37,25 @@ fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
 }
 
 fn ints(node: &NodeProto, name: &str) -> TractResult<Vec<i64>> {
-    attr(node, name).map(|a| a.ints.clone()).with_context(|| format!("missing attribute {name}"))
+    attr(node, name)
+        .map(|a| a.ints.clone())
+        .with_context(|| format!("missing attribute {name}"))
 }
 
 fn floats(node: &NodeProto, name: &str) -> TractResult<Vec<f32>> {
-    attr(node, name).map(|a| a.floats.clone()).with_context(|| format!("missing attribute {name}"))
+    attr(node, name)
+        .map(|a| a.floats.clone())
+        .with_context(|| format!("missing attribute {name}"))
 }
 
 fn strings(node: &NodeProto, name: &str) -> TractResult<Vec<String>> {
     attr(node, name)
-        .map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
         .with_context(|| format!("missing attribute {name}"))
 }
 
@@ -59,7 +76,9 @@ fn parse(node: &NodeProto) -> TractResult<Forest> {
     let true_ids = ints(node, "nodes_truenodeids")?;
     let false_ids = ints(node, "nodes_falsenodeids")?;
     let n = tree_ids.len();
-    let missing = attr(node, "nodes_missing_value_tracks_true").map(|a| a.ints.clone()).unwrap_or(vec![0; n]);
+    let missing = attr(node, "nodes_missing_value_tracks_true")
+        .map(|a| a.ints.clone())
+        .unwrap_or(vec![0; n]);
     for (name, len) in [
         ("nodes_nodeids", node_ids.len()),
         ("nodes_featureids", features.len()),
@@ -97,7 +116,11 @@ fn parse(node: &NodeProto) -> TractResult<Forest> {
     let leaf_classes = ints(node, "class_ids")?;
     let weights = floats(node, "class_weights")?;
     let m = leaf_trees.len();
-    for (name, len) in [("class_nodeids", leaf_nodes.len()), ("class_ids", leaf_classes.len()), ("class_weights", weights.len())] {
+    for (name, len) in [
+        ("class_nodeids", leaf_nodes.len()),
+        ("class_ids", leaf_classes.len()),
+        ("class_weights", weights.len()),
+    ] {
         ensure!(len == m, "{name} has {len} entries, class_treeids has {m}");
     }
     let leaves = (0..m)
@@ -110,16 +133,19 @@ fn parse(node: &NodeProto) -> TractResult<Forest> {
             })
         })
         .collect::<TractResult<Vec<_>>>()?;
-    let base = attr(node, "base_values").map(|a| a.floats.clone()).unwrap_or_default();
-    let post = match attr(node, "post_transform").map(|a| String::from_utf8_lossy(&a.s).into_owned()) {
-        None => PostTransform::None,
-        Some(s) => match s.as_str() {
-            "NONE" => PostTransform::None,
-            "LOGISTIC" => PostTransform::Logistic,
-            "SOFTMAX" => PostTransform::Softmax,
-            other => bail!("unsupported post_transform {other}"),
-        },
-    };
+    let base = attr(node, "base_values")
+        .map(|a| a.floats.clone())
+        .unwrap_or_default();
+    let post =
+        match attr(node, "post_transform").map(|a| String::from_utf8_lossy(&a.s).into_owned()) {
+            None => PostTransform::None,
+            Some(s) => match s.as_str() {
+                "NONE" => PostTransform::None,
+                "LOGISTIC" => PostTransform::Logistic,
+                "SOFTMAX" => PostTransform::Softmax,
+                other => bail!("unsupported post_transform {other}"),
+            },
+        };
     Ok(Forest::build(&nodes, &leaves, labels, base, post)?)
 }
 
@@ -156,8 +182,19 @@ impl Expansion for ForestClassifier {
         Ok(())
     }
 
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, ForestOp { forest: self.forest.clone() }, inputs)
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(
+            prefix,
+            ForestOp {
+                forest: self.forest.clone(),
+            },
+            inputs,
+        )
     }
 }
 
@@ -209,7 +246,8 @@ impl EvalOp for ForestOp {
                 &owned
             }
         };
-        self.forest.predict_rows(flat, width, &mut probabilities, &mut winners);
+        self.forest
+            .predict_rows(flat, width, &mut probabilities, &mut winners);
         let labels: Vec<i64> = winners.iter().map(|&w| self.forest.labels()[w]).collect();
         let labels = Tensor::from_shape(&[rows], &labels)?;
         let probabilities = Tensor::from_shape(&[rows, n_labels], &probabilities)?;

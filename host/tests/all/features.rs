@@ -29,11 +29,19 @@ fn final_features(batches: Vec<Vec<Event>>) -> Vec<f32> {
     let mut probe = Task::new("T-7", "c7");
     let mut e = probe.event("location", 13.5, north((12.9716, 77.5946), 1.6));
     e.event_id = "probe".into();
-    pipeline.process(vec![e]).decisions.pop().unwrap().features.values
+    pipeline
+        .process(vec![e])
+        .decisions
+        .pop()
+        .unwrap()
+        .features
+        .values
 }
 
 fn same(a: &[f32], b: &[f32]) -> bool {
-    a.iter().zip(b).all(|(x, y)| (x.is_nan() && y.is_nan()) || (x - y).abs() < 1e-4)
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| (x.is_nan() && y.is_nan()) || (x - y).abs() < 1e-4)
 }
 
 #[test]
@@ -41,13 +49,22 @@ fn out_of_order_arrival_folds_to_the_same_state() {
     let in_order = final_features(vec![events()]);
     let mut reversed = events();
     reversed.reverse();
-    assert!(same(&in_order, &final_features(vec![reversed.clone()])), "reversed in one batch");
+    assert!(
+        same(&in_order, &final_features(vec![reversed.clone()])),
+        "reversed in one batch"
+    );
     let one_by_one: Vec<Vec<Event>> = reversed.into_iter().map(|e| vec![e]).collect();
-    assert!(same(&in_order, &final_features(one_by_one)), "reversed across batches");
+    assert!(
+        same(&in_order, &final_features(one_by_one)),
+        "reversed across batches"
+    );
     let mut shuffled = events();
     shuffled.swap(0, 5);
     shuffled.swap(2, 6);
-    assert!(same(&in_order, &final_features(vec![shuffled[..3].to_vec(), shuffled[3..].to_vec()])));
+    assert!(same(
+        &in_order,
+        &final_features(vec![shuffled[..3].to_vec(), shuffled[3..].to_vec()])
+    ));
 }
 
 #[test]
@@ -60,8 +77,14 @@ fn a_late_ping_does_not_move_the_courier_back() {
     old.event_id = "late-ping".into();
     let d = pipeline.process(vec![old]).decisions.pop().unwrap();
     let distance = d.features.values[0];
-    assert!((distance - 1.9).abs() < 0.05, "distance still from the newest fix: {distance}");
-    assert_eq!(d.features.values[2], 12.0, "now is still the newest event time");
+    assert!(
+        (distance - 1.9).abs() < 0.05,
+        "distance still from the newest fix: {distance}"
+    );
+    assert_eq!(
+        d.features.values[2], 12.0,
+        "now is still the newest event time"
+    );
 }
 
 #[test]
@@ -75,12 +98,18 @@ fn a_repeated_event_id_is_counted_once() {
     let again = pipeline.process(vec![all[6].clone(), all[1].clone()]);
     assert_eq!((again.decisions.len(), again.duplicates), (0, 2));
     // The module dedups too: a replay through a fresh host keeps its state unchanged.
-    assert!(same(&final_features(vec![all.clone()]), &final_features(vec![all.clone(), all])));
+    assert!(same(
+        &final_features(vec![all.clone()]),
+        &final_features(vec![all.clone(), all])
+    ));
 }
 
 #[test]
 fn feature_list_is_one_definition_for_module_training_and_model() {
-    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/late_risk/features.toml");
+    let spec_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/late_risk/features.toml"
+    );
     let spec: toml::Table = toml::from_str(&std::fs::read_to_string(spec_path).unwrap()).unwrap();
     let spec: Vec<String> = spec["feature"]
         .as_array()
@@ -90,11 +119,26 @@ fn feature_list_is_one_definition_for_module_training_and_model() {
         .collect();
     let engine = util::engine();
     let models = std::sync::Arc::new(fleet_host::inference::ModelRegistry::new());
-    let module = util::load("features", fleet_host::module::ModuleKind::Features, "t", &[]).unwrap();
-    let extractor = fleet_host::features_only::FeatureExtractor::new(engine, models, module).unwrap();
-    assert_eq!(extractor.names(), spec, "features module vs models/late_risk/features.toml");
+    let module = util::load(
+        "features",
+        fleet_host::module::ModuleKind::Features,
+        "t",
+        &[],
+    )
+    .unwrap();
+    let extractor =
+        fleet_host::features_only::FeatureExtractor::new(engine, models, module).unwrap();
+    assert_eq!(
+        extractor.names(),
+        spec,
+        "features module vs models/late_risk/features.toml"
+    );
     let model = util::models();
-    assert_eq!(model.get("late_risk").unwrap().features, spec, "model metadata vs features.toml");
+    assert_eq!(
+        model.get("late_risk").unwrap().features,
+        spec,
+        "model metadata vs features.toml"
+    );
 }
 
 #[test]

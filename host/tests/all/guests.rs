@@ -22,13 +22,25 @@ fn features() {
 #[test]
 fn scorer() {
     util::load("scorer", ModuleKind::Scorer, "1", &[]).unwrap();
-    let err = util::load("scorer", ModuleKind::Scorer, "1", &[("model", "no_such_model")]).unwrap_err();
+    let err = util::load(
+        "scorer",
+        ModuleKind::Scorer,
+        "1",
+        &[("model", "no_such_model")],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no_such_model"), "{err}");
 }
 
 #[test]
 fn policy() {
-    util::load("policy", ModuleKind::Policy, "1", &[("reassign_threshold", "0.9")]).unwrap();
+    util::load(
+        "policy",
+        ModuleKind::Policy,
+        "1",
+        &[("reassign_threshold", "0.9")],
+    )
+    .unwrap();
 }
 
 #[test]

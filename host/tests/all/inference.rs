@@ -6,14 +6,29 @@ use crate::util;
 
 /// Held-out rows and xgboost's own probabilities, written by models/late_risk/train.py.
 pub(crate) fn parity_rows() -> (Vec<Vec<f32>>, Vec<f64>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/late_risk/testdata/parity.csv");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}; make it with models/late_risk/train.sh"));
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/late_risk/testdata/parity.csv"
+    );
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}; make it with models/late_risk/train.sh"));
     let mut rows = Vec::new();
     let mut expected = Vec::new();
     for line in text.lines().skip(1) {
         let cells: Vec<&str> = line.split(',').collect();
         let (p, features) = cells.split_last().unwrap();
-        rows.push(features.iter().map(|c| if c.is_empty() { f32::NAN } else { c.parse().unwrap() }).collect());
+        rows.push(
+            features
+                .iter()
+                .map(|c| {
+                    if c.is_empty() {
+                        f32::NAN
+                    } else {
+                        c.parse().unwrap()
+                    }
+                })
+                .collect(),
+        );
         expected.push(p.parse().unwrap());
     }
     (rows, expected)
@@ -25,13 +40,20 @@ fn parity_with_xgboost() {
     let model = models.get("late_risk").unwrap();
     let (rows, expected) = parity_rows();
     assert!(rows.len() >= 1000);
-    assert!(rows.iter().any(|r| r.iter().any(|v| v.is_nan())), "the vectors exercise missing values");
+    assert!(
+        rows.iter().any(|r| r.iter().any(|v| v.is_nan())),
+        "the vectors exercise missing values"
+    );
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let batched = model.probabilities(&flat, rows.len()).unwrap();
     let mut worst = 0f64;
     for (i, (row, want)) in rows.iter().zip(&expected).enumerate() {
         let single = model.probabilities(row, 1).unwrap();
-        assert_eq!(single[1], batched[i * 2 + 1], "row {i}: single and batched agree");
+        assert_eq!(
+            single[1],
+            batched[i * 2 + 1],
+            "row {i}: single and batched agree"
+        );
         assert!((single[0] + single[1] - 1.0).abs() < 1e-6);
         worst = worst.max((f64::from(single[1]) - want).abs());
     }
@@ -60,7 +82,10 @@ fn contributions_explain_the_log_odds() {
 fn bad_models_are_refused_with_a_reason() {
     for (bytes, why) in [
         (b"not an onnx file".to_vec(), "garbage"),
-        (fleet_host::defaults::LATE_RISK_ONNX[..1000].to_vec(), "truncated"),
+        (
+            fleet_host::defaults::LATE_RISK_ONNX[..1000].to_vec(),
+            "truncated",
+        ),
         (Vec::new(), "empty"),
     ] {
         match Model::load("broken", &bytes) {
@@ -77,8 +102,14 @@ fn bad_models_are_refused_with_a_reason() {
 fn wrong_input_shapes_are_errors() {
     let models = util::models();
     let model = models.get("late_risk").unwrap();
-    assert!(matches!(model.probabilities(&[1.0; 14], 1), Err(InferenceError::InvalidInput(_))));
-    assert!(matches!(model.contributions(&[1.0; 31], 2), Err(InferenceError::InvalidInput(_))));
+    assert!(matches!(
+        model.probabilities(&[1.0; 14], 1),
+        Err(InferenceError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        model.contributions(&[1.0; 31], 2),
+        Err(InferenceError::InvalidInput(_))
+    ));
     assert_eq!(model.probabilities(&[], 0).unwrap(), Vec::<f32>::new());
 }
 
@@ -86,7 +117,10 @@ fn wrong_input_shapes_are_errors() {
 fn one_pass_explanation_matches_the_tract_plan() {
     let models = util::models();
     let model = models.get("late_risk").unwrap();
-    assert!(model.outputs().iter().any(|o| o == "contributions"), "the shipped graph is one tree ensemble");
+    assert!(
+        model.outputs().iter().any(|o| o == "contributions"),
+        "the shipped graph is one tree ensemble"
+    );
     let (rows, _) = parity_rows();
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let (p, c) = model.explained(&flat, rows.len()).unwrap();

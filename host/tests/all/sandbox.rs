@@ -12,7 +12,13 @@ use crate::util;
 /// A pipeline whose policy is the hostile guest in `mode`, triggered by task ids with "poison".
 fn hostile_pipeline(mode: &str) -> Pipeline {
     let registry = util::registry();
-    let policy = util::load("hostile", ModuleKind::Policy, "6.6.6", &[("mode", mode), ("trigger", "poison")]).unwrap();
+    let policy = util::load(
+        "hostile",
+        ModuleKind::Policy,
+        "6.6.6",
+        &[("mode", mode), ("trigger", "poison")],
+    )
+    .unwrap();
     registry.replace(policy).unwrap();
     Pipeline::new(Arc::clone(&registry))
 }
@@ -20,14 +26,22 @@ fn hostile_pipeline(mode: &str) -> Pipeline {
 fn contained(mode: &str, expect: &str) {
     let mut pipeline = hostile_pipeline(mode);
     let good = pipeline.process(util::healthy_task("T-good-1"));
-    assert_eq!((good.decisions.len(), good.dead_letters.len()), (5, 0), "{mode}: before");
+    assert_eq!(
+        (good.decisions.len(), good.dead_letters.len()),
+        (5, 0),
+        "{mode}: before"
+    );
 
     let poison = util::healthy_task("T-poison");
     let started = std::time::Instant::now();
     let bad = pipeline.process(poison.clone());
     assert!(started.elapsed().as_secs() < 5, "{mode}: contained quickly");
     assert!(bad.decisions.is_empty());
-    assert_eq!(bad.dead_letters.len(), poison.len(), "{mode}: every event is kept");
+    assert_eq!(
+        bad.dead_letters.len(),
+        poison.len(),
+        "{mode}: every event is kept"
+    );
     for (dl, event) in bad.dead_letters.iter().zip(&poison) {
         assert_eq!(&dl.event, event);
         assert_eq!(dl.stage, Stage::Policy);
@@ -39,9 +53,17 @@ fn contained(mode: &str, expect: &str) {
     // The instance was re-created: other events keep flowing, and the poisoned ones can be
     // replayed (they were not marked as seen).
     let after = pipeline.process(util::healthy_task("T-good-2"));
-    assert_eq!((after.decisions.len(), after.dead_letters.len()), (5, 0), "{mode}: after");
+    assert_eq!(
+        (after.decisions.len(), after.dead_letters.len()),
+        (5, 0),
+        "{mode}: after"
+    );
     let replay = pipeline.process(poison);
-    assert_eq!((replay.duplicates, replay.dead_letters.len()), (0, 5), "{mode}: replayable");
+    assert_eq!(
+        (replay.duplicates, replay.dead_letters.len()),
+        (0, 5),
+        "{mode}: replayable"
+    );
 }
 
 #[test]
@@ -67,8 +89,21 @@ fn panic_is_reported_with_its_message() {
 #[test]
 fn a_module_of_the_wrong_world_is_refused() {
     let err = util::load("policy", ModuleKind::Features, "1", &[]).unwrap_err();
-    assert!(matches!(err, LoadError::Exports { kind: ModuleKind::Features, .. }), "{err}");
-    assert!(err.to_string().contains("does not export the features world"), "{err}");
+    assert!(
+        matches!(
+            err,
+            LoadError::Exports {
+                kind: ModuleKind::Features,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("does not export the features world"),
+        "{err}"
+    );
     // A scorer imports inference, which a policy module may not use.
     let err = util::load("scorer", ModuleKind::Policy, "1", &[]).unwrap_err();
     assert!(matches!(err, LoadError::Imports { .. }), "{err}");
@@ -78,7 +113,10 @@ fn a_module_of_the_wrong_world_is_refused() {
 fn a_missing_export_is_refused() {
     let err = util::load("partial", ModuleKind::Policy, "1", &[]).unwrap_err();
     assert!(matches!(err, LoadError::Exports { .. }), "{err}");
-    assert!(err.to_string().contains("decide"), "names what is missing: {err}");
+    assert!(
+        err.to_string().contains("decide"),
+        "names what is missing: {err}"
+    );
 }
 
 #[test]
@@ -86,20 +124,44 @@ fn bytes_that_are_not_a_component_are_refused() {
     let engine = util::engine();
     let models = util::models();
     let load = |bytes: &[u8]| {
-        fleet_host::module::LoadedModule::from_bytes(&engine, &models, util::manifest("junk", ModuleKind::Policy, "1", &[]), bytes).unwrap_err()
+        fleet_host::module::LoadedModule::from_bytes(
+            &engine,
+            &models,
+            util::manifest("junk", ModuleKind::Policy, "1", &[]),
+            bytes,
+        )
+        .unwrap_err()
     };
-    assert!(matches!(load(b"MZ\x90\x00 definitely not wasm"), LoadError::NotWasm { .. }));
+    assert!(matches!(
+        load(b"MZ\x90\x00 definitely not wasm"),
+        LoadError::NotWasm { .. }
+    ));
     assert!(matches!(load(b""), LoadError::NotWasm { .. }));
-    assert!(matches!(load(b"\0asm\x01\0\0\0"), LoadError::NotComponent { .. }));
+    assert!(matches!(
+        load(b"\0asm\x01\0\0\0"),
+        LoadError::NotComponent { .. }
+    ));
     let policy = util::guest("policy");
-    assert!(matches!(load(&policy[..policy.len() / 2]), LoadError::Compile { .. }));
+    assert!(matches!(
+        load(&policy[..policy.len() / 2]),
+        LoadError::Compile { .. }
+    ));
 }
 
 #[test]
 fn a_refused_configuration_fails_at_load() {
-    let err = util::load("policy", ModuleKind::Policy, "1", &[("warning_threshold", "0.9"), ("critical_threshold", "0.5")]).unwrap_err();
+    let err = util::load(
+        "policy",
+        ModuleKind::Policy,
+        "1",
+        &[("warning_threshold", "0.9"), ("critical_threshold", "0.5")],
+    )
+    .unwrap_err();
     assert!(matches!(err, LoadError::Init { .. }), "{err}");
-    assert!(err.to_string().contains("above critical_threshold"), "{err}");
+    assert!(
+        err.to_string().contains("above critical_threshold"),
+        "{err}"
+    );
     let err = util::load("hostile", ModuleKind::Policy, "1", &[("mode", "explode")]).unwrap_err();
     assert!(err.to_string().contains("unknown mode"), "{err}");
 }

@@ -24,30 +24,54 @@ fn t999() -> Vec<fleet_host::event::Event> {
 fn late_task_raises_a_critical_alert_with_its_prediction_log() {
     let mut pipeline = util::pipeline();
     let outcome = pipeline.process(t999());
-    assert!(outcome.dead_letters.is_empty(), "{:?}", outcome.dead_letters);
-    assert_eq!(outcome.decisions.len(), 4, "every event of the task is scored");
+    assert!(
+        outcome.dead_letters.is_empty(),
+        "{:?}",
+        outcome.dead_letters
+    );
+    assert_eq!(
+        outcome.decisions.len(),
+        4,
+        "every event of the task is scored"
+    );
     let d = outcome.decisions.last().unwrap();
     assert_eq!(d.event_id, "T-999-e4");
-    assert_eq!((d.task_id.as_deref(), d.courier_id.as_str()), (Some("T-999"), "123"));
+    assert_eq!(
+        (d.task_id.as_deref(), d.courier_id.as_str()),
+        (Some("T-999"), "123")
+    );
     assert!(d.score > 0.7, "P(late) = {}", d.score);
     assert_eq!(d.severity, Severity::Critical);
-    assert!(matches!(&d.actions[0], Action::Alert { severity: Severity::Critical, message } if message.contains("T-999")));
-    assert!(d.actions.iter().any(|a| matches!(a, Action::NotifyCourier { .. })));
+    assert!(
+        matches!(&d.actions[0], Action::Alert { severity: Severity::Critical, message } if message.contains("T-999"))
+    );
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::NotifyCourier { .. }))
+    );
     // The prediction log: id, model, module versions, inputs, score, factors.
     assert!(d.prediction_id.starts_with("pred-") && d.prediction_id.len() == 37);
     assert_eq!((&*d.model_name, &*d.model_version), ("late_risk", "1.0.0"));
     assert!(d.modules.features.starts_with("late-risk-features@"));
     assert!(d.modules.policy.starts_with("late-risk-policy@"));
-    let feature = |name: &str| d.features.values[d.features.names.iter().position(|n| n == name).unwrap()];
+    let feature =
+        |name: &str| d.features.values[d.features.names.iter().position(|n| n == name).unwrap()];
     assert!((feature("distance_to_dropoff_km") - 5.0).abs() < 0.01);
     assert_eq!(feature("hour_of_day"), 10.0);
     assert_eq!(feature("minutes_since_assigned"), 25.0);
     // 2 km covered in the 25 minutes the fixes span.
-    assert!((feature("courier_speed_kmh") - 4.8).abs() < 0.1, "speed from the pings");
+    assert!(
+        (feature("courier_speed_kmh") - 4.8).abs() < 0.1,
+        "speed from the pings"
+    );
     assert!(!d.top_factors.is_empty() && d.top_factors.len() <= 3);
     let json = serde_json::to_value(d).unwrap();
     assert_eq!(json["severity"], "critical");
-    assert!(json["features"]["minutes_since_pickup"].is_null(), "NaN is written as null");
+    assert!(
+        json["features"]["minutes_since_pickup"].is_null(),
+        "NaN is written as null"
+    );
 }
 
 #[test]
@@ -66,22 +90,56 @@ fn on_time_task_stays_info() {
 fn prediction_ids_are_stable_across_replays() {
     let first = util::pipeline().process(t999());
     let again = util::pipeline().process(t999());
-    let ids = |o: &fleet_host::pipeline::BatchOutcome| o.decisions.iter().map(|d| d.prediction_id.clone()).collect::<Vec<_>>();
+    let ids = |o: &fleet_host::pipeline::BatchOutcome| {
+        o.decisions
+            .iter()
+            .map(|d| d.prediction_id.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&first), ids(&again));
 }
 
 #[test]
 fn thresholds_come_from_the_policy_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    util::module_dir(dir.path(), "policy", "2.0.0", &[("warning_threshold", "0.5"), ("critical_threshold", "0.999")]);
-    let registry = ModuleRegistry::new(util::engine(), util::models(), ModuleSource::Dir(dir.path().into())).unwrap();
+    util::module_dir(
+        dir.path(),
+        "policy",
+        "2.0.0",
+        &[
+            ("warning_threshold", "0.5"),
+            ("critical_threshold", "0.999"),
+        ],
+    );
+    let registry = ModuleRegistry::new(
+        util::engine(),
+        util::models(),
+        ModuleSource::Dir(dir.path().into()),
+    )
+    .unwrap();
     let mut pipeline = Pipeline::new(registry.into());
     let d = pipeline.process(t999()).decisions.pop().unwrap();
     assert!(d.score > 0.7 && d.score < 0.999, "{}", d.score);
     assert_eq!(d.severity, Severity::Warning);
     assert!(d.modules.policy.starts_with("policy@2.0.0+"));
 
-    util::write_manifest(dir.path(), "policy", "policy", "2.0.1", &[("critical_threshold", "1.5")]);
-    let err = ModuleRegistry::new(util::engine(), util::models(), ModuleSource::Dir(dir.path().into())).err().unwrap();
-    assert!(err.to_string().contains("critical_threshold must be a probability"), "{err}");
+    util::write_manifest(
+        dir.path(),
+        "policy",
+        "policy",
+        "2.0.1",
+        &[("critical_threshold", "1.5")],
+    );
+    let err = ModuleRegistry::new(
+        util::engine(),
+        util::models(),
+        ModuleSource::Dir(dir.path().into()),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string()
+            .contains("critical_threshold must be a probability"),
+        "{err}"
+    );
 }

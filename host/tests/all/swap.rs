@@ -15,7 +15,13 @@ use crate::util;
 fn swapping_the_policy_under_load_drops_and_reorders_nothing() {
     let registry = util::registry();
     let v1 = util::load("policy", ModuleKind::Policy, "1.0.0", &[]).unwrap();
-    let v2 = util::load("policy", ModuleKind::Policy, "2.0.0", &[("critical_threshold", "0.9")]).unwrap();
+    let v2 = util::load(
+        "policy",
+        ModuleKind::Policy,
+        "2.0.0",
+        &[("critical_threshold", "0.9")],
+    )
+    .unwrap();
     registry.replace(v1.clone()).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -24,7 +30,11 @@ fn swapping_the_policy_under_load_drops_and_reorders_nothing() {
         std::thread::spawn(move || {
             let mut swaps = 0;
             while !stop.load(Ordering::Relaxed) {
-                let next = if swaps % 2 == 0 { v2.clone() } else { v1.clone() };
+                let next = if swaps % 2 == 0 {
+                    v2.clone()
+                } else {
+                    v1.clone()
+                };
                 registry.replace(next).unwrap();
                 swaps += 1;
                 std::thread::sleep(Duration::from_millis(2));
@@ -37,14 +47,32 @@ fn swapping_the_policy_under_load_drops_and_reorders_nothing() {
     let mut seen_versions = std::collections::BTreeSet::new();
     let mut total = 0;
     for batch in 0..150 {
-        let events: Vec<_> = (0..4).flat_map(|k| util::healthy_task(&format!("T-{batch}-{k}"))).collect();
+        let events: Vec<_> = (0..4)
+            .flat_map(|k| util::healthy_task(&format!("T-{batch}-{k}")))
+            .collect();
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
         let outcome = pipeline.process(events);
-        assert!(outcome.dead_letters.is_empty(), "{:?}", outcome.dead_letters.first());
-        let got: Vec<String> = outcome.decisions.iter().map(|d| d.event_id.clone()).collect();
+        assert!(
+            outcome.dead_letters.is_empty(),
+            "{:?}",
+            outcome.dead_letters.first()
+        );
+        let got: Vec<String> = outcome
+            .decisions
+            .iter()
+            .map(|d| d.event_id.clone())
+            .collect();
         assert_eq!(got, ids, "batch {batch}: every event decided, in order");
-        let versions: std::collections::BTreeSet<_> = outcome.decisions.iter().map(|d| d.modules.policy.clone()).collect();
-        assert_eq!(versions.len(), 1, "batch {batch} ran on one version: {versions:?}");
+        let versions: std::collections::BTreeSet<_> = outcome
+            .decisions
+            .iter()
+            .map(|d| d.modules.policy.clone())
+            .collect();
+        assert_eq!(
+            versions.len(),
+            1,
+            "batch {batch} ran on one version: {versions:?}"
+        );
         seen_versions.extend(versions);
         total += got.len();
     }
@@ -52,18 +80,34 @@ fn swapping_the_policy_under_load_drops_and_reorders_nothing() {
     let swaps = swapper.join().unwrap();
     assert_eq!(total, 150 * 4 * 5);
     assert!(swaps > 10, "{swaps} swaps");
-    assert_eq!(seen_versions.len(), 2, "both versions served: {seen_versions:?}");
+    assert_eq!(
+        seen_versions.len(),
+        2,
+        "both versions served: {seen_versions:?}"
+    );
 }
 
 #[test]
 fn a_changed_module_file_is_swapped_in_by_the_watcher() {
     let dir = tempfile::tempdir().unwrap();
     util::module_dir(dir.path(), "policy", "1.0.0", &[]);
-    let registry = Arc::new(ModuleRegistry::new(util::engine(), util::models(), ModuleSource::Dir(dir.path().into())).unwrap());
+    let registry = Arc::new(
+        ModuleRegistry::new(
+            util::engine(),
+            util::models(),
+            ModuleSource::Dir(dir.path().into()),
+        )
+        .unwrap(),
+    );
     let _watcher = fleet_host::watch::watch(registry.clone(), Duration::from_millis(50));
     let mut pipeline = Pipeline::new(registry.clone());
     let first = pipeline.process(util::healthy_task("T-a"));
-    assert!(first.decisions[0].modules.policy.starts_with("policy@1.0.0+"));
+    assert!(
+        first.decisions[0]
+            .modules
+            .policy
+            .starts_with("policy@1.0.0+")
+    );
 
     util::write_manifest(dir.path(), "policy", "policy", "1.1.0", &[]);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -24,7 +24,10 @@ pub(crate) fn models() -> Arc<ModelRegistry> {
     MODELS
         .get_or_init(|| {
             let mut models = ModelRegistry::new();
-            models.insert(fleet_host::defaults::late_risk_model().expect("models/late_risk/model.onnx is built in"));
+            models.insert(
+                fleet_host::defaults::late_risk_model()
+                    .expect("models/late_risk/model.onnx is built in"),
+            );
             Arc::new(models)
         })
         .clone()
@@ -39,24 +42,45 @@ pub(crate) fn guest(name: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
-pub(crate) fn manifest(name: &str, kind: ModuleKind, version: &str, config: &[(&str, &str)]) -> Manifest {
+pub(crate) fn manifest(
+    name: &str,
+    kind: ModuleKind,
+    version: &str,
+    config: &[(&str, &str)],
+) -> Manifest {
     Manifest {
         name: name.to_string(),
         kind,
         version: version.to_string(),
         component: format!("{name}.wasm").into(),
-        config: config.iter().map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string()))).collect(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string())))
+            .collect(),
     }
 }
 
 /// Loads guest `guest_name` as a module of `kind`.
-pub(crate) fn load(guest_name: &str, kind: ModuleKind, version: &str, config: &[(&str, &str)]) -> Result<LoadedModule, fleet_host::module::LoadError> {
-    LoadedModule::from_bytes(&engine(), &models(), manifest(guest_name, kind, version, config), &guest(guest_name))
+pub(crate) fn load(
+    guest_name: &str,
+    kind: ModuleKind,
+    version: &str,
+    config: &[(&str, &str)],
+) -> Result<LoadedModule, fleet_host::module::LoadError> {
+    LoadedModule::from_bytes(
+        &engine(),
+        &models(),
+        manifest(guest_name, kind, version, config),
+        &guest(guest_name),
+    )
 }
 
 /// The embedded module set.
 pub(crate) fn registry() -> Arc<ModuleRegistry> {
-    Arc::new(ModuleRegistry::new(engine(), models(), ModuleSource::Embedded).expect("embedded modules load"))
+    Arc::new(
+        ModuleRegistry::new(engine(), models(), ModuleSource::Embedded)
+            .expect("embedded modules load"),
+    )
 }
 
 pub(crate) fn pipeline() -> Pipeline {
@@ -65,7 +89,12 @@ pub(crate) fn pipeline() -> Pipeline {
 
 /// Writes a module directory: the three real modules, with `policy` config, plus `extra`
 /// files. Returns the directory.
-pub(crate) fn module_dir(dir: &Path, policy_guest: &str, policy_version: &str, policy_config: &[(&str, &str)]) {
+pub(crate) fn module_dir(
+    dir: &Path,
+    policy_guest: &str,
+    policy_version: &str,
+    policy_config: &[(&str, &str)],
+) {
     for (guest_name, kind, version, config) in [
         ("features", "features", "1.0.0", &[][..]),
         ("scorer", "scorer", "1.0.0", &[][..]),
@@ -76,8 +105,16 @@ pub(crate) fn module_dir(dir: &Path, policy_guest: &str, policy_version: &str, p
     }
 }
 
-pub(crate) fn write_manifest(dir: &Path, guest_name: &str, kind: &str, version: &str, config: &[(&str, &str)]) {
-    let mut text = format!("name = \"{guest_name}\"\nkind = \"{kind}\"\nversion = \"{version}\"\ncomponent = \"{guest_name}.wasm\"\n[config]\n");
+pub(crate) fn write_manifest(
+    dir: &Path,
+    guest_name: &str,
+    kind: &str,
+    version: &str,
+    config: &[(&str, &str)],
+) {
+    let mut text = format!(
+        "name = \"{guest_name}\"\nkind = \"{kind}\"\nversion = \"{version}\"\ncomponent = \"{guest_name}.wasm\"\n[config]\n"
+    );
     for (k, v) in config {
         text.push_str(&format!("{k} = \"{v}\"\n"));
     }
@@ -116,7 +153,14 @@ impl Task {
 
     /// Assignment at `minute`, pickup at `pickup`, dropoff at `dropoff`, promise `promise_min`
     /// after the assignment.
-    pub(crate) fn assigned(&mut self, minute: f64, at: (f64, f64), pickup: (f64, f64), dropoff: (f64, f64), promise_min: f64) -> Event {
+    pub(crate) fn assigned(
+        &mut self,
+        minute: f64,
+        at: (f64, f64),
+        pickup: (f64, f64),
+        dropoff: (f64, f64),
+        promise_min: f64,
+    ) -> Event {
         let line = serde_json::json!({
             "event_id": self.next_id(), "courier_id": self.courier, "task_id": self.task,
             "event_type": "task_assigned", "event_time": Self::time(minute),

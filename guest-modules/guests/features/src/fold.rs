@@ -82,7 +82,12 @@ fn fold_event(task: &mut TaskState, event: &Event) {
                         assigned_at: t,
                         pickup: (ctx.pickup.lat, ctx.pickup.lon),
                         dropoff: (ctx.dropoff.lat, ctx.dropoff.lon),
-                        route_km: haversine_km(ctx.pickup.lat, ctx.pickup.lon, ctx.dropoff.lat, ctx.dropoff.lon) as f32,
+                        route_km: haversine_km(
+                            ctx.pickup.lat,
+                            ctx.pickup.lon,
+                            ctx.dropoff.lat,
+                            ctx.dropoff.lon,
+                        ) as f32,
                         promised_at: ctx.promised_at_ms,
                         stops_remaining: ctx.stops_remaining,
                         order_code: order_code(&ctx.order_type),
@@ -225,7 +230,12 @@ fn order_code(order_type: &str) -> f32 {
 }
 
 fn vehicle_code(vehicle_type: &str) -> f32 {
-    match vehicle_type.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+    match vehicle_type
+        .trim()
+        .to_ascii_lowercase()
+        .replace('_', "-")
+        .as_str()
+    {
         "motorcycle" => 0.0,
         "scooter" => 1.0,
         "electric-scooter" => 2.0,

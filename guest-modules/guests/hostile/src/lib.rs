@@ -43,9 +43,13 @@ impl Module for Hostile {
 impl Decide for Hostile {
     fn decide(_feature_names: Vec<String>, inputs: Vec<DecisionInput>) -> Vec<Vec<Action>> {
         let (mode, trigger) = SETUP.with(|s| s.borrow().clone());
-        let triggered = inputs
-            .iter()
-            .any(|i| i.context.task_id.as_deref().unwrap_or("").contains(&trigger));
+        let triggered = inputs.iter().any(|i| {
+            i.context
+                .task_id
+                .as_deref()
+                .unwrap_or("")
+                .contains(&trigger)
+        });
         if triggered {
             misbehave(&mode);
         }

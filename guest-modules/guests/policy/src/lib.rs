@@ -44,7 +44,9 @@ impl Module for Policy {
             let probability = || -> Result<f32, String> {
                 match value.parse::<f32>() {
                     Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-                    _ => Err(format!("{key} must be a probability in [0, 1], got {value:?}")),
+                    _ => Err(format!(
+                        "{key} must be a probability in [0, 1], got {value:?}"
+                    )),
                 }
             };
             match key.as_str() {
@@ -52,9 +54,9 @@ impl Module for Policy {
                 "critical_threshold" => t.critical = probability()?,
                 "reassign_threshold" => t.reassign = Some(probability()?),
                 "notify_courier" => {
-                    t.notify_courier = value
-                        .parse()
-                        .map_err(|_| format!("notify_courier must be true or false, got {value:?}"))?
+                    t.notify_courier = value.parse().map_err(|_| {
+                        format!("notify_courier must be true or false, got {value:?}")
+                    })?
                 }
                 "version" => {}
                 other => return Err(format!("unknown configuration key {other:?}")),
@@ -72,13 +74,16 @@ impl Module for Policy {
 }
 
 impl Decide for Policy {
-    fn decide(_feature_names: Vec<String>, inputs: Vec<DecisionInput>) -> Vec<Vec<Action>> {
+    fn decide(feature_names: Vec<String>, inputs: Vec<DecisionInput>) -> Vec<Vec<Action>> {
         let t = THRESHOLDS.with(Cell::get);
-        inputs.iter().map(|input| decide_one(&t, input)).collect()
+        inputs
+            .iter()
+            .map(|input| decide_one(&t, &feature_names, input))
+            .collect()
     }
 }
 
-fn decide_one(t: &Thresholds, input: &DecisionInput) -> Vec<Action> {
+fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Action> {
     let p = input.score.probability;
     let severity = if p > t.critical {
         Severity::Critical
@@ -92,9 +97,16 @@ fn decide_one(t: &Thresholds, input: &DecisionInput) -> Vec<Action> {
         .score
         .top_factors
         .iter()
-        .map(|f| format!("{} {:+.2}", f.feature, f.contribution))
+        .map(|f| {
+            let name = names.get(f.feature as usize).map_or("?", String::as_str);
+            format!("{name} {:+.2}", f.contribution)
+        })
         .collect();
-    let label = if matches!(severity, Severity::Critical) { "CRITICAL" } else { "WARNING" };
+    let label = if matches!(severity, Severity::Critical) {
+        "CRITICAL"
+    } else {
+        "WARNING"
+    };
     let mut actions = vec![Action::Alert(Alert {
         severity,
         message: format!(
@@ -109,7 +121,9 @@ fn decide_one(t: &Thresholds, input: &DecisionInput) -> Vec<Action> {
         )));
     }
     if t.reassign.is_some_and(|r| p > r) {
-        actions.push(Action::Reassign(format!("P(late)={p:.2} above reassign threshold")));
+        actions.push(Action::Reassign(format!(
+            "P(late)={p:.2} above reassign threshold"
+        )));
     }
     actions
 }

@@ -105,7 +105,6 @@ fn score_with(setup: &Setup, vectors: &[FeatureVector]) -> Result<Vec<Scored>, S
         .map(|row| Scored {
             probability: probabilities[row * 2 + 1],
             top_factors: top_factors(
-                &setup.features,
                 &contributions[row * width..(row + 1) * width],
                 setup.top_factors,
             ),
@@ -125,19 +124,22 @@ fn output(outputs: &[NamedTensor], name: &str, len: usize) -> Result<Vec<f32>, S
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     if values.len() != len {
-        return Err(format!("{name:?} has {} values, expected {len}", values.len()));
+        return Err(format!(
+            "{name:?} has {} values, expected {len}",
+            values.len()
+        ));
     }
     Ok(values)
 }
 
-fn top_factors(names: &[String], contributions: &[f32], k: usize) -> Vec<Factor> {
+fn top_factors(contributions: &[f32], k: usize) -> Vec<Factor> {
     let mut idx: Vec<usize> = (0..contributions.len()).collect();
     idx.sort_by(|&a, &b| contributions[b].abs().total_cmp(&contributions[a].abs()));
     idx.into_iter()
         .take(k)
         .filter(|&i| contributions[i] != 0.0)
         .map(|i| Factor {
-            feature: names[i].clone(),
+            feature: i as u32,
             contribution: contributions[i],
         })
         .collect()
