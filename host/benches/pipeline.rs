@@ -108,7 +108,7 @@ fn bench_stages(c: &mut Criterion) {
                 timed(
                     iters,
                     || feed.next_batch(size),
-                    |batch| native.features(&batch).1.len(),
+                    |batch| native.features(&batch).len(),
                 )
             })
         });
@@ -281,7 +281,7 @@ impl NativePipeline {
         }
     }
 
-    fn features(&mut self, events: &[Event]) -> (Vec<(String, Vec<u8>)>, Vec<(usize, Vec<f32>)>) {
+    fn features(&mut self, events: &[Event]) -> Vec<(usize, Vec<f32>)> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
@@ -301,7 +301,6 @@ impl NativePipeline {
             })
             .collect();
         let outputs = <guest_features::Features as gf::Extract>::extract(batches);
-        let mut states = Vec::new();
         let mut scored = Vec::new();
         for ((key, idx), out) in groups.into_iter().zip(outputs) {
             for (&i, v) in idx.iter().zip(out.features) {
@@ -309,13 +308,10 @@ impl NativePipeline {
                     scored.push((i, v));
                 }
             }
-            states.push((key, out.state));
+            self.states.insert(key, out.state);
         }
         scored.sort_by_key(|(i, _)| *i);
-        for (k, s) in &states {
-            self.states.insert(k.clone(), s.clone());
-        }
-        (states, scored)
+        scored
     }
 
     fn score(&self, vectors: &[Vec<f32>]) -> Vec<(f32, Vec<(u32, f32)>)> {
@@ -343,7 +339,7 @@ impl NativePipeline {
             .into_iter()
             .filter(|e| !self.dedup.contains(&e.event_id))
             .collect();
-        let (_, scored) = self.features(&events);
+        let scored = self.features(&events);
         for e in &events {
             self.dedup.insert(&e.event_id);
         }

@@ -68,11 +68,10 @@ impl DedupWindow {
         let h = xxh3_128(event_id.as_bytes());
         if self.seen.insert(h) {
             self.order.push_back(h);
-            if self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front() {
                     self.seen.remove(&old);
                 }
-            }
         }
     }
 }
@@ -369,6 +368,8 @@ fn call<T>(
 }
 
 type Scored = (usize, Vec<f32>);
+/// New per-key states, and the scored events' feature vectors by input index.
+type Extracted = (Vec<(String, Vec<u8>)>, Vec<Scored>);
 
 /// Runs the features stage: groups `events` by key, folds them into each key's state, and
 /// returns the new states and the feature vectors of scored events, in input order.
@@ -380,7 +381,7 @@ pub(crate) fn extract(
     states: &dyn StateStore,
     events: &[Event],
     width: usize,
-) -> Result<(Vec<(String, Vec<u8>)>, Vec<Scored>), StageFailure> {
+) -> Result<Extracted, StageFailure> {
     // Group by key, keeping each key's events in arrival order.
     let mut key_index: HashMap<&str, usize> = HashMap::new();
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
@@ -422,7 +423,7 @@ fn check_features(
     groups: &[(String, Vec<usize>)],
     outputs: Vec<KeyOutput>,
     width: usize,
-) -> Result<(Vec<(String, Vec<u8>)>, Vec<Scored>), ModuleError> {
+) -> Result<Extracted, ModuleError> {
     if outputs.len() != groups.len() {
         return Err(ModuleError::Contract(format!(
             "{} outputs for {} keys",

@@ -282,8 +282,8 @@ fn check_features(
         .into_iter()
         .find(|(k, _)| k == "model")
         .map_or_else(|| "late_risk".to_string(), |(_, v)| v);
-    if let Some(model) = models.get(&model_name) {
-        if model.features != produced {
+    if let Some(model) = models.get(&model_name)
+        && model.features != produced {
             return Err(RegistryError::FeatureMismatch {
                 module: set.features.label(),
                 model: format!("{}@{}", model.name, model.version),
@@ -291,6 +291,5 @@ fn check_features(
                 expected: model.features.clone(),
             });
         }
-    }
     Ok(())
 }

@@ -62,11 +62,10 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
                      dead: &mut Box<dyn Write>,
                      stats: &mut Stats|
      -> anyhow::Result<()> {
-        if reload.swap(false, Ordering::Relaxed) {
-            if let Err(e) = registry.reload() {
+        if reload.swap(false, Ordering::Relaxed)
+            && let Err(e) = registry.reload() {
                 tracing::error!(error = %e, "reload on SIGHUP failed; keeping the current modules");
             }
-        }
         let outcome = pipeline.process(std::mem::take(batch));
         stats.decisions += outcome.decisions.len();
         stats.duplicates += outcome.duplicates;

@@ -166,7 +166,7 @@ impl wit::Host for crate::sandbox::HostState {
                 let (data, width) = match name.as_str() {
                     "probabilities" => {
                         let p = probabilities.take().unwrap_or_default();
-                        let width = if rows == 0 { 0 } else { p.len() / rows };
+                        let width = p.len().checked_div(rows).unwrap_or(0);
                         (p, width)
                     }
                     _ => (
