@@ -132,17 +132,19 @@ impl Event {
             ("courier_age", self.courier_age, 150.0),
         ] {
             if let Some(v) = value
-                && (!v.is_finite() || v < 0.0 || v > max) {
-                    return Err(EventError::new(field, format!("{v} is outside 0..={max}")));
-                }
+                && (!v.is_finite() || v < 0.0 || v > max)
+            {
+                return Err(EventError::new(field, format!("{v} is outside 0..={max}")));
+            }
         }
         if let Some(r) = self.courier_rating
-            && (!r.is_finite() || !(0.0..=5.0).contains(&r)) {
-                return Err(EventError::new(
-                    "courier_rating",
-                    format!("{r} is outside 0..=5"),
-                ));
-            }
+            && (!r.is_finite() || !(0.0..=5.0).contains(&r))
+        {
+            return Err(EventError::new(
+                "courier_rating",
+                format!("{r} is outside 0..=5"),
+            ));
+        }
         if self.event_type == EventType::TaskAssigned {
             if self.task_id.is_none() {
                 return Err(EventError::new("task_id", "required on task_assigned"));

@@ -69,9 +69,10 @@ impl DedupWindow {
         if self.seen.insert(h) {
             self.order.push_back(h);
             if self.order.len() > self.capacity
-                && let Some(old) = self.order.pop_front() {
-                    self.seen.remove(&old);
-                }
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seen.remove(&old);
+            }
         }
     }
 }

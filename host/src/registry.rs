@@ -283,13 +283,14 @@ fn check_features(
         .find(|(k, _)| k == "model")
         .map_or_else(|| "late_risk".to_string(), |(_, v)| v);
     if let Some(model) = models.get(&model_name)
-        && model.features != produced {
-            return Err(RegistryError::FeatureMismatch {
-                module: set.features.label(),
-                model: format!("{}@{}", model.name, model.version),
-                produced,
-                expected: model.features.clone(),
-            });
-        }
+        && model.features != produced
+    {
+        return Err(RegistryError::FeatureMismatch {
+            module: set.features.label(),
+            model: format!("{}@{}", model.name, model.version),
+            produced,
+            expected: model.features.clone(),
+        });
+    }
     Ok(())
 }

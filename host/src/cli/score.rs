@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -42,12 +43,13 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let mut pipeline = Pipeline::new(registry.clone());
 
-    let input: Box<dyn BufRead> = match &args.input {
+    let input: Box<dyn BufRead + Send> = match &args.input {
         Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(
             File::open(p).with_context(|| format!("opening {}", p.display()))?,
         )),
-        _ => Box::new(std::io::stdin().lock()),
+        _ => Box::new(BufReader::new(std::io::stdin())),
     };
+    let lines = read_lines(input);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut dead: Box<dyn Write> = match &args.dead_letters {
         Some(p) => Box::new(BufWriter::new(
@@ -63,9 +65,10 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
                      stats: &mut Stats|
      -> anyhow::Result<()> {
         if reload.swap(false, Ordering::Relaxed)
-            && let Err(e) = registry.reload() {
-                tracing::error!(error = %e, "reload on SIGHUP failed; keeping the current modules");
-            }
+            && let Err(e) = registry.reload()
+        {
+            tracing::error!(error = %e, "reload on SIGHUP failed; keeping the current modules");
+        }
         let outcome = pipeline.process(std::mem::take(batch));
         stats.decisions += outcome.decisions.len();
         stats.duplicates += outcome.duplicates;
@@ -82,8 +85,23 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
         out.flush()?;
         Ok(())
     };
-    for (n, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {}", n + 1))?;
+    loop {
+        // A batch ends when full, or when the input pauses: a live producer is not kept
+        // waiting for the batch to fill.
+        let next = if batch.is_empty() {
+            lines.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            lines.recv_timeout(IDLE_FLUSH)
+        };
+        let (n, line) = match next {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut batch, &mut out, &mut dead, &mut stats)?;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let line = line.with_context(|| format!("reading line {n}"))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -92,7 +110,7 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
             Ok(event) => batch.push(event),
             Err(e) => {
                 stats.malformed += 1;
-                eprintln!("line {}: field {}: {}", n + 1, e.field, e.message);
+                eprintln!("line {n}: field {}: {}", e.field, e.message);
             }
         }
         if batch.len() >= args.batch {
@@ -111,6 +129,23 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
         "done"
     );
     Ok(())
+}
+
+/// How long a partial batch waits for more input.
+const IDLE_FLUSH: Duration = Duration::from_millis(2);
+
+/// Reads lines on a thread of its own, numbered from 1, so the loop can wait with a timeout.
+fn read_lines(input: Box<dyn BufRead + Send>) -> Receiver<(usize, std::io::Result<String>)> {
+    let (tx, rx) = mpsc::sync_channel(4096);
+    std::thread::spawn(move || {
+        for (n, line) in input.lines().enumerate() {
+            let failed = line.is_err();
+            if tx.send((n + 1, line)).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[derive(Default)]

@@ -90,12 +90,13 @@ impl Model {
             })
             .ok_or_else(|| invalid(anyhow::anyhow!("no f32 output for probabilities")))?;
         if let Some(forest) = &forest
-            && forest.n_features() > width {
-                return Err(invalid(anyhow::anyhow!(
-                    "trees read feature {} but the input has {width} columns",
-                    forest.n_features() - 1
-                )));
-            }
+            && forest.n_features() > width
+        {
+            return Err(invalid(anyhow::anyhow!(
+                "trees read feature {} but the input has {width} columns",
+                forest.n_features() - 1
+            )));
+        }
         let plan = typed.into_runnable().map_err(invalid)?;
         let features =
             declared_features.unwrap_or_else(|| (0..width).map(|i| format!("f{i}")).collect());

@@ -79,3 +79,36 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn a_live_stream_is_decided_without_waiting_for_a_full_batch() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-host"))
+        .arg("score")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("edge-host runs");
+    let mut stdin = child.stdin.take().unwrap();
+    for e in crate::util::healthy_task("T-live") {
+        writeln!(stdin, "{}", serde_json::to_string(&e).unwrap()).unwrap();
+    }
+    stdin.flush().unwrap();
+    // stdin stays open: the decisions must come anyway.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().take(5) {
+            tx.send(line.unwrap()).unwrap();
+        }
+    });
+    for i in 0..5 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("decision {i} did not come while the input stayed open"));
+        assert!(line.contains("T-live"));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
