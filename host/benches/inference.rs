@@ -4,40 +4,17 @@
 //! `cargo bench -p fleet-host --bench inference`
 
 mod common;
+#[path = "common/parity.rs"]
+mod parity;
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-fn parity_rows() -> Vec<Vec<f32>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/late_risk/testdata/parity.csv"
-    );
-    std::fs::read_to_string(path)
-        .expect("models/late_risk/testdata/parity.csv")
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            cells[..cells.len() - 1]
-                .iter()
-                .map(|c| {
-                    if c.is_empty() {
-                        f32::NAN
-                    } else {
-                        c.parse().unwrap()
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
-
 fn bench(c: &mut Criterion) {
     let models = common::models();
     let model = models.get("late_risk").unwrap();
-    let rows = parity_rows();
+    let (rows, _) = parity::parity_rows();
     let width = rows[0].len();
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let mut group = c.benchmark_group("inference");

@@ -17,7 +17,7 @@ use fleet_host::event::{Event, EventType};
 use fleet_host::features_only::FeatureExtractor;
 use fleet_host::inference::Model;
 use fleet_host::module::Exports;
-use fleet_host::pipeline::{DedupWindow, Pipeline};
+use fleet_host::pipeline::{DedupWindow, Pipeline, group_by_key};
 use guest_features::native as gf;
 use guest_policy::native as gp;
 
@@ -282,16 +282,7 @@ impl NativePipeline {
     }
 
     fn features(&mut self, events: &[Event]) -> Vec<(usize, Vec<f32>)> {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let key = e.state_key();
-            let g = *index.entry(key).or_insert_with(|| {
-                groups.push((key.to_string(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].1.push(i);
-        }
+        let groups = group_by_key(events);
         let batches = groups
             .iter()
             .map(|(key, idx)| gf::KeyBatch {

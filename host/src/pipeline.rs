@@ -372,6 +372,22 @@ type Scored = (usize, Vec<f32>);
 /// New per-key states, and the scored events' feature vectors by input index.
 type Extracted = (Vec<(String, Vec<u8>)>, Vec<Scored>);
 
+/// The events' state keys in order of first appearance, each with the indices of its events
+/// in arrival order.
+pub fn group_by_key(events: &[Event]) -> Vec<(String, Vec<usize>)> {
+    let mut key_index: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let key = e.state_key();
+        let g = *key_index.entry(key).or_insert_with(|| {
+            groups.push((key.to_string(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    groups
+}
+
 /// Runs the features stage: groups `events` by key, folds them into each key's state, and
 /// returns the new states and the feature vectors of scored events, in input order.
 pub(crate) fn extract(
@@ -383,17 +399,7 @@ pub(crate) fn extract(
     events: &[Event],
     width: usize,
 ) -> Result<Extracted, StageFailure> {
-    // Group by key, keeping each key's events in arrival order.
-    let mut key_index: HashMap<&str, usize> = HashMap::new();
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        let key = e.state_key();
-        let g = *key_index.entry(key).or_insert_with(|| {
-            groups.push((key.to_string(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[g].1.push(i);
-    }
+    let groups = group_by_key(events);
     let batches: Vec<KeyBatch> = groups
         .iter()
         .map(|(key, idx)| KeyBatch {

@@ -4,35 +4,10 @@ use fleet_host::inference::{InferenceError, Model};
 
 use crate::util;
 
-/// Held-out rows and xgboost's own probabilities, written by models/late_risk/train.py.
-pub(crate) fn parity_rows() -> (Vec<Vec<f32>>, Vec<f64>) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/late_risk/testdata/parity.csv"
-    );
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}; make it with models/late_risk/train.sh"));
-    let mut rows = Vec::new();
-    let mut expected = Vec::new();
-    for line in text.lines().skip(1) {
-        let cells: Vec<&str> = line.split(',').collect();
-        let (p, features) = cells.split_last().unwrap();
-        rows.push(
-            features
-                .iter()
-                .map(|c| {
-                    if c.is_empty() {
-                        f32::NAN
-                    } else {
-                        c.parse().unwrap()
-                    }
-                })
-                .collect(),
-        );
-        expected.push(p.parse().unwrap());
-    }
-    (rows, expected)
-}
+#[path = "../../benches/common/parity.rs"]
+mod parity;
+
+use parity::parity_rows;
 
 #[test]
 fn parity_with_xgboost() {

@@ -66,10 +66,13 @@ fn misbehave(mode: &str) {
             }
         }
         "membomb" => {
+            // Grabs memory in 4 MiB chunks (touching one byte of each), so the cap is reached
+            // in a few grows rather than after paging in every byte.
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                hoard.push(vec![1u8; 1 << 20]);
-                std::hint::black_box(&hoard);
+                let mut chunk = Vec::with_capacity(4 << 20);
+                chunk.push(1u8);
+                hoard.push(std::hint::black_box(chunk));
             }
         }
         "recursion" => {
