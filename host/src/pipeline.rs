@@ -43,10 +43,40 @@ impl StateStore for MemStateStore {
     }
 }
 
-/// The last `capacity` event ids seen, by 128-bit hash.
+/// The 128-bit hash event ids are deduplicated by.
+pub fn event_hash(event_id: &str) -> u128 {
+    xxh3_128(event_id.as_bytes())
+}
+
+/// A hasher for keys that are already uniform hashes: it keeps their low 64 bits.
+#[derive(Default, Clone, Copy)]
+pub struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used for our keys; fold anything else in anyway.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type HashSet128 = HashSet<u128, std::hash::BuildHasherDefault<PreHashed>>;
+
+/// The last `capacity` event ids seen, by [`event_hash`].
 #[derive(Debug)]
 pub struct DedupWindow {
-    seen: HashSet<u128>,
+    seen: HashSet128,
     order: VecDeque<u128>,
     capacity: usize,
 }
@@ -54,20 +84,27 @@ pub struct DedupWindow {
 impl DedupWindow {
     pub fn new(capacity: usize) -> Self {
         Self {
-            seen: HashSet::new(),
+            seen: HashSet128::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
     }
 
     pub fn contains(&self, event_id: &str) -> bool {
-        self.seen.contains(&xxh3_128(event_id.as_bytes()))
+        self.contains_hash(event_hash(event_id))
+    }
+
+    pub fn contains_hash(&self, hash: u128) -> bool {
+        self.seen.contains(&hash)
     }
 
     pub fn insert(&mut self, event_id: &str) {
-        let h = xxh3_128(event_id.as_bytes());
-        if self.seen.insert(h) {
-            self.order.push_back(h);
+        self.insert_hash(event_hash(event_id));
+    }
+
+    pub fn insert_hash(&mut self, hash: u128) {
+        if self.seen.insert(hash) {
+            self.order.push_back(hash);
             if self.order.len() > self.capacity
                 && let Some(old) = self.order.pop_front()
             {
@@ -150,13 +187,17 @@ impl Pipeline {
             }
         }
         // Drop repeats of ids already committed, and repeats inside this batch.
-        let mut batch_ids = HashSet::new();
+        let mut batch_ids = HashSet128::default();
+        let mut hashes = Vec::with_capacity(events.len());
         let events: Vec<Event> = events
             .into_iter()
             .filter(|e| {
-                let fresh =
-                    !self.dedup.contains(&e.event_id) && batch_ids.insert(e.event_id.clone());
+                let hash = event_hash(&e.event_id);
+                let fresh = !self.dedup.contains_hash(hash) && batch_ids.insert(hash);
                 outcome.duplicates += usize::from(!fresh);
+                if fresh {
+                    hashes.push(hash);
+                }
                 fresh
             })
             .collect();
@@ -171,8 +212,8 @@ impl Pipeline {
                 for (key, state) in states {
                     self.states.put(key, state);
                 }
-                for e in &events {
-                    self.dedup.insert(&e.event_id);
+                for hash in hashes {
+                    self.dedup.insert_hash(hash);
                 }
                 outcome.decisions = decisions;
                 outcome.unscored = unscored;
@@ -522,5 +563,24 @@ fn keys_of(events: &[Event]) -> String {
         format!("{} (+{} more)", shown.join(","), keys.len() - 5)
     } else {
         shown.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_window_forgets_the_oldest_ids_past_its_capacity() {
+        let mut window = DedupWindow::new(2);
+        window.insert("a");
+        window.insert("b");
+        assert!(window.contains("a") && window.contains("b"));
+        window.insert("c");
+        assert!(!window.contains("a") && window.contains("b") && window.contains("c"));
+        // A repeat is not a new id: it evicts nothing.
+        window.insert("c");
+        assert!(window.contains("b"));
+        assert_eq!(window.contains_hash(event_hash("c")), window.contains("c"));
     }
 }

@@ -3,8 +3,8 @@
 //! takes the current set when it starts and finishes on it, so a swap lands between batches.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -58,6 +58,9 @@ pub struct ModuleRegistry {
     source: ModuleSource,
     current: ArcSwap<ModuleSet>,
     generations: AtomicU64,
+    /// Serializes writers (reload, replace), so one never overwrites another's set; readers
+    /// never take it.
+    writer: Mutex<()>,
 }
 
 impl ModuleRegistry {
@@ -74,6 +77,7 @@ impl ModuleRegistry {
             source,
             current: ArcSwap::from_pointee(set),
             generations: AtomicU64::new(1),
+            writer: Mutex::new(()),
         })
     }
 
@@ -93,6 +97,7 @@ impl ModuleRegistry {
     /// Reloads every module from the source and swaps the set in. On error the current set
     /// stays, untouched.
     pub fn reload(&self) -> Result<Arc<ModuleSet>, RegistryError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
         let set = Arc::new(load_set(
             &self.engine,
@@ -113,6 +118,7 @@ impl ModuleRegistry {
 
     /// Replaces one module (already loaded and checked) and swaps the set in.
     pub fn replace(&self, module: LoadedModule) -> Result<Arc<ModuleSet>, RegistryError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current();
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
         let mut set = ModuleSet {
