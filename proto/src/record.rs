@@ -1,0 +1,197 @@
+//! What a device journals and ships. Compact on purpose: positions are fixed-point
+//! (1e-7 degree, about 1 cm), times are milliseconds since the Unix epoch, and feature names
+//! travel once per model in a [`Schema`] rather than with every decision.
+
+use serde::{Deserialize, Serialize};
+
+/// A device's journal sequence number: dense, starting at 1, never reused.
+pub type Seq = u64;
+
+/// One journal entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    Event(EventRecord),
+    Decision(DecisionRecord),
+    /// The latest feature state of one key. Superseded states are compacted away before
+    /// sending (see [`crate::sender::Outbox::superseded`]).
+    State(StateRecord),
+    /// Feature names of a model; decisions point at it by `id`.
+    Schema(Schema),
+}
+
+impl Record {
+    /// Whether a journal under pressure may thin this record away (location pings only;
+    /// status events and decisions are never thinned).
+    pub fn thinnable(&self) -> bool {
+        matches!(self, Self::Event(e) if e.event_type == EventKind::Location)
+    }
+}
+
+/// Event types, as in the producer schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    TaskAssigned,
+    Location,
+    ArrivedPickup,
+    PickedUp,
+    ArrivedDropoff,
+    Delivered,
+    DeliveryFailed,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 7] = [
+        Self::TaskAssigned,
+        Self::Location,
+        Self::ArrivedPickup,
+        Self::PickedUp,
+        Self::ArrivedDropoff,
+        Self::Delivered,
+        Self::DeliveryFailed,
+    ];
+
+    /// The producer schema's name (`task_assigned`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskAssigned => "task_assigned",
+            Self::Location => "location",
+            Self::ArrivedPickup => "arrived_pickup",
+            Self::PickedUp => "picked_up",
+            Self::ArrivedDropoff => "arrived_dropoff",
+            Self::Delivered => "delivered",
+            Self::DeliveryFailed => "delivery_failed",
+        }
+    }
+}
+
+/// A position in 1e-7 degrees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeoE7 {
+    pub lat: i32,
+    pub lon: i32,
+}
+
+impl GeoE7 {
+    /// Rounds degrees to the nearest 1e-7.
+    pub fn from_degrees(lat: f64, lon: f64) -> Self {
+        Self {
+            lat: (lat * 1e7).round() as i32,
+            lon: (lon * 1e7).round() as i32,
+        }
+    }
+
+    pub fn lat_deg(self) -> f64 {
+        f64::from(self.lat) / 1e7
+    }
+
+    pub fn lon_deg(self) -> f64 {
+        f64::from(self.lon) / 1e7
+    }
+}
+
+/// A producer event, as journaled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub courier_id: String,
+    pub task_id: Option<String>,
+    pub event_type: EventKind,
+    /// Event time, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// The producer's UTC offset, in seconds (kept so local time can be shown as sent).
+    pub utc_offset_s: i32,
+    pub position: GeoE7,
+    pub speed_kmh: Option<f32>,
+    pub accuracy_m: Option<f32>,
+    /// Present on `task_assigned`.
+    pub context: Option<Box<TaskContext>>,
+}
+
+/// The task context a `task_assigned` event carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskContext {
+    pub pickup: Option<GeoE7>,
+    pub dropoff: Option<GeoE7>,
+    pub promised_at_ms: Option<i64>,
+    pub stops_remaining: Option<u32>,
+    pub order_type: Option<String>,
+    pub vehicle_type: Option<String>,
+    pub courier_rating: Option<f32>,
+    pub courier_age: Option<f32>,
+}
+
+/// Severity of a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "info" => Some(Self::Info),
+            "warning" => Some(Self::Warning),
+            "critical" => Some(Self::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// One action a policy asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ActionRecord {
+    Alert { severity: Severity, message: String },
+    NotifyCourier { message: String },
+    Reassign { reason: String },
+    Surge { multiplier: f32 },
+}
+
+/// A decision with its prediction log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub event_id: String,
+    pub prediction_id: String,
+    pub courier_id: String,
+    pub task_id: Option<String>,
+    /// Event time of the scored event, ms since the Unix epoch.
+    pub time_ms: i64,
+    pub score: f32,
+    pub severity: Severity,
+    pub actions: Vec<ActionRecord>,
+    /// `name@version` of the model.
+    pub model: String,
+    /// `name@version+digest` of the features, scorer and policy modules.
+    pub modules: [String; 3],
+    /// The [`Schema`] naming `features`.
+    pub schema: u64,
+    pub features: Vec<f32>,
+    /// Top contributing factors: feature index into the schema, signed log-odds contribution.
+    pub top_factors: Vec<(u32, f32)>,
+}
+
+/// The latest feature state of a key (task, or courier when there is no task).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateRecord {
+    pub key: String,
+    /// The features module that wrote it (`name@version+digest`); state is opaque to anyone else.
+    pub module: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Names of a model's features, in vector order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    pub id: u64,
+    pub model: String,
+    pub feature_names: Vec<String>,
+}

@@ -1,0 +1,259 @@
+//! The device end: decides what to send from the journal (the [`Outbox`]) and tracks what the
+//! aggregator has acknowledged. Time is passed in, so a virtual clock drives it in tests.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::PROTOCOL_VERSION;
+use crate::batch::{BatchBody, Codec, Entry};
+use crate::frame::{Frame, ProtocolError};
+use crate::record::{Record, Seq};
+
+/// The device's journal, as the sender sees it.
+pub trait Outbox {
+    /// Up to `max` journaled entries with sequence numbers above `after`, in order.
+    fn read_after(&self, after: Seq, max: usize) -> Vec<Entry>;
+    /// Highest sequence number journaled so far (0 when none).
+    fn last_seq(&self) -> Seq;
+    /// Whether the state record at `seq` for `key` has a newer state later in the journal;
+    /// superseded states are never sent.
+    fn superseded(&self, key: &str, seq: Seq) -> bool;
+}
+
+/// Sender tuning.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// Most entries read into one batch.
+    pub max_batch_entries: usize,
+    /// Most batches in flight, before the aggregator's own limit (`welcome.window`) applies.
+    pub window: u32,
+    pub codec: Codec,
+    pub zstd_level: i32,
+    /// An unacknowledged batch older than this is sent again (go-back-N from the last ack).
+    pub resend_after: Duration,
+    pub agent: String,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_entries: 512,
+            window: 8,
+            codec: Codec::Zstd,
+            zstd_level: 3,
+            resend_after: Duration::from_secs(10),
+            agent: concat!("fleet-proto/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Disconnected,
+    AwaitingWelcome,
+    Streaming,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Disconnected => "disconnected",
+            Self::AwaitingWelcome => "awaiting-welcome",
+            Self::Streaming => "streaming",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InFlight {
+    through: Seq,
+    sent_at: Duration,
+}
+
+/// What the driver must act on after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// Everything up to here is durable at the aggregator: persist the cursor, and the journal
+    /// may drop it.
+    Acked(Seq),
+    /// The aggregator answered a ping.
+    Pong(u64),
+}
+
+/// One device's sending session. Survives reconnects: call [`Sender::connected`] on each new
+/// connection and [`Sender::disconnected`] when it drops.
+#[derive(Debug)]
+pub struct Sender {
+    config: SenderConfig,
+    state: State,
+    acked: Seq,
+    /// First sequence not yet sent on this connection.
+    next: Seq,
+    /// Highest sequence sent on this connection: no ack may go past it.
+    sent_max: Seq,
+    window: u32,
+    in_flight: VecDeque<InFlight>,
+    /// Entries sent, counting resends (a measure of waste).
+    pub resent_batches: u64,
+}
+
+impl Sender {
+    /// A sender whose journal is acknowledged through `acked` (the persisted cursor).
+    pub fn new(config: SenderConfig, acked: Seq) -> Self {
+        let window = config.window;
+        Self {
+            config,
+            state: State::Disconnected,
+            acked,
+            next: acked + 1,
+            sent_max: acked,
+            window,
+            in_flight: VecDeque::new(),
+            resent_batches: 0,
+        }
+    }
+
+    pub fn acked(&self) -> Seq {
+        self.acked
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        self.state == State::Streaming
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// A new connection is up: send this first.
+    pub fn connected(&mut self) -> Frame {
+        self.state = State::AwaitingWelcome;
+        self.in_flight.clear();
+        self.sent_max = self.acked;
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            acked_through: self.acked,
+            agent: self.config.agent.clone(),
+        }
+    }
+
+    /// The connection is gone; whatever was in flight is sent again on the next one.
+    pub fn disconnected(&mut self) {
+        self.state = State::Disconnected;
+        self.in_flight.clear();
+        self.next = self.acked + 1;
+    }
+
+    /// Handles a frame from the aggregator.
+    pub fn handle(&mut self, frame: Frame) -> Result<Option<SenderEvent>, ProtocolError> {
+        let unexpected = |state: State, frame: &Frame| ProtocolError::Unexpected {
+            got: frame.name(),
+            state: state.name(),
+        };
+        match frame {
+            Frame::Welcome {
+                version,
+                acked_through,
+                window,
+            } if self.state == State::AwaitingWelcome => {
+                if version != PROTOCOL_VERSION {
+                    return Err(ProtocolError::VersionMismatch {
+                        theirs: version,
+                        ours: PROTOCOL_VERSION,
+                    });
+                }
+                self.state = State::Streaming;
+                self.window = window.clamp(1, self.config.window.max(1));
+                // The aggregator's record decides where to resume. Behind ours means it lost
+                // history we no longer hold: resume from what we hold.
+                let advanced = acked_through > self.acked;
+                self.acked = self.acked.max(acked_through);
+                self.next = self.acked + 1;
+                self.sent_max = self.acked;
+                Ok(advanced.then_some(SenderEvent::Acked(self.acked)))
+            }
+            Frame::Ack { through } if self.state == State::Streaming => {
+                if through > self.sent_max {
+                    return Err(ProtocolError::BadRange {
+                        from: self.acked + 1,
+                        through,
+                        why: "ack beyond what was sent",
+                    });
+                }
+                while self.in_flight.front().is_some_and(|b| b.through <= through) {
+                    self.in_flight.pop_front();
+                }
+                if through > self.acked {
+                    self.acked = through;
+                    self.next = self.next.max(through + 1);
+                    return Ok(Some(SenderEvent::Acked(through)));
+                }
+                Ok(None)
+            }
+            // A repeated welcome on a link that duplicates frames: already streaming.
+            Frame::Welcome { .. } if self.state == State::Streaming => Ok(None),
+            Frame::Control(crate::frame::Control::Pong { nonce }) => {
+                Ok(Some(SenderEvent::Pong(nonce)))
+            }
+            Frame::Control(crate::frame::Control::Ping { .. }) => Ok(None),
+            Frame::Error { code, message } => Err(ProtocolError::Refused { code, message }),
+            other => Err(unexpected(self.state, &other)),
+        }
+    }
+
+    /// The next batch to send, if the window allows and the journal has anything new.
+    pub fn poll_transmit(&mut self, now: Duration, outbox: &impl Outbox) -> Option<Frame> {
+        if self.state != State::Streaming || self.in_flight.len() >= self.window as usize {
+            return None;
+        }
+        let last = outbox.last_seq();
+        if last < self.next {
+            return None;
+        }
+        let from = self.next;
+        let read = outbox.read_after(from - 1, self.config.max_batch_entries);
+        // A full read ends at its last entry; a short one covers the whole backlog, including
+        // entries thinned away at the end.
+        let through = match read.last() {
+            Some(e) if read.len() == self.config.max_batch_entries => e.seq,
+            _ => last,
+        };
+        let entries: Vec<Entry> = read
+            .into_iter()
+            .filter(|e| match &e.record {
+                Record::State(s) => !outbox.superseded(&s.key, e.seq),
+                _ => true,
+            })
+            .collect();
+        let (codec, body) =
+            BatchBody::encode(from, &entries, self.config.codec, self.config.zstd_level);
+        self.in_flight.push_back(InFlight {
+            through,
+            sent_at: now,
+        });
+        self.next = through + 1;
+        self.sent_max = self.sent_max.max(through);
+        Some(Frame::Batch {
+            from,
+            through,
+            codec,
+            body,
+        })
+    }
+
+    /// When [`Sender::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.in_flight
+            .front()
+            .map(|b| b.sent_at + self.config.resend_after)
+    }
+
+    /// Goes back to the last acknowledgement when the oldest batch waited too long.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.poll_timeout().is_some_and(|t| now >= t) {
+            self.resent_batches += self.in_flight.len() as u64;
+            self.in_flight.clear();
+            self.next = self.acked + 1;
+        }
+    }
+}
