@@ -1,0 +1,24 @@
+//! The device store. Everything a device has acknowledged lives here until the aggregator has
+//! made it durable: a journal of records under dense sequence numbers (the outbox), the latest
+//! feature state per key, a bounded index of event ids already accepted, and the sync cursor.
+//!
+//! The seam is [`Journal`]: no sled type crosses it. Writes of one commit go into sled as one
+//! atomic batch; [`Journal::flush`] is the group-commit point (a real fsync). Acknowledge
+//! producers only after it returns.
+//!
+//! Layout (one sled tree, so a commit is a single atomic batch):
+//!
+//! | key | value |
+//! |---|---|
+//! | `j` seq (u64 BE) | postcard [`fleet_proto::Record`] |
+//! | `s` state key | seq (u64 BE) + state bytes: the latest state only |
+//! | `d` event id | seq of the dedup mark (for eviction) |
+//! | `o` mark (u64 BE) | event id: dedup marks, oldest first |
+//! | `m` name | meta counters (u64 BE) |
+
+mod keys;
+mod store;
+mod thinning;
+
+pub use store::{Commit, Journal, JournalConfig, JournalError, JournalStats, Recovery};
+pub use thinning::ThinPolicy;

@@ -1,0 +1,377 @@
+//! [`Journal`]: the sled-backed device store behind our own seam.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fleet_proto::batch::Entry;
+use fleet_proto::sender::Outbox;
+use fleet_proto::{Record, Seq};
+use thiserror::Error;
+
+use crate::keys::{self, DEDUP, JOURNAL, STATE};
+use crate::thinning::{ThinPolicy, Thinner};
+
+type Db = sled::Db<1024>;
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal storage at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal entry {seq} is corrupt: {message}")]
+    Corrupt { seq: Seq, message: String },
+}
+
+/// Where and how the journal keeps its data.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    /// Event ids remembered for duplicate detection (oldest forgotten first).
+    pub dedup_capacity: u64,
+    pub thin: ThinPolicy,
+    /// sled's page cache.
+    pub cache_bytes: usize,
+}
+
+impl JournalConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            dedup_capacity: 1_000_000,
+            thin: ThinPolicy::default(),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What opening found.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    pub last_seq: Seq,
+    pub acked: Seq,
+    /// Entries journaled and not yet acknowledged by the aggregator.
+    pub backlog: u64,
+    /// Whether the counters had to be rebuilt from the journal (they lag a crash by at most
+    /// one commit only if sled's batch atomicity did not hold; counted to catch that).
+    pub repaired: bool,
+    pub took: Duration,
+}
+
+/// Figures for reports and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub last_seq: Seq,
+    pub acked: Seq,
+    pub unacked_bytes: u64,
+    /// Location pings not journaled because the budget was spent (by policy).
+    pub thinned: u64,
+    pub dedup_marks: u64,
+    /// Entries skipped on read because they did not decode.
+    pub corrupt: u64,
+}
+
+/// The outcome of one commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Sequence numbers given, `first..=last` (empty when `first > last`).
+    pub first: Seq,
+    pub last: Seq,
+    pub thinned: u64,
+}
+
+/// The device journal. One writer; reads may come from anywhere.
+pub struct Journal {
+    db: Db,
+    config: JournalConfig,
+    stats: JournalStats,
+    dedup_head: u64,
+    dedup_tail: u64,
+    thinner: Thinner,
+    corrupt: std::sync::atomic::AtomicU64,
+}
+
+const META_LAST: &str = "last_seq";
+const META_ACKED: &str = "acked";
+const META_BYTES: &str = "unacked_bytes";
+const META_THINNED: &str = "thinned";
+const META_DEDUP_HEAD: &str = "dedup_head";
+const META_DEDUP_TAIL: &str = "dedup_tail";
+
+impl Journal {
+    /// Opens (or creates) the journal and checks its counters against its contents.
+    pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
+        let started = Instant::now();
+        let io = |source| JournalError::Io {
+            path: config.path.clone(),
+            source,
+        };
+        let db: Db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity_bytes(config.cache_bytes)
+            // Only our group commits make data durable: nothing half-way through a commit
+            // reaches the disk on its own.
+            .flush_every_ms(None)
+            .open()
+            .map_err(io)?;
+        let meta = |name: &str| -> Result<u64, JournalError> {
+            Ok(db
+                .get(keys::meta(name))
+                .map_err(io)?
+                .and_then(|v| keys::read_u64(&v))
+                .unwrap_or(0))
+        };
+        let mut stats = JournalStats {
+            last_seq: meta(META_LAST)?,
+            acked: meta(META_ACKED)?,
+            unacked_bytes: meta(META_BYTES)?,
+            thinned: meta(META_THINNED)?,
+            ..JournalStats::default()
+        };
+        let dedup_head = meta(META_DEDUP_HEAD)?;
+        let dedup_tail = meta(META_DEDUP_TAIL)?;
+        stats.dedup_marks = dedup_head - dedup_tail;
+        // The last journal key must agree with the counter.
+        let last_in_journal = db
+            .get_lt(keys::journal(Seq::MAX))
+            .map_err(io)?
+            .filter(|(k, _)| k.first() == Some(&JOURNAL))
+            .and_then(|(k, _)| keys::read_u64(&k[1..]));
+        let repaired = last_in_journal.is_some_and(|l| l > stats.last_seq);
+        if let Some(l) = last_in_journal {
+            stats.last_seq = stats.last_seq.max(l);
+        }
+        let recovery = Recovery {
+            last_seq: stats.last_seq,
+            acked: stats.acked,
+            backlog: stats.last_seq.saturating_sub(stats.acked),
+            repaired,
+            took: started.elapsed(),
+        };
+        let journal = Self {
+            db,
+            config,
+            stats,
+            dedup_head,
+            dedup_tail,
+            thinner: Thinner::default(),
+            corrupt: 0.into(),
+        };
+        Ok((journal, recovery))
+    }
+
+    fn io(&self) -> impl Fn(std::io::Error) -> JournalError + '_ {
+        |source| JournalError::Io {
+            path: self.config.path.clone(),
+            source,
+        }
+    }
+
+    /// Whether an event with this id was accepted before (within the retention).
+    pub fn is_duplicate(&self, event_id: &str) -> Result<bool, JournalError> {
+        self.db
+            .contains_key(keys::prefixed_str(DEDUP, event_id))
+            .map_err(self.io())
+    }
+
+    /// The latest feature state of `key`.
+    pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(self
+            .db
+            .get(keys::prefixed_str(STATE, key))
+            .map_err(self.io())?
+            .map(|v| v[8..].to_vec()))
+    }
+
+    /// Journals `records` as one atomic batch (not yet durable: see [`Journal::flush`]).
+    /// Every event gets a dedup mark, kept or thinned.
+    pub fn append(&mut self, records: Vec<Record>) -> Result<Commit, JournalError> {
+        let mut batch = sled::Batch::default();
+        let mut stats = self.stats.clone();
+        let (mut head, mut tail) = (self.dedup_head, self.dedup_tail);
+        let mut commit = Commit {
+            first: stats.last_seq + 1,
+            last: stats.last_seq,
+            thinned: 0,
+        };
+        // Marks written by this commit are not in the tree yet: evicting them looks here.
+        let mut marks_here: std::collections::HashMap<u64, String> = Default::default();
+        let mut latest_here: std::collections::HashMap<String, u64> = Default::default();
+        for record in records {
+            if let Record::Event(e) = &record {
+                batch.insert(keys::prefixed_str(DEDUP, &e.event_id), &head.to_be_bytes());
+                batch.insert(&keys::dedup_order(head), e.event_id.as_bytes());
+                marks_here.insert(head, e.event_id.clone());
+                latest_here.insert(e.event_id.clone(), head);
+                head += 1;
+                while head - tail > self.config.dedup_capacity {
+                    let id = match marks_here.remove(&tail) {
+                        Some(id) => Some(id),
+                        None => self
+                            .db
+                            .get(keys::dedup_order(tail))
+                            .map_err(self.io())?
+                            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                    };
+                    if let Some(id) = id {
+                        // Only if no newer mark for the same id replaced it.
+                        let current = match latest_here.get(&id) {
+                            Some(&m) => Some(m),
+                            None => self
+                                .db
+                                .get(keys::prefixed_str(DEDUP, &id))
+                                .map_err(self.io())?
+                                .as_deref()
+                                .and_then(keys::read_u64),
+                        };
+                        if current == Some(tail) {
+                            batch.remove(keys::prefixed_str(DEDUP, &id));
+                        }
+                    }
+                    batch.remove(&keys::dedup_order(tail));
+                    tail += 1;
+                }
+            }
+            let over = stats.unacked_bytes > self.config.thin.budget_bytes;
+            if !self.thinner.keep(&self.config.thin, over, &record) {
+                commit.thinned += 1;
+                continue;
+            }
+            let seq = stats.last_seq + 1;
+            let bytes = postcard::to_stdvec(&record).expect("records always serialize");
+            if let Record::State(s) = &record {
+                let mut value = seq.to_be_bytes().to_vec();
+                value.extend_from_slice(&s.bytes);
+                batch.insert(keys::prefixed_str(STATE, &s.key), value);
+            }
+            stats.unacked_bytes += bytes.len() as u64;
+            batch.insert(&keys::journal(seq), bytes);
+            stats.last_seq = seq;
+        }
+        commit.last = stats.last_seq;
+        stats.thinned += commit.thinned;
+        stats.dedup_marks = head - tail;
+        for (name, value) in [
+            (META_LAST, stats.last_seq),
+            (META_BYTES, stats.unacked_bytes),
+            (META_THINNED, stats.thinned),
+            (META_DEDUP_HEAD, head),
+            (META_DEDUP_TAIL, tail),
+        ] {
+            batch.insert(keys::meta(name), &value.to_be_bytes());
+        }
+        self.db.apply_batch(batch).map_err(self.io())?;
+        self.stats = stats;
+        (self.dedup_head, self.dedup_tail) = (head, tail);
+        Ok(commit)
+    }
+
+    /// The group-commit point: everything appended so far is on disk when this returns.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.db.flush().map(|_| ()).map_err(self.io())
+    }
+
+    /// The aggregator made everything through `through` durable: drop it from the outbox.
+    /// Not flushed by itself (losing it only means sending again, which history absorbs).
+    pub fn acknowledge(&mut self, through: Seq) -> Result<(), JournalError> {
+        let through = through.min(self.stats.last_seq);
+        if through <= self.stats.acked {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut freed = 0u64;
+        for item in self
+            .db
+            .range(keys::journal(self.stats.acked + 1)..=keys::journal(through))
+        {
+            let (k, v) = item.map_err(self.io())?;
+            freed += v.len() as u64;
+            batch.remove(k);
+        }
+        let bytes = self.stats.unacked_bytes.saturating_sub(freed);
+        batch.insert(keys::meta(META_ACKED), &through.to_be_bytes());
+        batch.insert(keys::meta(META_BYTES), &bytes.to_be_bytes());
+        self.db.apply_batch(batch).map_err(self.io())?;
+        self.stats.acked = through;
+        self.stats.unacked_bytes = bytes;
+        Ok(())
+    }
+
+    /// Journal entries after `after` (for replay and inspection).
+    pub fn entries_after(&self, after: Seq, max: usize) -> Result<Vec<Entry>, JournalError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .range(keys::journal(after + 1)..=keys::journal(Seq::MAX))
+            .take(max)
+        {
+            let (k, v) = item.map_err(self.io())?;
+            let seq = keys::read_u64(&k[1..]).unwrap_or(0);
+            match postcard::from_bytes::<Record>(&v) {
+                Ok(record) => out.push(Entry { seq, record }),
+                Err(e) => {
+                    return Err(JournalError::Corrupt {
+                        seq,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        JournalStats {
+            corrupt: self.corrupt.load(std::sync::atomic::Ordering::Relaxed),
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        self.db.size_on_disk().map_err(self.io())
+    }
+
+    pub fn config(&self) -> &JournalConfig {
+        &self.config
+    }
+}
+
+impl Outbox for Journal {
+    fn read_after(&self, after: Seq, max: usize) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        let mut after = after;
+        // A corrupt entry is skipped (and counted) rather than blocking the outbox forever.
+        while out.len() < max {
+            match self.entries_after(after, max - out.len()) {
+                Ok(mut entries) => {
+                    out.append(&mut entries);
+                    break;
+                }
+                Err(JournalError::Corrupt { seq, .. }) => {
+                    self.corrupt
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    out.extend(
+                        self.entries_after(after, (seq - after - 1) as usize)
+                            .unwrap_or_default(),
+                    );
+                    after = seq;
+                }
+                Err(JournalError::Io { .. }) => break,
+            }
+        }
+        out
+    }
+
+    fn last_seq(&self) -> Seq {
+        self.stats.last_seq
+    }
+
+    fn superseded(&self, key: &str, seq: Seq) -> bool {
+        matches!(
+            self.db.get(keys::prefixed_str(STATE, key)),
+            Ok(Some(v)) if keys::read_u64(&v).is_some_and(|latest| latest > seq)
+        )
+    }
+}
