@@ -2,8 +2,7 @@
 //! (features, scorer, policy) and a natively-run ONNX model, and produces decisions with
 //! their prediction log.
 //!
-//! It does not persist anything yet beyond what a [`pipeline::StateStore`] is given, and it
-//! does no networking: storage and sync sit around it.
+//! The [`device`] role wraps the pipeline with the durable journal and QUIC sync.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -25,6 +24,7 @@
 pub mod bindings;
 pub mod decision;
 pub mod defaults;
+pub mod device;
 pub mod engine;
 pub mod event;
 pub mod features_only;

@@ -124,6 +124,8 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     /// Events folded into state but not scored (see the features module contract).
     pub unscored: usize,
+    /// The new state of every key the batch touched (already committed to the state store).
+    pub states: Vec<(String, Vec<u8>)>,
 }
 
 /// Live instances for one module set.
@@ -210,6 +212,7 @@ impl Pipeline {
         match run_batch(live, &engine, &models, self.states.as_ref(), &events) {
             Ok((decisions, states, unscored)) => {
                 for (key, state) in states {
+                    outcome.states.push((key.clone(), state.clone()));
                     self.states.put(key, state);
                 }
                 for hash in hashes {

@@ -1,6 +1,7 @@
 //! [`Journal`]: the sled-backed device store behind our own seam.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fleet_proto::batch::Entry;
@@ -84,13 +85,19 @@ pub struct Commit {
 
 /// The device journal. One writer; reads may come from anywhere.
 pub struct Journal {
-    db: Db,
+    /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
+    db_handle: Mutex<Db>,
     config: JournalConfig,
+    /// Held by writers (append, acknowledge) for the whole write, so they apply in order.
+    inner: Mutex<Inner>,
+    corrupt: std::sync::atomic::AtomicU64,
+}
+
+struct Inner {
     stats: JournalStats,
     dedup_head: u64,
     dedup_tail: u64,
     thinner: Thinner,
-    corrupt: std::sync::atomic::AtomicU64,
 }
 
 const META_LAST: &str = "last_seq";
@@ -151,15 +158,29 @@ impl Journal {
             took: started.elapsed(),
         };
         let journal = Self {
-            db,
+            db_handle: Mutex::new(db),
             config,
-            stats,
-            dedup_head,
-            dedup_tail,
-            thinner: Thinner::default(),
+            inner: Mutex::new(Inner {
+                stats,
+                dedup_head,
+                dedup_tail,
+                thinner: Thinner::default(),
+            }),
             corrupt: 0.into(),
         };
         Ok((journal, recovery))
+    }
+
+    fn db(&self) -> Db {
+        self.db_handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding it cannot leave sled half-written (batches are atomic).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> JournalError + '_ {
@@ -171,7 +192,7 @@ impl Journal {
 
     /// Whether an event with this id was accepted before (within the retention).
     pub fn is_duplicate(&self, event_id: &str) -> Result<bool, JournalError> {
-        self.db
+        self.db()
             .contains_key(keys::prefixed_str(DEDUP, event_id))
             .map_err(self.io())
     }
@@ -179,7 +200,7 @@ impl Journal {
     /// The latest feature state of `key`.
     pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
         Ok(self
-            .db
+            .db()
             .get(keys::prefixed_str(STATE, key))
             .map_err(self.io())?
             .map(|v| v[8..].to_vec()))
@@ -187,10 +208,11 @@ impl Journal {
 
     /// Journals `records` as one atomic batch (not yet durable: see [`Journal::flush`]).
     /// Every event gets a dedup mark, kept or thinned.
-    pub fn append(&mut self, records: Vec<Record>) -> Result<Commit, JournalError> {
+    pub fn append(&self, records: Vec<Record>) -> Result<Commit, JournalError> {
+        let mut inner = self.inner();
         let mut batch = sled::Batch::default();
-        let mut stats = self.stats.clone();
-        let (mut head, mut tail) = (self.dedup_head, self.dedup_tail);
+        let mut stats = inner.stats.clone();
+        let (mut head, mut tail) = (inner.dedup_head, inner.dedup_tail);
         let mut commit = Commit {
             first: stats.last_seq + 1,
             last: stats.last_seq,
@@ -201,8 +223,8 @@ impl Journal {
         let mut latest_here: std::collections::HashMap<String, u64> = Default::default();
         for record in records {
             if let Record::Event(e) = &record {
-                batch.insert(keys::prefixed_str(DEDUP, &e.event_id), &head.to_be_bytes());
-                batch.insert(&keys::dedup_order(head), e.event_id.as_bytes());
+                batch.insert(keys::prefixed_str(DEDUP, &e.event_id), head.to_be_bytes());
+                batch.insert(keys::dedup_order(head), e.event_id.as_bytes());
                 marks_here.insert(head, e.event_id.clone());
                 latest_here.insert(e.event_id.clone(), head);
                 head += 1;
@@ -210,7 +232,7 @@ impl Journal {
                     let id = match marks_here.remove(&tail) {
                         Some(id) => Some(id),
                         None => self
-                            .db
+                            .db()
                             .get(keys::dedup_order(tail))
                             .map_err(self.io())?
                             .map(|v| String::from_utf8_lossy(&v).into_owned()),
@@ -220,7 +242,7 @@ impl Journal {
                         let current = match latest_here.get(&id) {
                             Some(&m) => Some(m),
                             None => self
-                                .db
+                                .db()
                                 .get(keys::prefixed_str(DEDUP, &id))
                                 .map_err(self.io())?
                                 .as_deref()
@@ -230,12 +252,12 @@ impl Journal {
                             batch.remove(keys::prefixed_str(DEDUP, &id));
                         }
                     }
-                    batch.remove(&keys::dedup_order(tail));
+                    batch.remove(keys::dedup_order(tail));
                     tail += 1;
                 }
             }
             let over = stats.unacked_bytes > self.config.thin.budget_bytes;
-            if !self.thinner.keep(&self.config.thin, over, &record) {
+            if !inner.thinner.keep(&self.config.thin, over, &record) {
                 commit.thinned += 1;
                 continue;
             }
@@ -247,7 +269,7 @@ impl Journal {
                 batch.insert(keys::prefixed_str(STATE, &s.key), value);
             }
             stats.unacked_bytes += bytes.len() as u64;
-            batch.insert(&keys::journal(seq), bytes);
+            batch.insert(keys::journal(seq), bytes);
             stats.last_seq = seq;
         }
         commit.last = stats.last_seq;
@@ -260,42 +282,43 @@ impl Journal {
             (META_DEDUP_HEAD, head),
             (META_DEDUP_TAIL, tail),
         ] {
-            batch.insert(keys::meta(name), &value.to_be_bytes());
+            batch.insert(keys::meta(name), value.to_be_bytes());
         }
-        self.db.apply_batch(batch).map_err(self.io())?;
-        self.stats = stats;
-        (self.dedup_head, self.dedup_tail) = (head, tail);
+        self.db().apply_batch(batch).map_err(self.io())?;
+        inner.stats = stats;
+        (inner.dedup_head, inner.dedup_tail) = (head, tail);
         Ok(commit)
     }
 
     /// The group-commit point: everything appended so far is on disk when this returns.
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush().map(|_| ()).map_err(self.io())
+        self.db().flush().map(|_| ()).map_err(self.io())
     }
 
     /// The aggregator made everything through `through` durable: drop it from the outbox.
     /// Not flushed by itself (losing it only means sending again, which history absorbs).
-    pub fn acknowledge(&mut self, through: Seq) -> Result<(), JournalError> {
-        let through = through.min(self.stats.last_seq);
-        if through <= self.stats.acked {
+    pub fn acknowledge(&self, through: Seq) -> Result<(), JournalError> {
+        let mut inner = self.inner();
+        let through = through.min(inner.stats.last_seq);
+        if through <= inner.stats.acked {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         let mut freed = 0u64;
         for item in self
-            .db
-            .range(keys::journal(self.stats.acked + 1)..=keys::journal(through))
+            .db()
+            .range(keys::journal(inner.stats.acked + 1)..=keys::journal(through))
         {
             let (k, v) = item.map_err(self.io())?;
             freed += v.len() as u64;
             batch.remove(k);
         }
-        let bytes = self.stats.unacked_bytes.saturating_sub(freed);
-        batch.insert(keys::meta(META_ACKED), &through.to_be_bytes());
-        batch.insert(keys::meta(META_BYTES), &bytes.to_be_bytes());
-        self.db.apply_batch(batch).map_err(self.io())?;
-        self.stats.acked = through;
-        self.stats.unacked_bytes = bytes;
+        let bytes = inner.stats.unacked_bytes.saturating_sub(freed);
+        batch.insert(keys::meta(META_ACKED), through.to_be_bytes());
+        batch.insert(keys::meta(META_BYTES), bytes.to_be_bytes());
+        self.db().apply_batch(batch).map_err(self.io())?;
+        inner.stats.acked = through;
+        inner.stats.unacked_bytes = bytes;
         Ok(())
     }
 
@@ -303,7 +326,7 @@ impl Journal {
     pub fn entries_after(&self, after: Seq, max: usize) -> Result<Vec<Entry>, JournalError> {
         let mut out = Vec::new();
         for item in self
-            .db
+            .db()
             .range(keys::journal(after + 1)..=keys::journal(Seq::MAX))
             .take(max)
         {
@@ -325,12 +348,12 @@ impl Journal {
     pub fn stats(&self) -> JournalStats {
         JournalStats {
             corrupt: self.corrupt.load(std::sync::atomic::Ordering::Relaxed),
-            ..self.stats.clone()
+            ..self.inner().stats.clone()
         }
     }
 
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        self.db.size_on_disk().map_err(self.io())
+        self.db().size_on_disk().map_err(self.io())
     }
 
     pub fn config(&self) -> &JournalConfig {
@@ -365,12 +388,12 @@ impl Outbox for Journal {
     }
 
     fn last_seq(&self) -> Seq {
-        self.stats.last_seq
+        self.inner().stats.last_seq
     }
 
     fn superseded(&self, key: &str, seq: Seq) -> bool {
         matches!(
-            self.db.get(keys::prefixed_str(STATE, key)),
+            self.db().get(keys::prefixed_str(STATE, key)),
             Ok(Some(v)) if keys::read_u64(&v).is_some_and(|latest| latest > seq)
         )
     }

@@ -36,7 +36,7 @@ fn state(key: &str, n: u8) -> Record {
 fn commits_survive_a_reopen_and_acknowledged_entries_leave_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (mut j, recovery) = Journal::open(JournalConfig::new(dir.path())).unwrap();
+        let (j, recovery) = Journal::open(JournalConfig::new(dir.path())).unwrap();
         assert_eq!(recovery.last_seq, 0);
         let c = j
             .append(vec![
@@ -76,7 +76,7 @@ fn the_dedup_index_forgets_the_oldest_ids_past_its_capacity() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = JournalConfig::new(dir.path());
     config.dedup_capacity = 10;
-    let (mut j, _) = Journal::open(config).unwrap();
+    let (j, _) = Journal::open(config).unwrap();
     j.append(
         (0..25)
             .map(|n| event(n, EventKind::Location, n as i64))
@@ -96,7 +96,7 @@ fn over_budget_pings_are_thinned_and_counted_but_status_events_never() {
         budget_bytes: 2_000,
         keep_one_per_ms: 60_000,
     };
-    let (mut j, _) = Journal::open(config).unwrap();
+    let (j, _) = Journal::open(config).unwrap();
     // One courier, a ping every 5 s and a status event every 10th: far over a 2 KB budget.
     let mut statuses = 0;
     for n in 0..600u64 {
@@ -138,7 +138,7 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (mut j, recovery) = Journal::open(JournalConfig::new(dir)).unwrap();
+    let (j, recovery) = Journal::open(JournalConfig::new(dir)).unwrap();
     let mut n = recovery.last_seq * 10;
     loop {
         let batch: Vec<Record> = (0..64)

@@ -21,6 +21,9 @@ pub enum Frame {
         /// What the device believes the aggregator has acknowledged. Informational: the
         /// aggregator's own record decides where to resume.
         acked_through: Seq,
+        /// The id the device believes it has. Optional and never trusted: the aggregator takes
+        /// the id from the verified certificate and refuses a hello claiming another.
+        device: Option<String>,
         /// Free text (build, role), for logs.
         agent: String,
     },
@@ -226,6 +229,7 @@ mod tests {
             Frame::Hello {
                 version: 1,
                 acked_through: 7,
+                device: Some("d1".into()),
                 agent: "edge-host".into(),
             },
             Frame::Welcome {

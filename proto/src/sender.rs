@@ -32,6 +32,8 @@ pub struct SenderConfig {
     /// An unacknowledged batch older than this is sent again (go-back-N from the last ack).
     pub resend_after: Duration,
     pub agent: String,
+    /// Sent in `hello` for the aggregator to check against the certificate.
+    pub device: Option<String>,
 }
 
 impl Default for SenderConfig {
@@ -43,6 +45,7 @@ impl Default for SenderConfig {
             zstd_level: 3,
             resend_after: Duration::from_secs(10),
             agent: concat!("fleet-proto/", env!("CARGO_PKG_VERSION")).into(),
+            device: None,
         }
     }
 }
@@ -133,6 +136,7 @@ impl Sender {
         Frame::Hello {
             version: PROTOCOL_VERSION,
             acked_through: self.acked,
+            device: self.config.device.clone(),
             agent: self.config.agent.clone(),
         }
     }

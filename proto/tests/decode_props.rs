@@ -47,6 +47,7 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             Frame::Hello {
                 version,
                 acked_through,
+                device: Some(agent.clone()),
                 agent,
             }
         }),

@@ -160,7 +160,7 @@ fn run(seed: u64, faults: Faults) {
         if produced < target {
             for _ in 0..rng.random_range(0..4u64).min(target - produced) {
                 produced += 1;
-                outbox.append(if produced % 3 == 0 {
+                outbox.append(if produced.is_multiple_of(3) {
                     state(produced)
                 } else {
                     event(produced)

@@ -1,6 +1,8 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod device;
 mod features;
+mod lines;
 mod score;
 
 use std::path::PathBuf;
@@ -32,6 +34,9 @@ enum Command {
     /// Run only the features module: JSON-line events in, CSV feature rows out (for training
     /// and inspection).
     Features(features::FeaturesArgs),
+    /// Run as a device: events from stdin and a loopback HTTP endpoint are scored, journaled
+    /// durably (then acknowledged) and synced to the aggregator over QUIC.
+    Device(device::DeviceArgs),
 }
 
 /// Where modules and models come from, and the sandbox limits.
@@ -117,5 +122,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score(args) => score::run(args),
         Command::Features(args) => features::run(args),
+        Command::Device(args) => device::run(args),
     }
 }

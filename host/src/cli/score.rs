@@ -1,20 +1,18 @@
 //! `edge-host score`: the offline scoring loop over JSON lines.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use fleet_host::event::Event;
 use fleet_host::pipeline::Pipeline;
 
-use super::RuntimeArgs;
+use super::{RuntimeArgs, lines};
 
 #[derive(Args, Debug)]
 pub(crate) struct ScoreArgs {
@@ -43,13 +41,6 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let mut pipeline = Pipeline::new(registry.clone());
 
-    let input: Box<dyn BufRead + Send> = match &args.input {
-        Some(p) if p.as_os_str() != "-" => Box::new(BufReader::new(
-            File::open(p).with_context(|| format!("opening {}", p.display()))?,
-        )),
-        _ => Box::new(BufReader::new(std::io::stdin())),
-    };
-    let lines = read_lines(input);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut dead: Box<dyn Write> = match &args.dead_letters {
         Some(p) => Box::new(BufWriter::new(
@@ -58,72 +49,28 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
         None => Box::new(std::io::stderr()),
     };
     let mut stats = Stats::default();
-    let mut batch = Vec::with_capacity(args.batch);
-    let mut flush = |batch: &mut Vec<Event>,
-                     out: &mut BufWriter<_>,
-                     dead: &mut Box<dyn Write>,
-                     stats: &mut Stats|
-     -> anyhow::Result<()> {
+    let input = lines::open(args.input.as_deref())?;
+    let line_stats = lines::for_each_batch(input, args.batch, |batch| {
         if reload.swap(false, Ordering::Relaxed)
             && let Err(e) = registry.reload()
         {
             tracing::error!(error = %e, "reload on SIGHUP failed; keeping the current modules");
         }
-        let outcome = pipeline.process(std::mem::take(batch));
+        let outcome = pipeline.process(batch);
         stats.decisions += outcome.decisions.len();
         stats.duplicates += outcome.duplicates;
         stats.dead += outcome.dead_letters.len();
-        for d in &outcome.decisions {
-            serde_json::to_writer(&mut *out, d)?;
-            out.write_all(b"\n")?;
-        }
-        for d in &outcome.dead_letters {
-            write!(dead, "dead-letter: ")?;
-            serde_json::to_writer(&mut *dead, d)?;
-            dead.write_all(b"\n")?;
-        }
-        out.flush()?;
-        Ok(())
-    };
-    loop {
-        // A batch ends when full, or when the input pauses: a live producer is not kept
-        // waiting for the batch to fill.
-        let next = if batch.is_empty() {
-            lines.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            lines.recv_timeout(IDLE_FLUSH)
-        };
-        let (n, line) = match next {
-            Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => {
-                flush(&mut batch, &mut out, &mut dead, &mut stats)?;
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let line = line.with_context(|| format!("reading line {n}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        stats.lines += 1;
-        match Event::from_json(&line) {
-            Ok(event) => batch.push(event),
-            Err(e) => {
-                stats.malformed += 1;
-                eprintln!("line {n}: field {}: {}", e.field, e.message);
-            }
-        }
-        if batch.len() >= args.batch {
-            flush(&mut batch, &mut out, &mut dead, &mut stats)?;
-        }
-    }
-    if !batch.is_empty() {
-        flush(&mut batch, &mut out, &mut dead, &mut stats)?;
-    }
+        write_outcome(
+            &mut out,
+            &mut dead,
+            &outcome.decisions,
+            &outcome.dead_letters,
+        )
+    })?;
     tracing::info!(
-        lines = stats.lines,
+        lines = line_stats.lines,
         decisions = stats.decisions,
-        malformed = stats.malformed,
+        malformed = line_stats.malformed,
         duplicates = stats.duplicates,
         dead_lettered = stats.dead,
         "done"
@@ -131,28 +78,29 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a partial batch waits for more input.
-const IDLE_FLUSH: Duration = Duration::from_millis(2);
-
-/// Reads lines on a thread of its own, numbered from 1, so the loop can wait with a timeout.
-fn read_lines(input: Box<dyn BufRead + Send>) -> Receiver<(usize, std::io::Result<String>)> {
-    let (tx, rx) = mpsc::sync_channel(4096);
-    std::thread::spawn(move || {
-        for (n, line) in input.lines().enumerate() {
-            let failed = line.is_err();
-            if tx.send((n + 1, line)).is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
+/// Writes decisions (stdout) and dead letters (their sink) as JSON lines.
+pub(crate) fn write_outcome(
+    out: &mut impl Write,
+    dead: &mut dyn Write,
+    decisions: &[fleet_host::decision::Decision],
+    dead_letters: &[fleet_host::decision::DeadLetter],
+) -> anyhow::Result<()> {
+    for d in decisions {
+        serde_json::to_writer(&mut *out, d)?;
+        out.write_all(b"\n")?;
+    }
+    for d in dead_letters {
+        write!(dead, "dead-letter: ")?;
+        serde_json::to_writer(&mut *dead, d)?;
+        dead.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 #[derive(Default)]
 struct Stats {
-    lines: usize,
     decisions: usize,
-    malformed: usize,
     duplicates: usize,
     dead: usize,
 }

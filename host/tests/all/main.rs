@@ -2,9 +2,11 @@
 
 mod cli;
 mod features;
+mod fleet;
 mod guests;
 mod inference;
 mod sandbox;
 mod scenario;
 mod swap;
+mod sync;
 mod util;

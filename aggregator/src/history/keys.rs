@@ -1,0 +1,46 @@
+//! Key encoding for the single-tree sled layout. Strings are length-prefixed so ids may hold
+//! any byte; times are big-endian with the sign bit flipped so they sort.
+
+use fleet_proto::Seq;
+
+pub(crate) const DEVICE: u8 = b'D';
+pub(crate) const RECORD: u8 = b'R';
+pub(crate) const ROUTE: u8 = b'P';
+pub(crate) const TASK: u8 = b'T';
+pub(crate) const ALERT: u8 = b'A';
+pub(crate) const LATEST_TASK: u8 = b'L';
+pub(crate) const LATEST_COURIER: u8 = b'M';
+pub(crate) const SCHEMA: u8 = b'S';
+pub(crate) const COUNTER: u8 = b'G';
+
+pub(crate) struct Key(pub(crate) Vec<u8>);
+
+impl Key {
+    pub(crate) fn new(prefix: u8) -> Self {
+        Self(vec![prefix])
+    }
+    pub(crate) fn str(mut self, s: &str) -> Self {
+        let len = u8::try_from(s.len().min(255)).expect("clamped");
+        self.0.push(len);
+        self.0.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+        self
+    }
+    pub(crate) fn time(mut self, ms: i64) -> Self {
+        self.0
+            .extend_from_slice(&((ms as u64) ^ (1 << 63)).to_be_bytes());
+        self
+    }
+    pub(crate) fn u64(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub(crate) fn record(device: &str, seq: Seq) -> Self {
+        Self::new(RECORD).str(device).u64(seq)
+    }
+}
+
+/// Reads back what [`Key::time`] wrote at `at`.
+pub(crate) fn time_at(key: &[u8], at: usize) -> Option<i64> {
+    let b: [u8; 8] = key.get(at..at + 8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}

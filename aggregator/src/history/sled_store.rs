@@ -1,0 +1,512 @@
+//! The embedded history: one sled tree (1.0 alpha: real fsync on flush), indexes as key
+//! prefixes so that one ingest is one atomic batch. One writer (the committer); readers
+//! anywhere.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use fleet_proto::record::{ActionRecord, DecisionRecord, EventRecord, GeoE7, Schema, Severity};
+use fleet_proto::{Entry, Record, Seq};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, Key};
+use super::views::{self, AlertRow, RouteRow};
+use super::{
+    Alert, DeviceStatus, History, HistoryError, IngestOutcome, Latest, RoutePoint, Stats,
+    TaskTimeline, TimelineItem,
+};
+
+type Db = sled::Db<1024>;
+
+/// Stored per device.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DeviceRow {
+    cursor: Seq,
+    last_seen_ms: i64,
+    last_event_ms: Option<i64>,
+    last_ingest_ms: Option<i64>,
+    events: u64,
+    decisions: u64,
+}
+
+/// Stored per task and per courier.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct LatestRow {
+    time_ms: i64,
+    event_type: String,
+    position: Option<GeoE7>,
+    courier_id: String,
+    task_id: Option<String>,
+    score_time_ms: i64,
+    score: Option<f32>,
+    severity: Option<Severity>,
+    device: String,
+}
+
+impl LatestRow {
+    fn fold_event(&mut self, device: &str, e: &EventRecord) {
+        if e.time_ms >= self.time_ms || self.event_type.is_empty() {
+            self.time_ms = e.time_ms;
+            self.event_type = e.event_type.as_str().into();
+            self.position = Some(e.position);
+            self.courier_id.clone_from(&e.courier_id);
+            self.task_id.clone_from(&e.task_id);
+            self.device = device.into();
+        }
+    }
+
+    fn fold_decision(&mut self, d: &DecisionRecord) {
+        if d.time_ms >= self.score_time_ms || self.score.is_none() {
+            self.score_time_ms = d.time_ms;
+            self.score = Some(d.score);
+            self.severity = Some(d.severity);
+        }
+    }
+
+    fn view(&self) -> Latest {
+        let p = self.position.unwrap_or(GeoE7 { lat: 0, lon: 0 });
+        Latest {
+            time: views::rfc3339(self.time_ms),
+            time_ms: self.time_ms,
+            event_type: self.event_type.clone(),
+            lat: p.lat_deg(),
+            lon: p.lon_deg(),
+            courier_id: self.courier_id.clone(),
+            task_id: self.task_id.clone(),
+            score: self.score,
+            severity: self.severity.map(|s| s.as_str().into()),
+            device: self.device.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Counters {
+    events: u64,
+    decisions: u64,
+    alerts: u64,
+    states: u64,
+    duplicates: u64,
+}
+
+/// sled-backed [`History`].
+pub struct SledHistory {
+    /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
+    db_handle: Mutex<Db>,
+    counters: Mutex<Counters>,
+}
+
+const COUNTERS: &[u8] = &[keys::COUNTER];
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, HistoryError> {
+    postcard::from_bytes(bytes).map_err(|e| HistoryError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("rows always serialize")
+}
+
+/// Reads a length-prefixed string at `at`; returns it and the offset after it.
+fn str_at(key: &[u8], at: usize) -> Option<(String, usize)> {
+    let len = usize::from(*key.get(at)?);
+    let s = key.get(at + 1..at + 1 + len)?;
+    Some((String::from_utf8_lossy(s).into_owned(), at + 1 + len))
+}
+
+fn u64_at(key: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl SledHistory {
+    fn db(&self) -> Db {
+        self.db_handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        let db: Db = sled::Config::new()
+            .path(path)
+            .cache_capacity_bytes(256 << 20)
+            // Durability comes from the committer's group flushes only.
+            .flush_every_ms(None)
+            .open()?;
+        let counters = match db.get(COUNTERS)? {
+            Some(v) => decode(COUNTERS, &v)?,
+            None => Counters::default(),
+        };
+        Ok(Self {
+            db_handle: Mutex::new(db),
+            counters: Mutex::new(counters),
+        })
+    }
+
+    fn device_row(&self, device: &str) -> Result<Option<DeviceRow>, HistoryError> {
+        let key = Key::new(keys::DEVICE).str(device).0;
+        self.db().get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    fn latest_row(&self, key: &[u8]) -> Result<Option<LatestRow>, HistoryError> {
+        self.db().get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    fn schema(
+        &self,
+        id: u64,
+        cache: &mut HashMap<u64, Option<Schema>>,
+    ) -> Result<Option<Schema>, HistoryError> {
+        if let Some(s) = cache.get(&id) {
+            return Ok(s.clone());
+        }
+        let key = Key::new(keys::SCHEMA).u64(id).0;
+        let schema = self
+            .db()
+            .get(&key)?
+            .map(|v| decode::<Schema>(&key, &v))
+            .transpose()?;
+        cache.insert(id, schema.clone());
+        Ok(schema)
+    }
+}
+
+fn alert_message(d: &DecisionRecord) -> String {
+    d.actions
+        .iter()
+        .find_map(|a| match a {
+            ActionRecord::Alert { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+impl History for SledHistory {
+    fn cursor(&self, device: &str) -> Result<Seq, HistoryError> {
+        Ok(self.device_row(device)?.map_or(0, |r| r.cursor))
+    }
+
+    fn ingest(
+        &self,
+        device: &str,
+        through: Seq,
+        entries: &[Entry],
+        now_ms: i64,
+    ) -> Result<IngestOutcome, HistoryError> {
+        let mut row = self.device_row(device)?.unwrap_or_default();
+        let mut outcome = IngestOutcome::default();
+        let mut batch = sled::Batch::default();
+        let mut latest: HashMap<Vec<u8>, LatestRow> = HashMap::new();
+        let mut states = 0;
+        let mut fold_latest = |this: &Self,
+                               key: Vec<u8>,
+                               f: &mut dyn FnMut(&mut LatestRow)|
+         -> Result<(), HistoryError> {
+            if !latest.contains_key(&key) {
+                let existing = this.latest_row(&key)?.unwrap_or_default();
+                latest.insert(key.clone(), existing);
+            }
+            f(latest.get_mut(&key).expect("inserted above"));
+            Ok(())
+        };
+        for entry in entries {
+            if entry.seq <= row.cursor {
+                outcome.duplicates += 1;
+                continue;
+            }
+            let seq = entry.seq;
+            batch.insert(Key::record(device, seq).0, encode(&entry.record));
+            outcome.stored += 1;
+            match &entry.record {
+                Record::Event(e) => {
+                    outcome.events += 1;
+                    row.last_event_ms =
+                        Some(row.last_event_ms.map_or(e.time_ms, |t| t.max(e.time_ms)));
+                    let route = RouteRow {
+                        lat_e7: e.position.lat,
+                        lon_e7: e.position.lon,
+                        kind: e.event_type,
+                        event_id: e.event_id.clone(),
+                        task_id: e.task_id.clone(),
+                        speed_kmh: e.speed_kmh,
+                    };
+                    batch.insert(
+                        Key::new(keys::ROUTE)
+                            .str(&e.courier_id)
+                            .time(e.time_ms)
+                            .str(device)
+                            .u64(seq)
+                            .0,
+                        encode(&route),
+                    );
+                    if let Some(task) = &e.task_id {
+                        batch.insert(
+                            Key::new(keys::TASK)
+                                .str(task)
+                                .time(e.time_ms)
+                                .str(device)
+                                .u64(seq)
+                                .0,
+                            [],
+                        );
+                        fold_latest(self, Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
+                            l.fold_event(device, e)
+                        })?;
+                    }
+                    fold_latest(
+                        self,
+                        Key::new(keys::LATEST_COURIER).str(&e.courier_id).0,
+                        &mut |l| l.fold_event(device, e),
+                    )?;
+                }
+                Record::Decision(d) => {
+                    outcome.decisions += 1;
+                    if let Some(task) = &d.task_id {
+                        batch.insert(
+                            Key::new(keys::TASK)
+                                .str(task)
+                                .time(d.time_ms)
+                                .str(device)
+                                .u64(seq)
+                                .0,
+                            [],
+                        );
+                        fold_latest(self, Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
+                            l.fold_decision(d)
+                        })?;
+                    }
+                    fold_latest(
+                        self,
+                        Key::new(keys::LATEST_COURIER).str(&d.courier_id).0,
+                        &mut |l| l.fold_decision(d),
+                    )?;
+                    if d.severity >= Severity::Warning {
+                        outcome.alerts += 1;
+                        let alert = AlertRow {
+                            severity: d.severity,
+                            message: alert_message(d),
+                            score: d.score,
+                            task_id: d.task_id.clone(),
+                            courier_id: d.courier_id.clone(),
+                            event_id: d.event_id.clone(),
+                            prediction_id: d.prediction_id.clone(),
+                        };
+                        batch.insert(
+                            Key::new(keys::ALERT).time(d.time_ms).str(device).u64(seq).0,
+                            encode(&alert),
+                        );
+                    }
+                }
+                Record::State(_) => states += 1,
+                Record::Schema(s) => {
+                    batch.insert(Key::new(keys::SCHEMA).u64(s.id).0, encode(s));
+                }
+            }
+        }
+        for (key, value) in latest {
+            batch.insert(key, encode(&value));
+        }
+        row.cursor = row.cursor.max(through);
+        row.last_seen_ms = now_ms;
+        row.events += outcome.events;
+        row.decisions += outcome.decisions;
+        if outcome.events > 0 {
+            row.last_ingest_ms = Some(now_ms);
+        }
+        batch.insert(Key::new(keys::DEVICE).str(device).0, encode(&row));
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = counters.clone();
+        next.events += outcome.events;
+        next.decisions += outcome.decisions;
+        next.alerts += outcome.alerts;
+        next.states += states;
+        next.duplicates += outcome.duplicates;
+        batch.insert(COUNTERS, encode(&next));
+        self.db().apply_batch(batch)?;
+        *counters = next;
+        Ok(outcome)
+    }
+
+    fn flush(&self) -> Result<(), HistoryError> {
+        self.db().flush()?;
+        Ok(())
+    }
+
+    fn seen(&self, device: &str, now_ms: i64) -> Result<(), HistoryError> {
+        let mut row = self.device_row(device)?.unwrap_or_default();
+        row.last_seen_ms = now_ms;
+        self.db()
+            .insert(Key::new(keys::DEVICE).str(device).0, encode(&row))?;
+        Ok(())
+    }
+
+    fn route(
+        &self,
+        courier: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RoutePoint>, HistoryError> {
+        let prefix = Key::new(keys::ROUTE).str(courier);
+        let at_time = prefix.0.len();
+        let lo = Key::new(keys::ROUTE).str(courier).time(from_ms).0;
+        let hi = Key::new(keys::ROUTE)
+            .str(courier)
+            .time(to_ms)
+            .u64(u64::MAX)
+            .0;
+        let mut out = Vec::new();
+        for item in self.db().range(lo..=hi).take(limit) {
+            let (k, v) = item?;
+            let row: RouteRow = decode(&k, &v)?;
+            let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
+            let device = str_at(&k, at_time + 8).map(|(d, _)| d).unwrap_or_default();
+            out.push(RoutePoint {
+                time: views::rfc3339(time_ms),
+                lat: GeoE7 {
+                    lat: row.lat_e7,
+                    lon: row.lon_e7,
+                }
+                .lat_deg(),
+                lon: GeoE7 {
+                    lat: row.lat_e7,
+                    lon: row.lon_e7,
+                }
+                .lon_deg(),
+                event_type: row.kind.as_str().into(),
+                event_id: row.event_id,
+                task_id: row.task_id,
+                speed_kmh: row.speed_kmh,
+                device,
+            });
+        }
+        Ok(out)
+    }
+
+    fn task(&self, task: &str, limit: usize) -> Result<Option<TaskTimeline>, HistoryError> {
+        let prefix = Key::new(keys::TASK).str(task).0;
+        let at_time = prefix.len();
+        let mut schemas = HashMap::new();
+        let mut items = Vec::new();
+        for item in self.db().scan_prefix(&prefix).take(limit) {
+            let (k, _) = item?;
+            let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
+            let Some((device, after)) = str_at(&k, at_time + 8) else {
+                continue;
+            };
+            let Some(seq) = u64_at(&k, after) else {
+                continue;
+            };
+            let rkey = Key::record(&device, seq).0;
+            let Some(bytes) = self.db().get(&rkey)? else {
+                continue;
+            };
+            let (kind, data) = match decode::<Record>(&rkey, &bytes)? {
+                Record::Event(e) => ("event", views::event_json(&e)),
+                Record::Decision(d) => {
+                    let schema = self.schema(d.schema, &mut schemas)?;
+                    ("decision", views::decision_json(&d, schema.as_ref()))
+                }
+                _ => continue,
+            };
+            items.push(TimelineItem {
+                kind,
+                time: views::rfc3339(time_ms),
+                device,
+                seq,
+                data,
+            });
+        }
+        let latest = self
+            .latest_row(&Key::new(keys::LATEST_TASK).str(task).0)?
+            .map(|l| l.view());
+        if items.is_empty() && latest.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(TaskTimeline {
+            task_id: task.into(),
+            latest,
+            items,
+        }))
+    }
+
+    fn alerts(
+        &self,
+        since_ms: i64,
+        min: Severity,
+        limit: usize,
+    ) -> Result<Vec<Alert>, HistoryError> {
+        let lo = Key::new(keys::ALERT).time(since_ms).0;
+        let hi = vec![keys::ALERT + 1];
+        let mut out = Vec::new();
+        for item in self.db().range(lo..hi) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let row: AlertRow = decode(&k, &v)?;
+            if row.severity < min {
+                continue;
+            }
+            out.push(Alert {
+                time: views::rfc3339(keys::time_at(&k, 1).unwrap_or_default()),
+                severity: row.severity.as_str().into(),
+                message: row.message,
+                score: row.score,
+                task_id: row.task_id,
+                courier_id: row.courier_id,
+                event_id: row.event_id,
+                prediction_id: row.prediction_id,
+                device: str_at(&k, 9).map(|(d, _)| d).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError> {
+        Ok(self
+            .latest_row(&Key::new(keys::LATEST_COURIER).str(courier).0)?
+            .map(|l| l.view()))
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceStatus>, HistoryError> {
+        let mut out = Vec::new();
+        for item in self.db().scan_prefix([keys::DEVICE]) {
+            let (k, v) = item?;
+            let row: DeviceRow = decode(&k, &v)?;
+            let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
+            out.push(DeviceStatus {
+                device,
+                last_seq: row.cursor,
+                last_seen: views::rfc3339(row.last_seen_ms),
+                last_seen_ms: row.last_seen_ms,
+                lag_ms: row
+                    .last_ingest_ms
+                    .zip(row.last_event_ms)
+                    .map(|(i, e)| i - e),
+                events: row.events,
+                decisions: row.decisions,
+            });
+        }
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<Stats, HistoryError> {
+        let c = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(Stats {
+            events: c.events,
+            decisions: c.decisions,
+            alerts: c.alerts,
+            states: c.states,
+            devices: self.db().scan_prefix([keys::DEVICE]).count() as u64,
+            duplicates_absorbed: c.duplicates,
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! What history answers with (JSON over the API), and the rows stored for the indexes.
+
+use fleet_proto::record::{ActionRecord, DecisionRecord, EventKind, EventRecord, Schema, Severity};
+use serde::{Deserialize, Serialize};
+
+pub(crate) fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// One position of a courier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoutePoint {
+    pub time: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub event_type: String,
+    pub event_id: String,
+    pub task_id: Option<String>,
+    pub speed_kmh: Option<f32>,
+    pub device: String,
+}
+
+/// Stored under the route index.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RouteRow {
+    pub(crate) lat_e7: i32,
+    pub(crate) lon_e7: i32,
+    pub(crate) kind: EventKind,
+    pub(crate) event_id: String,
+    pub(crate) task_id: Option<String>,
+    pub(crate) speed_kmh: Option<f32>,
+}
+
+/// An alert raised by a decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub time: String,
+    pub severity: String,
+    pub message: String,
+    pub score: f32,
+    pub task_id: Option<String>,
+    pub courier_id: String,
+    pub event_id: String,
+    pub prediction_id: String,
+    pub device: String,
+}
+
+/// Stored under the alert index.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct AlertRow {
+    pub(crate) severity: Severity,
+    pub(crate) message: String,
+    pub(crate) score: f32,
+    pub(crate) task_id: Option<String>,
+    pub(crate) courier_id: String,
+    pub(crate) event_id: String,
+    pub(crate) prediction_id: String,
+}
+
+/// The latest known of a task or courier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Latest {
+    pub time: String,
+    pub time_ms: i64,
+    pub event_type: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub courier_id: String,
+    pub task_id: Option<String>,
+    pub score: Option<f32>,
+    pub severity: Option<String>,
+    pub device: String,
+}
+
+/// A task's history, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskTimeline {
+    pub task_id: String,
+    pub latest: Option<Latest>,
+    pub items: Vec<TimelineItem>,
+}
+
+/// One event or decision of a task.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelineItem {
+    pub kind: &'static str,
+    pub time: String,
+    pub device: String,
+    pub seq: u64,
+    pub data: serde_json::Value,
+}
+
+/// Sync status of one device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub device: String,
+    /// Highest sequence stored (everything up to it is in history).
+    pub last_seq: u64,
+    pub last_seen: String,
+    pub last_seen_ms: i64,
+    /// Ingest time minus event time of the newest event stored: how far behind the device's
+    /// data arrives.
+    pub lag_ms: Option<i64>,
+    pub events: u64,
+    pub decisions: u64,
+}
+
+/// Totals.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub decisions: u64,
+    pub alerts: u64,
+    pub states: u64,
+    pub devices: u64,
+    pub duplicates_absorbed: u64,
+}
+
+pub(crate) fn event_json(e: &EventRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "event_id": e.event_id,
+        "courier_id": e.courier_id,
+        "task_id": e.task_id,
+        "event_type": e.event_type.as_str(),
+        "event_time": rfc3339(e.time_ms),
+        "lat": e.position.lat_deg(),
+        "lon": e.position.lon_deg(),
+        "speed_kmh": e.speed_kmh,
+        "accuracy_m": e.accuracy_m,
+    });
+    if let Some(c) = &e.context {
+        v["context"] = serde_json::json!({
+            "pickup": c.pickup.map(|g| [g.lat_deg(), g.lon_deg()]),
+            "dropoff": c.dropoff.map(|g| [g.lat_deg(), g.lon_deg()]),
+            "promised_at": c.promised_at_ms.map(rfc3339),
+            "stops_remaining": c.stops_remaining,
+            "order_type": c.order_type,
+            "vehicle_type": c.vehicle_type,
+            "courier_rating": c.courier_rating,
+            "courier_age": c.courier_age,
+        });
+    }
+    v
+}
+
+pub(crate) fn decision_json(d: &DecisionRecord, schema: Option<&Schema>) -> serde_json::Value {
+    let name = |i: usize| {
+        schema
+            .and_then(|s| s.feature_names.get(i).cloned())
+            .unwrap_or_else(|| format!("f{i}"))
+    };
+    let features: serde_json::Map<String, serde_json::Value> = d
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (name(i), serde_json::json!(v.is_finite().then_some(*v))))
+        .collect();
+    let actions: Vec<serde_json::Value> = d
+        .actions
+        .iter()
+        .map(|a| match a {
+            ActionRecord::Alert { severity, message } => {
+                serde_json::json!({"kind": "alert", "severity": severity.as_str(), "message": message})
+            }
+            ActionRecord::NotifyCourier { message } => {
+                serde_json::json!({"kind": "notify_courier", "message": message})
+            }
+            ActionRecord::Reassign { reason } => serde_json::json!({"kind": "reassign", "reason": reason}),
+            ActionRecord::Surge { multiplier } => serde_json::json!({"kind": "surge", "multiplier": multiplier}),
+        })
+        .collect();
+    serde_json::json!({
+        "event_id": d.event_id,
+        "prediction_id": d.prediction_id,
+        "courier_id": d.courier_id,
+        "task_id": d.task_id,
+        "event_time": rfc3339(d.time_ms),
+        "score": d.score,
+        "severity": d.severity.as_str(),
+        "actions": actions,
+        "model": d.model,
+        "modules": {"features": d.modules[0], "scorer": d.modules[1], "policy": d.modules[2]},
+        "features": features,
+        "top_factors": d.top_factors.iter().map(|(i, c)| serde_json::json!({"feature": name(*i as usize), "contribution": c})).collect::<Vec<_>>(),
+    })
+}

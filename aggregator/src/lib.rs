@@ -1,0 +1,109 @@
+//! The central aggregator: devices sync their journals to it over QUIC ([`ingest`]); it keeps
+//! history ([`history`]) and answers questions about it over HTTP ([`api`]).
+//!
+//! Invariant: a batch is acknowledged to its device only after the group commit that made it
+//! durable; ingest is idempotent per (device, sequence), so resends are absorbed whenever they
+//! come.
+
+pub mod api;
+pub mod committer;
+pub mod history;
+pub mod ingest;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fleet_net::pki::Pki;
+use history::{History, SledHistory};
+use metrics::Metrics;
+
+/// What the ingest and API tasks share.
+pub struct Shared {
+    pub history: Arc<dyn History>,
+    pub metrics: Arc<Metrics>,
+    pub committer: committer::CommitterHandle,
+}
+
+impl Shared {
+    pub fn new(history: Arc<dyn History>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let committer = committer::spawn(history.clone(), metrics.clone());
+        Arc::new(Self {
+            history,
+            metrics,
+            committer,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Where the aggregator keeps its data and listens.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub certs: PathBuf,
+}
+
+/// Binds both listeners and returns the running servers' addresses and the future that
+/// serves them (until the QUIC endpoint or the HTTP server stops).
+pub async fn start(
+    config: &ServeConfig,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(
+    SocketAddr,
+    SocketAddr,
+    impl Future<Output = anyhow::Result<()>> + use<>,
+)> {
+    let pki = Pki::at(&config.certs);
+    let tls = fleet_net::tls::server_config(&pki)?;
+    let endpoint = ingest::bind(tls, config.listen)
+        .with_context(|| format!("binding QUIC on {}", config.listen))?;
+    let http = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http))?;
+    let (quic_addr, http_addr) = (endpoint.local_addr()?, http.local_addr()?);
+    let serving = async move {
+        let api = axum::serve(http, api::router(shared.clone()));
+        tokio::select! {
+            () = ingest::serve(endpoint, shared) => Ok(()),
+            r = api => r.context("HTTP server"),
+        }
+    };
+    Ok((quic_addr, http_addr, serving))
+}
+
+/// Runs the aggregator until Ctrl-C: creates the PKI on first start, opens history, serves.
+/// Prints `quic=ADDR http=ADDR` on stdout once listening.
+pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
+    let pki = Pki::at(&config.certs);
+    if !pki.ca_cert().exists() {
+        pki.init(&[])
+            .with_context(|| format!("creating the fleet PKI in {}", config.certs.display()))?;
+        tracing::info!(dir = %config.certs.display(), "created a fleet CA; issue device certificates with `aggregator certs issue --device ID`");
+    }
+    let history = SledHistory::open(&config.data)
+        .with_context(|| format!("opening history at {}", config.data.display()))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shared = Shared::new(Arc::new(history));
+        let (quic, http, serving) = start(config, shared).await?;
+        tracing::info!(%quic, %http, "aggregator listening");
+        println!("quic={quic} http={http}");
+        tokio::select! {
+            r = serving => r,
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,175 @@
+//! `edge-host device`: the device role. Events from stdin (JSON lines) and from a loopback
+//! HTTP endpoint are scored, journaled durably (then acknowledged) and synced to the
+//! aggregator over QUIC.
+
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use fleet_host::device::http;
+use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
+use fleet_host::device::writer::{self, DeviceRuntime};
+use fleet_journal::{Journal, JournalConfig, ThinPolicy};
+use fleet_net::pki::{DeviceFiles, Pki};
+use fleet_proto::sender::{Outbox, SenderConfig};
+use tokio::sync::Notify;
+
+use super::{RuntimeArgs, lines, score::write_outcome};
+
+#[derive(Args, Debug)]
+pub(crate) struct DeviceArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// This device's id: the common name of its certificate.
+    #[arg(long, default_value = "device-1")]
+    device: String,
+    /// Fleet PKI directory (`ca.pem`, `devices/ID.pem`, `devices/ID-key.pem`), as made by
+    /// `aggregator certs init` and `aggregator certs issue --device ID`.
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// Aggregator QUIC address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    aggregator: SocketAddr,
+    /// Name the aggregator's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Journal directory. Default: `device-data/ID`.
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Loopback HTTP endpoint for the handset app (`POST /v1/events`).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    http: SocketAddr,
+    /// Do not serve HTTP.
+    #[arg(long)]
+    no_http: bool,
+    /// Events as JSON lines; `-` or absent reads stdin.
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Most events per batch through the modules.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Exit once the input has ended and the aggregator has acknowledged everything journaled.
+    #[arg(long)]
+    exit_when_synced: bool,
+    /// Unsynced journal bytes (MiB) above which location pings are thinned.
+    #[arg(long, default_value_t = 256)]
+    journal_budget_mib: u64,
+    /// While thinning, keep one location ping per courier per this many seconds.
+    #[arg(long, default_value_t = 60)]
+    thin_keep_one_per_s: i64,
+    /// Do not print decisions on stdout.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
+    let registry = args.runtime.registry()?;
+    let path = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("device-data").join(&args.device));
+    let mut config = JournalConfig::new(&path);
+    config.thin = ThinPolicy {
+        budget_bytes: args.journal_budget_mib << 20,
+        keep_one_per_ms: args.thin_keep_one_per_s * 1000,
+    };
+    let (journal, recovery) = Journal::open(config)
+        .with_context(|| format!("opening the journal at {}", path.display()))?;
+    tracing::info!(
+        journal = %path.display(),
+        last_seq = recovery.last_seq,
+        backlog = recovery.backlog,
+        took_ms = recovery.took.as_secs_f64() * 1e3,
+        "journal recovered"
+    );
+    let journal = Arc::new(journal);
+    let pki = Pki::at(&args.certs);
+    let files: DeviceFiles = pki.device(&args.device);
+    let client = fleet_net::tls::client_config(&pki.ca_cert(), &files).with_context(|| {
+        format!(
+            "loading credentials for {} from {}",
+            args.device,
+            args.certs.display()
+        )
+    })?;
+    let wake = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    let status = Arc::new(SyncStatus::default());
+    let handle = writer::spawn(DeviceRuntime::new(registry, journal.clone()), wake.clone());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let sync_task = rt.spawn(sync::run(
+        journal.clone(),
+        wake.clone(),
+        SyncConfig {
+            aggregator: args.aggregator,
+            server_name: args.server_name.clone(),
+            client,
+            device: args.device.clone(),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            sender: SenderConfig::default(),
+        },
+        status.clone(),
+        stop.clone(),
+    ));
+    if !args.no_http {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(args.http))
+            .with_context(|| format!("binding HTTP on {}", args.http))?;
+        tracing::info!(http = %listener.local_addr()?, "accepting events over HTTP");
+        let app = http::router(handle.clone(), status.clone(), journal.clone());
+        rt.spawn(async move { axum::serve(listener, app).await });
+    }
+
+    let input = lines::open(args.input.as_deref())?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut stderr = std::io::stderr();
+    let quiet = args.quiet;
+    let stats = lines::for_each_batch(input, args.batch, |batch| {
+        match handle.submit_blocking(batch) {
+            Ok(accepted) if !quiet => write_outcome(
+                &mut out,
+                &mut stderr,
+                &accepted.decisions,
+                &accepted.dead_letters,
+            )?,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "batch not acknowledged"),
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    tracing::info!(
+        lines = stats.lines,
+        malformed = stats.malformed,
+        "input ended"
+    );
+
+    rt.block_on(async {
+        if args.exit_when_synced {
+            while status.acked.load(Ordering::Relaxed) < journal.last_seq() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(
+                acked = journal.last_seq(),
+                "everything journaled is in the aggregator's history"
+            );
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(2), sync_task).await;
+    });
+    journal.flush()?;
+    Ok(())
+}

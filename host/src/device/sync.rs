@@ -1,0 +1,194 @@
+//! The device's QUIC client: connects to the aggregator with its fleet certificate, streams
+//! the journal through the sans-IO [`Sender`], and drops from the journal whatever the
+//! aggregator acknowledges. Reconnects with exponential backoff and jitter, resuming from the
+//! aggregator's record; a separate control stream carries pings, so control never waits
+//! behind bulk data.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fleet_journal::Journal;
+use fleet_net::framed::{FrameReader, write_frame};
+use fleet_proto::Frame;
+use fleet_proto::frame::Control;
+use fleet_proto::sender::{Sender, SenderConfig, SenderEvent};
+use tokio::sync::Notify;
+
+/// Where and how to sync.
+#[derive(Clone)]
+pub struct SyncConfig {
+    pub aggregator: SocketAddr,
+    /// Name the aggregator's certificate must carry.
+    pub server_name: String,
+    pub client: quinn::ClientConfig,
+    pub device: String,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub sender: SenderConfig,
+}
+
+/// Live figures of the sync loop.
+#[derive(Default)]
+pub struct SyncStatus {
+    pub connected: AtomicBool,
+    pub acked: AtomicU64,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+    /// Last control-stream round trip, microseconds.
+    pub rtt_micros: AtomicU64,
+}
+
+/// Runs until `stop` is notified.
+pub async fn run(
+    journal: Arc<Journal>,
+    wake: Arc<Notify>,
+    config: SyncConfig,
+    status: Arc<SyncStatus>,
+    stop: Arc<Notify>,
+) {
+    let mut sender = Sender::new(
+        SenderConfig {
+            device: Some(config.device.clone()),
+            ..config.sender.clone()
+        },
+        journal.stats().acked,
+    );
+    status.acked.store(sender.acked(), Ordering::Relaxed);
+    let bind: SocketAddr = if config.aggregator.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal");
+    let endpoint = match quinn::Endpoint::client(bind) {
+        Ok(mut e) => {
+            e.set_default_client_config(config.client.clone());
+            e
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open a UDP socket; sync disabled");
+            return;
+        }
+    };
+    let mut backoff = config.backoff_min;
+    loop {
+        let attempt = async {
+            let conn = endpoint
+                .connect(config.aggregator, &config.server_name)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            status.connects.fetch_add(1, Ordering::Relaxed);
+            status.connected.store(true, Ordering::Relaxed);
+            tracing::info!(aggregator = %config.aggregator, "connected");
+            let result = session(&conn, &journal, &wake, &mut sender, &status).await;
+            status.connected.store(false, Ordering::Relaxed);
+            sender.disconnected();
+            conn.close(0u32.into(), b"bye");
+            result
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = attempt => r,
+            () = stop.notified() => {
+                endpoint.close(0u32.into(), b"shutdown");
+                return;
+            }
+        };
+        if let Err(e) = outcome {
+            status.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sync connection ended");
+        }
+        // A connection that lasted a while resets the backoff.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = config.backoff_min;
+        }
+        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            () = stop.notified() => return,
+        }
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+async fn session(
+    conn: &quinn::Connection,
+    journal: &Arc<Journal>,
+    wake: &Notify,
+    sender: &mut Sender,
+    status: &Arc<SyncStatus>,
+) -> Result<(), String> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new(recv);
+    write_frame(&mut send, &sender.connected())
+        .await
+        .map_err(|e| e.to_string())?;
+    let control = tokio::spawn(control(conn.clone(), status.clone()));
+    let clock = Instant::now();
+    let result = loop {
+        // Fill the window.
+        let mut write_error = None;
+        while let Some(batch) = sender.poll_transmit(clock.elapsed(), &**journal) {
+            if let Err(e) = write_frame(&mut send, &batch).await {
+                write_error = Some(e.to_string());
+                break;
+            }
+        }
+        if let Some(e) = write_error {
+            break Err(e);
+        }
+        let timeout = sender.poll_timeout().map_or(Duration::from_secs(1), |t| {
+            t.saturating_sub(clock.elapsed())
+        });
+        tokio::select! {
+            frame = reader.next() => match frame {
+                Ok(Some(frame)) => match sender.handle(frame) {
+                    Ok(Some(SenderEvent::Acked(seq))) => {
+                        if let Err(e) = journal.acknowledge(seq) {
+                            tracing::error!(error = %e, "dropping acknowledged entries");
+                        }
+                        status.acked.store(seq, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Err(format!("aggregator: {e}")),
+                },
+                Ok(None) => break Err("the aggregator closed the stream".into()),
+                Err(e) => break Err(e.to_string()),
+            },
+            () = wake.notified() => {}
+            () = tokio::time::sleep(timeout.max(Duration::from_millis(1))) => sender.handle_timeout(clock.elapsed()),
+        }
+    };
+    control.abort();
+    result
+}
+
+/// Pings on a stream of its own every few seconds (keeps RTT visible in logs).
+async fn control(conn: quinn::Connection, status: Arc<SyncStatus>) {
+    let Ok((mut send, recv)) = conn.open_bi().await else {
+        return;
+    };
+    let mut reader = FrameReader::new(recv);
+    for nonce in 0u64.. {
+        let sent = Instant::now();
+        if write_frame(&mut send, &Frame::Control(Control::Ping { nonce }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match reader.next().await {
+            Ok(Some(Frame::Control(Control::Pong { .. }))) => {
+                status
+                    .rtt_micros
+                    .store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,236 @@
+//! Shared pieces of the sync tests: a PKI, an aggregator (in-process or as a child process),
+//! generated courier traffic, and a minimal HTTP client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_aggregator::history::{History, SledHistory};
+use fleet_aggregator::{ServeConfig, Shared};
+use fleet_net::pki::Pki;
+
+/// A PKI with the given devices issued.
+pub(crate) fn pki(dir: &Path, devices: &[&str]) -> Pki {
+    let pki = Pki::at(dir);
+    pki.init(&[]).unwrap();
+    for d in devices {
+        pki.issue_device(d, 30).unwrap();
+    }
+    pki
+}
+
+/// A free loopback port (UDP and TCP are checked separately by their users).
+pub(crate) fn free_port() -> u16 {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp);
+    port
+}
+
+/// An aggregator running in this process.
+pub(crate) struct InProcess {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) quic: SocketAddr,
+    pub(crate) http: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl InProcess {
+    pub(crate) fn start(certs: &Path, data: &Path) -> Self {
+        Self::start_at(certs, data, "127.0.0.1:0".parse().unwrap())
+    }
+
+    pub(crate) fn start_at(certs: &Path, data: &Path, quic: SocketAddr) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let history: Arc<dyn History> = Arc::new(SledHistory::open(data).unwrap());
+        let shared = Shared::new(history);
+        let config = ServeConfig {
+            data: data.into(),
+            listen: quic,
+            http: "127.0.0.1:0".parse().unwrap(),
+            certs: certs.into(),
+        };
+        let (quic, http, serving) = runtime
+            .block_on(fleet_aggregator::start(&config, shared.clone()))
+            .unwrap();
+        runtime.spawn(serving);
+        Self {
+            shared,
+            quic,
+            http,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Environment variable that turns the test binary into an aggregator process (see
+/// `sync::aggregator_child`).
+pub(crate) const AGGREGATOR_CHILD: &str = "FLEET_TEST_AGGREGATOR";
+
+/// An aggregator as a child process of this test binary, so it can be killed with SIGKILL.
+pub(crate) fn spawn_aggregator(
+    certs: &Path,
+    data: &Path,
+    quic: u16,
+    http: u16,
+) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sync::aggregator_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            AGGREGATOR_CHILD,
+            format!(
+                "{}|{}|127.0.0.1:{quic}|127.0.0.1:{http}",
+                data.display(),
+                certs.display()
+            ),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub(crate) fn child_config() -> Option<ServeConfig> {
+    let spec = std::env::var(AGGREGATOR_CHILD).ok()?;
+    let parts: Vec<&str> = spec.split('|').collect();
+    Some(ServeConfig {
+        data: PathBuf::from(parts[0]),
+        certs: PathBuf::from(parts[1]),
+        listen: parts[2].parse().unwrap(),
+        http: parts[3].parse().unwrap(),
+    })
+}
+
+/// One HTTP/1.1 request; `None` when the server is not there.
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some((status, body.to_string()))
+}
+
+pub(crate) fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    // A freshly (re)started server may take a moment to listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        match http(addr, "GET", path, "") {
+            Some(answer) => break answer,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => panic!("GET {path}: nothing listens on {addr}"),
+        }
+    };
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Courier traffic: for each courier, a task every hour (assigned, picked up, delivered)
+/// with location pings every `ping_s` seconds, from `start_ms` for `hours` hours. Returns JSON
+/// lines and the number of non-ping (status) events.
+pub(crate) fn traffic(
+    couriers: usize,
+    hours: u32,
+    ping_s: u32,
+    start_ms: i64,
+    prefix: &str,
+) -> (Vec<String>, usize) {
+    let mut lines = Vec::new();
+    let mut statuses = 0;
+    let base = (12.9716, 77.5946);
+    for c in 0..couriers {
+        let courier = format!("{prefix}c{c}");
+        let mut n = 0u64;
+        let mut id = || {
+            n += 1;
+            format!("{courier}-e{n}")
+        };
+        for h in 0..hours {
+            let task = format!("{courier}-t{h}");
+            let t0 = start_ms + i64::from(h) * 3_600_000;
+            let time = |ms: i64| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            };
+            let at = |k: f64| (base.0 + 0.0001 * c as f64 + 0.02 * k, base.1);
+            lines.push(
+                serde_json::json!({
+                    "event_id": id(), "courier_id": courier, "task_id": task, "event_type": "task_assigned",
+                    "event_time": time(t0), "lat": at(0.0).0, "lon": at(0.0).1,
+                    "pickup": {"lat": at(0.1).0, "lon": at(0.1).1}, "dropoff": {"lat": at(1.0).0, "lon": at(1.0).1},
+                    "promised_at": time(t0 + 40 * 60_000), "order_type": "meal", "vehicle_type": "motorcycle",
+                    "courier_rating": 4.6, "courier_age": 30
+                })
+                .to_string(),
+            );
+            statuses += 1;
+            let pings = 3_600 / ping_s;
+            for p in 1..pings {
+                let t = t0 + i64::from(p * ping_s) * 1000;
+                let k = f64::from(p) / f64::from(pings);
+                let kind = match p {
+                    _ if p == pings / 4 => "picked_up",
+                    _ if p == pings - 1 => "delivered",
+                    _ => "location",
+                };
+                statuses += usize::from(kind != "location");
+                lines.push(
+                    serde_json::json!({
+                        "event_id": id(), "courier_id": courier, "task_id": task, "event_type": kind,
+                        "event_time": time(t), "lat": at(k).0, "lon": at(k).1, "speed_kmh": 20.0, "accuracy_m": 5.0
+                    })
+                    .to_string(),
+                );
+            }
+        }
+    }
+    (lines, statuses)
+}
+
+/// Event ids in a courier's stored route, in order.
+pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
+    let route = get_json(
+        api,
+        &format!("/api/v1/couriers/{courier}/route?limit=10000000"),
+    );
+    route["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["event_id"].as_str().unwrap().to_string())
+        .collect()
+}
