@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::keys::{self, DEDUP, JOURNAL, STATE};
 use crate::thinning::{ThinPolicy, Thinner};
 
-type Db = sled::Db<1024>;
+type Db = sled::Db<64>;
 
 #[derive(Debug, Error)]
 pub enum JournalError {
@@ -121,6 +121,7 @@ impl Journal {
             // Only our group commits make data durable: nothing half-way through a commit
             // reaches the disk on its own.
             .flush_every_ms(None)
+            .zstd_compression_level(1)
             .open()
             .map_err(io)?;
         let meta = |name: &str| -> Result<u64, JournalError> {

@@ -17,7 +17,7 @@ use super::{
     TaskTimeline, TimelineItem,
 };
 
-type Db = sled::Db<1024>;
+type Db = sled::Db<64>;
 
 /// Stored per device.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -135,6 +135,7 @@ impl SledHistory {
             .cache_capacity_bytes(256 << 20)
             // Durability comes from the committer's group flushes only.
             .flush_every_ms(None)
+            .zstd_compression_level(1)
             .open()?;
         let counters = match db.get(COUNTERS)? {
             Some(v) => decode(COUNTERS, &v)?,

@@ -234,3 +234,26 @@ pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
         .map(|p| p["event_id"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}

@@ -2,7 +2,6 @@
 //! processes killed with SIGKILL.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use fleet_proto::sender::{Outbox, SenderConfig};
 use fleet_proto::{Frame, PROTOCOL_VERSION};
 use tokio::sync::Notify;
 
-use crate::fleet::{self, InProcess};
+use crate::fleet::{self, InProcess, KillOnDrop};
 
 /// Child role: an aggregator process (spawned by [`fleet::spawn_aggregator`]).
 #[test]
@@ -479,8 +478,8 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
     let dev_addr: SocketAddr = format!("127.0.0.1:{dev_http}").parse().unwrap();
     let api_addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
     let (history, journal) = (dir.path().join("history"), dir.path().join("journal"));
-    let mut aggregator = fleet::spawn_aggregator(&certs, &history, quic, api);
-    let mut device = spawn_device(&certs, &journal, quic_addr, dev_http);
+    let mut aggregator = KillOnDrop(fleet::spawn_aggregator(&certs, &history, quic, api));
+    let mut device = KillOnDrop(spawn_device(&certs, &journal, quic_addr, dev_http));
     let (lines, _) = fleet::traffic(4, 6, 5, 1_795_300_000_000, "k");
     let acked = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -500,12 +499,12 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
         if rng.is_multiple_of(2) {
             device.kill().unwrap(); // SIGKILL
             device.wait().unwrap();
-            device = spawn_device(&certs, &journal, quic_addr, dev_http);
+            device = KillOnDrop(spawn_device(&certs, &journal, quic_addr, dev_http));
             *kills.entry("device").or_default() += 1;
         } else {
             aggregator.kill().unwrap();
             aggregator.wait().unwrap();
-            aggregator = fleet::spawn_aggregator(&certs, &history, quic, api);
+            aggregator = KillOnDrop(fleet::spawn_aggregator(&certs, &history, quic, api));
             *kills.entry("aggregator").or_default() += 1;
         }
     }
@@ -551,10 +550,6 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
         fleet::get_json(api_addr, "/api/v1/stats")["events"],
         stored.len() as u64
     );
-    let _ = device.stdin.take().map(|mut s| s.write_all(b""));
-    device.kill().unwrap();
-    aggregator.kill().unwrap();
-    let _ = (device.wait(), aggregator.wait());
     eprintln!(
         "kills: {kills:?}, {} events acknowledged and stored once",
         stored.len()
