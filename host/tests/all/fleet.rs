@@ -235,6 +235,23 @@ pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
         .collect()
 }
 
+/// Status (non-location) events stored for couriers `{prefix}c0..{prefix}c{couriers}`.
+pub(crate) fn stored_statuses(api: SocketAddr, prefix: &str, couriers: usize) -> usize {
+    (0..couriers)
+        .map(|c| {
+            get_json(
+                api,
+                &format!("/api/v1/couriers/{prefix}c{c}/route?limit=10000000"),
+            )["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["event_type"] != "location")
+                .count()
+        })
+        .sum()
+}
+
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
 pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 

@@ -108,16 +108,7 @@ fn events_reach_history_exactly_once_with_exact_counts() {
         "decisions carry named features"
     );
     assert_eq!(task["latest"]["event_type"], "delivered");
-    let statuses_stored: usize = (0..3)
-        .map(|c| {
-            fleet::get_json(agg.http, &format!("/api/v1/couriers/xc{c}/route"))["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|p| p["event_type"] != "location")
-                .count()
-        })
-        .sum();
+    let statuses_stored = fleet::stored_statuses(agg.http, "x", 3);
     assert_eq!(statuses_stored, statuses);
     let (status, body) = fleet::http(agg.http, "GET", "/api/v1/alerts?severity=loud", "").unwrap();
     assert_eq!(status, 400, "{body}");
@@ -404,19 +395,7 @@ fn a_day_offline_catches_up_with_pings_thinned_by_policy_and_statuses_kept() {
         thinned,
         "thinning is counted"
     );
-    let stored_statuses: usize = (0..3)
-        .map(|c| {
-            fleet::get_json(
-                agg.http,
-                &format!("/api/v1/couriers/oc{c}/route?limit=1000000"),
-            )["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|p| p["event_type"] != "location")
-                .count()
-        })
-        .sum();
+    let stored_statuses = fleet::stored_statuses(agg.http, "o", 3);
     assert_eq!(stored_statuses, statuses, "status events are never thinned");
     eprintln!(
         "24 h backlog: {} events generated, {thinned} pings thinned, caught up in {catch_up:?}",
