@@ -108,12 +108,7 @@ fn main() {
     }
     let history: Arc<dyn History> = Arc::new(SledHistory::open(&dir.path().join("h")).unwrap());
     let shared = Shared::new(history.clone());
-    let config = ServeConfig {
-        data: dir.path().join("h"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http: "127.0.0.1:0".parse().unwrap(),
-        certs: pki.dir().into(),
-    };
+    let config = ServeConfig::loopback(dir.path().join("h"), pki.dir());
     let (quic, _, serving) = rt
         .block_on(fleet_aggregator::start(&config, shared.clone()))
         .unwrap();

@@ -53,6 +53,19 @@ pub struct ServeConfig {
     pub certs: PathBuf,
 }
 
+impl ServeConfig {
+    /// Both listeners on loopback with ports the system picks (tests, benchmarks, embedding).
+    pub fn loopback(data: impl Into<PathBuf>, certs: impl Into<PathBuf>) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data: data.into(),
+            listen: any,
+            http: any,
+            certs: certs.into(),
+        }
+    }
+}
+
 /// Binds both listeners and returns the running servers' addresses and the future that
 /// serves them (until the QUIC endpoint or the HTTP server stops).
 pub async fn start(

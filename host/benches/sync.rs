@@ -61,12 +61,7 @@ fn main() {
     let history: Arc<dyn History> =
         Arc::new(SledHistory::open(&dir.path().join("history")).unwrap());
     let shared = Shared::new(history.clone());
-    let config = ServeConfig {
-        data: dir.path().join("history"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http: "127.0.0.1:0".parse().unwrap(),
-        certs: pki.dir().into(),
-    };
+    let config = ServeConfig::loopback(dir.path().join("history"), pki.dir());
     let (quic, _, serving) = rt
         .block_on(fleet_aggregator::start(&config, shared.clone()))
         .unwrap();

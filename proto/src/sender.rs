@@ -96,7 +96,7 @@ pub struct Sender {
     sent_max: Seq,
     window: u32,
     in_flight: VecDeque<InFlight>,
-    /// Entries sent, counting resends (a measure of waste).
+    /// Batches given up on after a timeout and sent again (a measure of waste).
     pub resent_batches: u64,
 }
 

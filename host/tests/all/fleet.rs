@@ -51,10 +51,8 @@ impl InProcess {
         let history: Arc<dyn History> = Arc::new(SledHistory::open(data).unwrap());
         let shared = Shared::new(history);
         let config = ServeConfig {
-            data: data.into(),
             listen: quic,
-            http: "127.0.0.1:0".parse().unwrap(),
-            certs: certs.into(),
+            ..ServeConfig::loopback(data, certs)
         };
         let (quic, http, serving) = runtime
             .block_on(fleet_aggregator::start(&config, shared.clone()))
