@@ -104,7 +104,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new()
             .path(dir.path())
-            .flush_every_ms(None)
+            .flush_every_ms(Some(1000))
             .zstd_compression_level(1)
             .open::<64>()
             .unwrap();
@@ -112,7 +112,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new()
             .path(dir.path())
-            .flush_every_ms(None)
+            .flush_every_ms(Some(1000))
             .open::<1024>()
             .unwrap();
         run("sled alpha.124 (1024)", &mut Sled(db), total, group);

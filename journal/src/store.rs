@@ -14,6 +14,9 @@ use crate::thinning::{ThinPolicy, Thinner};
 
 type Db = sled::Db<64>;
 
+/// sled's background flush interval.
+const BACKGROUND_FLUSH_MS: usize = 1000;
+
 #[derive(Debug, Error)]
 pub enum JournalError {
     #[error("journal storage at {path}: {source}")]
@@ -95,6 +98,9 @@ pub struct Journal {
 
 struct Inner {
     stats: JournalStats,
+    /// `last_seq` as of the last successful flush: only durable entries may leave the device
+    /// (a crash would otherwise hand the same sequence numbers to other records).
+    durable_seq: Seq,
     dedup_head: u64,
     dedup_tail: u64,
     thinner: Thinner,
@@ -118,9 +124,11 @@ impl Journal {
         let db: Db = sled::Config::new()
             .path(&config.path)
             .cache_capacity_bytes(config.cache_bytes)
-            // Only our group commits make data durable: nothing half-way through a commit
-            // reaches the disk on its own.
-            .flush_every_ms(None)
+            // Our group commits ([`Journal::flush`]) are what make data durable; sled's
+            // background flush only writes earlier (batches stay atomic either way). With
+            // `None` instead, sled flushes (and fsyncs) whenever any handle or iterator is
+            // dropped, i.e. on nearly every read.
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
             .zstd_compression_level(1)
             .open()
             .map_err(io)?;
@@ -162,6 +170,7 @@ impl Journal {
             db_handle: Mutex::new(db),
             config,
             inner: Mutex::new(Inner {
+                durable_seq: stats.last_seq,
                 stats,
                 dedup_head,
                 dedup_tail,
@@ -293,7 +302,18 @@ impl Journal {
 
     /// The group-commit point: everything appended so far is on disk when this returns.
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db().flush().map(|_| ()).map_err(self.io())
+        // Entries appended while the flush runs may or may not be in it: claim only those
+        // appended before.
+        let through = self.inner().stats.last_seq;
+        self.db().flush().map_err(self.io())?;
+        let mut inner = self.inner();
+        inner.durable_seq = inner.durable_seq.max(through);
+        Ok(())
+    }
+
+    /// The last sequence number known to be on disk.
+    pub fn durable_seq(&self) -> Seq {
+        self.inner().durable_seq
     }
 
     /// The aggregator made everything through `through` durable: drop it from the outbox.
@@ -388,8 +408,9 @@ impl Outbox for Journal {
         out
     }
 
+    /// Only what is durable is offered to the aggregator.
     fn last_seq(&self) -> Seq {
-        self.inner().stats.last_seq
+        self.inner().durable_seq
     }
 
     fn superseded(&self, key: &str, seq: Seq) -> bool {

@@ -72,6 +72,23 @@ fn commits_survive_a_reopen_and_acknowledged_entries_leave_the_outbox() {
 }
 
 #[test]
+fn only_flushed_entries_are_offered_to_the_aggregator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(JournalConfig::new(dir.path())).unwrap();
+    j.append(vec![event(1, EventKind::Location, 0)]).unwrap();
+    j.flush().unwrap();
+    j.append(vec![event(2, EventKind::Location, 1)]).unwrap();
+    assert_eq!(j.stats().last_seq, 2);
+    assert_eq!(
+        j.last_seq(),
+        1,
+        "an unflushed entry could be lost and its seq reused"
+    );
+    j.flush().unwrap();
+    assert_eq!(j.last_seq(), 2);
+}
+
+#[test]
 fn the_dedup_index_forgets_the_oldest_ids_past_its_capacity() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = JournalConfig::new(dir.path());

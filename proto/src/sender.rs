@@ -13,7 +13,9 @@ use crate::record::{Record, Seq};
 pub trait Outbox {
     /// Up to `max` journaled entries with sequence numbers above `after`, in order.
     fn read_after(&self, after: Seq, max: usize) -> Vec<Entry>;
-    /// Highest sequence number journaled so far (0 when none).
+    /// Highest sequence number that may be sent (0 when none): only durable entries, since
+    /// a crash could hand an unflushed entry's number to another record. `read_after` may
+    /// return entries past it; they wait.
     fn last_seq(&self) -> Seq;
     /// Whether the state record at `seq` for `key` has a newer state later in the journal;
     /// superseded states are never sent.
@@ -215,7 +217,9 @@ impl Sender {
             return None;
         }
         let from = self.next;
-        let read = outbox.read_after(from - 1, self.config.max_batch_entries);
+        let mut read = outbox.read_after(from - 1, self.config.max_batch_entries);
+        // The outbox may already hold entries past `last` that are not durable yet.
+        read.retain(|e| e.seq <= last);
         // A full read ends at its last entry; a short one covers the whole backlog, including
         // entries thinned away at the end.
         let through = match read.last() {

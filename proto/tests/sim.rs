@@ -19,6 +19,8 @@ struct MemOutbox {
     entries: BTreeMap<Seq, Record>,
     latest_state: HashMap<String, Seq>,
     last: Seq,
+    /// Entries after this are journaled but not yet durable: readable, never offered.
+    durable: Seq,
 }
 
 impl MemOutbox {
@@ -28,6 +30,10 @@ impl MemOutbox {
             self.latest_state.insert(s.key.clone(), self.last);
         }
         self.entries.insert(self.last, record);
+    }
+
+    fn flush(&mut self) {
+        self.durable = self.last;
     }
 
     /// Drops what is acknowledged, as the device journal does.
@@ -48,7 +54,7 @@ impl Outbox for MemOutbox {
             .collect()
     }
     fn last_seq(&self) -> Seq {
-        self.last
+        self.durable
     }
     fn superseded(&self, key: &str, seq: Seq) -> bool {
         self.latest_state.get(key).is_some_and(|&s| s > seq)
@@ -165,6 +171,10 @@ fn run(seed: u64, faults: Faults) {
                 } else {
                     event(produced)
                 });
+            }
+            // Group commits land now and then; the unflushed tail is readable meanwhile.
+            if produced == target || rng.random_bool(0.5) {
+                outbox.flush();
             }
         }
         // Connection management: connect when down; reset at random.

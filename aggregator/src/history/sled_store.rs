@@ -133,8 +133,10 @@ impl SledHistory {
         let db: Db = sled::Config::new()
             .path(path)
             .cache_capacity_bytes(256 << 20)
-            // Durability comes from the committer's group flushes only.
-            .flush_every_ms(None)
+            // Durability comes from the committer's group flushes; the background flush only
+            // writes earlier (batches stay atomic). With `None`, sled flushes (and fsyncs) on
+            // every dropped handle or iterator, i.e. on nearly every read.
+            .flush_every_ms(Some(1000))
             .zstd_compression_level(1)
             .open()?;
         let counters = match db.get(COUNTERS)? {

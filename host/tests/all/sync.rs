@@ -212,7 +212,11 @@ fn foreign_expired_and_revoked_certificates_are_refused() {
     while failures() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(failures() >= 3, "handshake failures counted: {}", failures());
+    assert!(
+        failures() >= 3,
+        "handshake failures counted: {}",
+        failures()
+    );
 }
 
 #[test]
