@@ -71,7 +71,8 @@ fn main() {
     let journal = Arc::new(journal);
     let wake = Arc::new(Notify::new());
     let handle = writer::spawn(
-        DeviceRuntime::new(common::registry(), journal.clone()),
+        DeviceRuntime::new(common::registry()),
+        journal.clone(),
         wake.clone(),
     );
     let status = Arc::new(SyncStatus::default());
@@ -86,6 +87,7 @@ fn main() {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             sender: SenderConfig::default(),
+            endpoint: None,
         },
         status.clone(),
         Arc::new(Notify::new()),

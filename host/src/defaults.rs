@@ -19,3 +19,20 @@ pub fn late_risk_model() -> Result<Model, InferenceError> {
     }
     Model::load(LATE_RISK, LATE_RISK_ONNX)
 }
+
+/// The embedded modules and the built-in model under the default sandbox limits: what
+/// `edge-host` runs with no options.
+pub fn embedded_registry()
+-> Result<std::sync::Arc<crate::registry::ModuleRegistry>, Box<dyn std::error::Error + Send + Sync>>
+{
+    use std::sync::Arc;
+    let engine = crate::engine::SandboxEngine::new(crate::engine::SandboxLimits::default())?;
+    let mut models = crate::inference::ModelRegistry::new();
+    models.insert(late_risk_model()?);
+    let registry = crate::registry::ModuleRegistry::new(
+        Arc::new(engine),
+        Arc::new(models),
+        crate::registry::ModuleSource::Embedded,
+    )?;
+    Ok(Arc::new(registry))
+}

@@ -6,7 +6,9 @@
 //! atomic batch; [`Journal::flush`] is the group-commit point (a real fsync). Acknowledge
 //! producers only after it returns.
 //!
-//! Layout (one sled tree, so a commit is a single atomic batch):
+//! Many journals can share one database ([`JournalStore`], one tree per journal) so that one
+//! fsync commits them all. Layout of a journal (one sled tree, so a commit is a single atomic
+//! batch):
 //!
 //! | key | value |
 //! |---|---|
@@ -20,5 +22,7 @@ mod keys;
 mod store;
 mod thinning;
 
-pub use store::{Commit, Journal, JournalConfig, JournalError, JournalStats, Recovery};
+pub use store::{
+    Commit, Journal, JournalConfig, JournalError, JournalStats, JournalStore, Recovery,
+};
 pub use thinning::ThinPolicy;

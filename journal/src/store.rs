@@ -1,7 +1,7 @@
 //! [`Journal`]: the sled-backed device store behind our own seam.
 
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fleet_proto::batch::Entry;
@@ -13,6 +13,7 @@ use crate::keys::{self, DEDUP, JOURNAL, STATE};
 use crate::thinning::{ThinPolicy, Thinner};
 
 type Db = sled::Db<64>;
+type Tree = sled::Tree<64>;
 
 /// sled's background flush interval.
 const BACKGROUND_FLUSH_MS: usize = 1000;
@@ -86,10 +87,71 @@ pub struct Commit {
     pub thinned: u64,
 }
 
+/// One sled database holding any number of journals, one tree each: a process that hosts
+/// many devices (a simulator, an edge node) flushes them all with one fsync
+/// ([`Journal::flush_all`]).
+pub struct JournalStore {
+    /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
+    db: Mutex<Db>,
+    path: PathBuf,
+}
+
+impl JournalStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Arc<Self>, JournalError> {
+        let db: Db = sled::Config::new()
+            .path(path)
+            .cache_capacity_bytes(cache_bytes)
+            // Our group commits ([`Journal::flush`]) are what make data durable; sled's
+            // background flush only writes earlier (batches stay atomic either way). With
+            // `None` instead, sled flushes (and fsyncs) whenever any handle or iterator is
+            // dropped, i.e. on nearly every read.
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            .zstd_compression_level(1)
+            .open()
+            .map_err(|source| JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Arc::new(Self {
+            db: Mutex::new(db),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// Opens (or creates) the journal called `name` in this store. `config.path` and
+    /// `config.cache_bytes` are the store's; the rest applies to this journal.
+    pub fn journal(
+        self: &Arc<Self>,
+        name: &str,
+        mut config: JournalConfig,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        let started = Instant::now();
+        config.path.clone_from(&self.path);
+        let tree = self
+            .db()
+            .open_tree(name.as_bytes())
+            .map_err(|source| JournalError::Io {
+                path: self.path.join(name),
+                source,
+            })?;
+        Journal::on_tree(self.clone(), tree, config, started)
+    }
+
+    fn db(&self) -> Db {
+        self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        self.db().flush().map(drop)
+    }
+}
+
 /// The device journal. One writer; reads may come from anywhere.
 pub struct Journal {
+    store: Arc<JournalStore>,
     /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
-    db_handle: Mutex<Db>,
+    tree: Mutex<Tree>,
     config: JournalConfig,
     /// Held by writers (append, acknowledge) for the whole write, so they apply in order.
     inner: Mutex<Inner>,
@@ -117,21 +179,21 @@ impl Journal {
     /// Opens (or creates) the journal and checks its counters against its contents.
     pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
         let started = Instant::now();
+        let store = JournalStore::open(&config.path, config.cache_bytes)?;
+        let tree: Tree = (*store.db()).clone();
+        Self::on_tree(store, tree, config, started)
+    }
+
+    fn on_tree(
+        store: Arc<JournalStore>,
+        db: Tree,
+        config: JournalConfig,
+        started: Instant,
+    ) -> Result<(Self, Recovery), JournalError> {
         let io = |source| JournalError::Io {
             path: config.path.clone(),
             source,
         };
-        let db: Db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity_bytes(config.cache_bytes)
-            // Our group commits ([`Journal::flush`]) are what make data durable; sled's
-            // background flush only writes earlier (batches stay atomic either way). With
-            // `None` instead, sled flushes (and fsyncs) whenever any handle or iterator is
-            // dropped, i.e. on nearly every read.
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
-            .zstd_compression_level(1)
-            .open()
-            .map_err(io)?;
         let meta = |name: &str| -> Result<u64, JournalError> {
             Ok(db
                 .get(keys::meta(name))
@@ -167,7 +229,8 @@ impl Journal {
             took: started.elapsed(),
         };
         let journal = Self {
-            db_handle: Mutex::new(db),
+            store,
+            tree: Mutex::new(db),
             config,
             inner: Mutex::new(Inner {
                 durable_seq: stats.last_seq,
@@ -181,11 +244,8 @@ impl Journal {
         Ok((journal, recovery))
     }
 
-    fn db(&self) -> Db {
-        self.db_handle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn db(&self) -> Tree {
+        self.tree.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -305,10 +365,30 @@ impl Journal {
         // Entries appended while the flush runs may or may not be in it: claim only those
         // appended before.
         let through = self.inner().stats.last_seq;
-        self.db().flush().map_err(self.io())?;
+        self.store.flush().map_err(self.io())?;
+        self.made_durable(through);
+        Ok(())
+    }
+
+    /// [`Journal::flush`] for many journals: one flush per store they live in.
+    pub fn flush_all(journals: &[&Self]) -> Result<(), JournalError> {
+        let through: Vec<Seq> = journals.iter().map(|j| j.inner().stats.last_seq).collect();
+        let mut flushed: Vec<&Arc<JournalStore>> = Vec::new();
+        for j in journals {
+            if !flushed.iter().any(|s| Arc::ptr_eq(s, &j.store)) {
+                j.store.flush().map_err(j.io())?;
+                flushed.push(&j.store);
+            }
+        }
+        for (j, through) in journals.iter().zip(through) {
+            j.made_durable(through);
+        }
+        Ok(())
+    }
+
+    fn made_durable(&self, through: Seq) {
         let mut inner = self.inner();
         inner.durable_seq = inner.durable_seq.max(through);
-        Ok(())
     }
 
     /// The last sequence number known to be on disk.
@@ -374,7 +454,7 @@ impl Journal {
     }
 
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        self.db().size_on_disk().map_err(self.io())
+        self.store.db().size_on_disk().map_err(self.io())
     }
 
     pub fn config(&self) -> &JournalConfig {

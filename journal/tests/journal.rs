@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_journal::{Journal, JournalConfig, ThinPolicy};
+use fleet_journal::{Journal, JournalConfig, JournalStore, ThinPolicy};
 use fleet_proto::Record;
 use fleet_proto::record::{EventKind, EventRecord, GeoE7, StateRecord};
 use fleet_proto::sender::Outbox;
@@ -86,6 +86,41 @@ fn only_flushed_entries_are_offered_to_the_aggregator() {
     );
     j.flush().unwrap();
     assert_eq!(j.last_seq(), 2);
+}
+
+#[test]
+fn journals_sharing_a_store_keep_their_own_sequences_state_and_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = JournalStore::open(dir.path(), 8 << 20).unwrap();
+        let (a, _) = store.journal("a", JournalConfig::new(dir.path())).unwrap();
+        let (b, _) = store.journal("b", JournalConfig::new(dir.path())).unwrap();
+        a.append(vec![event(1, EventKind::Location, 0), state("T-1", 1)])
+            .unwrap();
+        b.append(vec![event(1, EventKind::Location, 0)]).unwrap();
+        b.append(vec![event(2, EventKind::Location, 0)]).unwrap();
+        assert_eq!((a.durable_seq(), b.durable_seq()), (0, 0));
+        Journal::flush_all(&[&a, &b]).unwrap();
+        assert_eq!((a.durable_seq(), b.durable_seq()), (2, 2));
+        assert!(b.state("T-1").unwrap().is_none());
+        assert!(b.is_duplicate("e2").unwrap() && !a.is_duplicate("e2").unwrap());
+    }
+    let store = JournalStore::open(dir.path(), 8 << 20).unwrap();
+    let open = |name: &str| {
+        store
+            .journal(name, JournalConfig::new(dir.path()))
+            .unwrap()
+            .0
+    };
+    let (a, b) = (open("a"), open("b"));
+    let seqs = |j: &Journal| {
+        j.read_after(0, 10)
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!((seqs(&a), seqs(&b)), (vec![1, 2], vec![1, 2]));
+    assert_eq!(a.state("T-1").unwrap(), Some(vec![1; 16]));
 }
 
 #[test]

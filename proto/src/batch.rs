@@ -29,6 +29,24 @@ pub struct Entry {
 /// Encoding and decoding of batch bodies.
 pub struct BatchBody;
 
+thread_local! {
+    /// A zstd context per thread and level: creating one costs more than compressing a
+    /// small batch.
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = slot.as_mut().expect("set above");
+        compressor.compress(raw)
+    })
+}
+
 impl BatchBody {
     /// Encodes `entries` (strictly increasing, all after `from - 1`) and compresses them with
     /// `codec` unless that does not pay, in which case the body goes out plain. Returns the
@@ -38,7 +56,7 @@ impl BatchBody {
         let compressed = match codec {
             Codec::None => return (Codec::None, raw),
             Codec::Lz4 => lz4_flex::compress_prepend_size(&raw),
-            Codec::Zstd => match zstd::bulk::compress(&raw, zstd_level) {
+            Codec::Zstd => match zstd_compress(&raw, zstd_level) {
                 Ok(c) => c,
                 Err(_) => return (Codec::None, raw),
             },

@@ -101,7 +101,7 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let wake = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
     let status = Arc::new(SyncStatus::default());
-    let handle = writer::spawn(DeviceRuntime::new(registry, journal.clone()), wake.clone());
+    let handle = writer::spawn(DeviceRuntime::new(registry), journal.clone(), wake.clone());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,6 +118,7 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             sender: SenderConfig::default(),
+            endpoint: None,
         },
         status.clone(),
         stop.clone(),

@@ -27,6 +27,9 @@ pub struct SyncConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub sender: SenderConfig,
+    /// A client endpoint to share (one UDP socket for many devices in one process); `None`
+    /// opens one for this device.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// Live figures of the sync loop.
@@ -56,28 +59,25 @@ pub async fn run(
         journal.stats().acked,
     );
     status.acked.store(sender.acked(), Ordering::Relaxed);
-    let bind: SocketAddr = if config.aggregator.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .expect("literal");
-    let endpoint = match quinn::Endpoint::client(bind) {
-        Ok(mut e) => {
-            e.set_default_client_config(config.client.clone());
-            e
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open a UDP socket; sync disabled");
-            return;
-        }
+    let endpoint = match config.endpoint.clone() {
+        Some(e) => e,
+        None => match client_endpoint(config.aggregator) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a UDP socket; sync disabled");
+                return;
+            }
+        },
     };
     let mut backoff = config.backoff_min;
     loop {
         let attempt = async {
             let conn = endpoint
-                .connect(config.aggregator, &config.server_name)
+                .connect_with(
+                    config.client.clone(),
+                    config.aggregator,
+                    &config.server_name,
+                )
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
@@ -94,7 +94,9 @@ pub async fn run(
         let outcome = tokio::select! {
             r = attempt => r,
             () = stop.notified() => {
-                endpoint.close(0u32.into(), b"shutdown");
+                if config.endpoint.is_none() {
+                    endpoint.close(0u32.into(), b"shutdown");
+                }
                 return;
             }
         };
@@ -113,6 +115,18 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(config.backoff_max);
     }
+}
+
+/// A QUIC client endpoint on an ephemeral port of the same family as `peer`.
+pub fn client_endpoint(peer: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal");
+    quinn::Endpoint::client(bind)
 }
 
 async fn session(

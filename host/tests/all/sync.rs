@@ -308,7 +308,8 @@ impl LocalDevice {
         let journal = Arc::new(journal);
         let wake = Arc::new(Notify::new());
         let writer = writer::spawn(
-            DeviceRuntime::new(crate::util::registry(), journal.clone()),
+            DeviceRuntime::new(crate::util::registry()),
+            journal.clone(),
             wake.clone(),
         );
         let status = Arc::new(SyncStatus::default());
@@ -329,6 +330,7 @@ impl LocalDevice {
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
                 sender: SenderConfig::default(),
+                endpoint: None,
             },
             status.clone(),
             stop.clone(),

@@ -1,0 +1,663 @@
+//! The fleet at run time: in-process devices (each its own identity, journal and QUIC
+//! connection; journals share one sled database and one writer, so one fsync commits many
+//! devices), a clock that releases each courier's events when they fall due, at-least-once
+//! delivery faults, network faults, and the bookkeeping the report is made from.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fleet_host::decision::Severity;
+use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
+use fleet_host::device::writer::{self, DeviceRuntime, WriterHandle};
+use fleet_host::event::Event;
+use fleet_journal::{Journal, JournalConfig, JournalStore};
+use fleet_net::pki::Pki;
+use fleet_proto::Seq;
+use fleet_proto::sender::SenderConfig;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Notify, Semaphore};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::aggregator::Aggregator;
+use crate::proxy::{self, Impairment, ProxyControl};
+use crate::report::{Percentiles, ProcessUsage, Report};
+use crate::source::{Scenario, TaskTruth};
+
+/// How the fleet runs and what goes wrong.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// Couriers sharing one device (1: a handset each; many: an edge node for all).
+    pub couriers_per_device: usize,
+    /// Simulated seconds per wall second.
+    pub speed: f64,
+    pub tick: Duration,
+    pub seed: u64,
+    /// Chance an event is delivered to its device twice.
+    pub repeat_rate: f64,
+    /// Chance an event arrives after the next tick's events.
+    pub late_rate: f64,
+    /// The first `faulty` devices reach the aggregator through the fault proxy.
+    pub faulty: usize,
+    pub impairment: Impairment,
+    /// Clock skew of the faulty devices' handsets, seconds.
+    pub skew_s: i64,
+    /// Wall seconds from the start: partition the faulty devices at `.0` for `.1`.
+    pub partition: Option<(f64, f64)>,
+    /// Wall seconds from the start: SIGKILL the aggregator at `.0`, restart it `.1` later.
+    pub kill_aggregator: Option<(f64, f64)>,
+    /// Longest wait for the aggregator to acknowledge everything after the last event.
+    pub drain_timeout: Duration,
+    /// Read every courier's route back from the aggregator and compare event by event.
+    pub audit: bool,
+    pub progress: bool,
+    pub max_in_flight: usize,
+}
+
+struct Device {
+    name: String,
+    journal: Arc<Journal>,
+    writer: WriterHandle,
+    status: Arc<SyncStatus>,
+    stop: Arc<Notify>,
+    /// Batches answered and not yet acknowledged by the aggregator: (through, due, events).
+    pending: Mutex<VecDeque<(Seq, Instant, u32)>>,
+    faulty: bool,
+}
+
+/// Everything counted while running.
+#[derive(Default)]
+struct Ledger {
+    acknowledged: u64,
+    repeats_absorbed: u64,
+    thinned: u64,
+    rejected: u64,
+    rejected_examples: Vec<String>,
+    decision_micros: Vec<u32>,
+    stored_micros: Vec<u32>,
+    alerts_raised: u64,
+    alerted: HashSet<String>,
+    /// Event ids (hashed) each courier's device acknowledged as new.
+    ids: Vec<HashSet<u64>>,
+    failed_submits: u64,
+}
+
+pub fn run(
+    scenario: Scenario,
+    aggregator: &mut Aggregator,
+    rt: &tokio::runtime::Runtime,
+    work: &Path,
+    certs: &Path,
+    registry: Arc<fleet_host::registry::ModuleRegistry>,
+    options: &FleetOptions,
+) -> anyhow::Result<Report> {
+    let couriers = scenario.feeds.len();
+    let per = options.couriers_per_device.max(1);
+    let device_count = couriers.div_ceil(per);
+    let pki = Pki::at(certs);
+    let issue_started = Instant::now();
+    let names: Vec<String> = (0..device_count).map(|d| format!("sim-{d:05}")).collect();
+    for name in &names {
+        if !pki.device(name).cert.exists() {
+            pki.issue_device(name, 7)
+                .with_context(|| format!("issuing a certificate for {name}"))?;
+        }
+    }
+    tracing::info!(
+        devices = device_count,
+        took_ms = issue_started.elapsed().as_millis() as u64,
+        "device certificates ready"
+    );
+
+    let store = JournalStore::open(&work.join("devices"), 256 << 20)?;
+    let shared_writer = writer::spawn_shared(DeviceRuntime::new(registry));
+    let direct = {
+        let _guard = rt.enter();
+        sync::client_endpoint(aggregator.quic())?
+    };
+    let control = Arc::new(ProxyControl::default());
+    let proxied = if options.faulty > 0 {
+        let addr = rt.block_on(proxy::start(
+            aggregator.quic(),
+            options.impairment,
+            control.clone(),
+        ))?;
+        let _guard = rt.enter();
+        Some((addr, sync::client_endpoint(addr)?))
+    } else {
+        None
+    };
+    let ca = pki.ca_cert();
+    let mut devices = Vec::with_capacity(device_count);
+    for (d, name) in names.iter().enumerate() {
+        let (journal, _) = store.journal(name, JournalConfig::new(work))?;
+        let journal = Arc::new(journal);
+        let wake = Arc::new(Notify::new());
+        let status = Arc::new(SyncStatus::default());
+        let stop = Arc::new(Notify::new());
+        let faulty = d < options.faulty;
+        let (addr, endpoint) = match (&proxied, faulty) {
+            (Some((addr, ep)), true) => (*addr, ep.clone()),
+            _ => (aggregator.quic(), direct.clone()),
+        };
+        let client = fleet_net::tls::client_config(&ca, &pki.device(name))?;
+        rt.spawn(sync::run(
+            journal.clone(),
+            wake.clone(),
+            SyncConfig {
+                aggregator: addr,
+                server_name: "localhost".into(),
+                client,
+                device: name.clone(),
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(2),
+                sender: SenderConfig::default(),
+                endpoint: Some(endpoint),
+            },
+            status.clone(),
+            stop.clone(),
+        ));
+        devices.push(Arc::new(Device {
+            name: name.clone(),
+            writer: shared_writer.device(journal.clone(), wake),
+            journal,
+            status,
+            stop,
+            pending: Mutex::new(VecDeque::new()),
+            faulty,
+        }));
+    }
+
+    let ledger = Arc::new(Mutex::new(Ledger {
+        ids: vec![HashSet::new(); couriers],
+        ..Ledger::default()
+    }));
+    let active: Arc<Mutex<HashSet<usize>>> = Default::default();
+    let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = rt.spawn(watch_acks(
+        devices.clone(),
+        active.clone(),
+        ledger.clone(),
+        monitor_stop.clone(),
+    ));
+
+    let started = Instant::now();
+    let progress = progress_bar(options.progress, &scenario);
+    let mut feeds = scenario.feeds;
+    let mut truth: Vec<TaskTruth> = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(options.seed ^ 0x5EED);
+    let mut held: Vec<Vec<Event>> = vec![Vec::new(); couriers];
+    let mut generated = 0u64;
+    let mut sent = 0u64;
+    let mut repeats = 0u64;
+    let mut faults: Vec<String> = Vec::new();
+    let mut partition_state = 0u8;
+    let mut kill_state = 0u8;
+    let in_flight = Arc::new(Semaphore::new(options.max_in_flight));
+    let mut sim_now = scenario.start_ms;
+    let mut behind_since: Option<Instant> = None;
+    rt.block_on(async {
+        let mut ticker = tokio::time::interval(options.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticker.tick().await;
+            let wall = started.elapsed().as_secs_f64();
+            apply_faults(
+                options,
+                wall,
+                aggregator,
+                &control,
+                &mut partition_state,
+                &mut kill_state,
+                &mut faults,
+            );
+            let target = scenario.start_ms + (wall * options.speed * 1000.0) as i64;
+            // Never release more than a few ticks at once: a slow machine falls behind real
+            // time (reported) instead of flooding the devices.
+            let step = (options.tick.as_secs_f64() * options.speed * 4000.0) as i64;
+            sim_now = target.min(sim_now + step).min(scenario.end_ms);
+            if target > sim_now + step {
+                behind_since.get_or_insert_with(Instant::now);
+            }
+            let due = Instant::now();
+            let mut batches: HashMap<usize, Vec<(usize, Event, bool)>> = HashMap::new();
+            for (c, feed) in feeds.iter_mut().enumerate() {
+                let mut fresh = Vec::new();
+                feed.advance(sim_now, &mut fresh, &mut truth);
+                generated += fresh.len() as u64;
+                let d = c / per;
+                let batch = batches.entry(d).or_default();
+                let late = std::mem::take(&mut held[c]);
+                for mut e in fresh {
+                    if devices[d].faulty && options.skew_s != 0 {
+                        e.event_time += chrono::Duration::seconds(options.skew_s);
+                    }
+                    if rng.random::<f64>() < options.repeat_rate {
+                        held[c].push(e.clone());
+                        repeats += 1;
+                    }
+                    if rng.random::<f64>() < options.late_rate {
+                        held[c].push(e);
+                    } else {
+                        batch.push((c, e, false));
+                    }
+                }
+                // Last tick's held-back events arrive after this tick's.
+                batch.extend(late.into_iter().map(|e| (c, e, true)));
+                if batch.is_empty() {
+                    batches.remove(&d);
+                }
+            }
+            for (d, batch) in batches {
+                sent += batch.len() as u64;
+                let permit = in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let device = devices[d].clone();
+                let ledger = ledger.clone();
+                let active = active.clone();
+                tokio::spawn(async move {
+                    submit(&device, d, batch, due, &ledger, &active).await;
+                    drop(permit);
+                });
+            }
+            if let Some(p) = &progress {
+                p.set_position(((sim_now - scenario.start_ms) / 1000) as u64);
+                let l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+                p.set_message(format!(
+                    "{} events, {} stored",
+                    l.acknowledged,
+                    l.stored_micros.len()
+                ));
+            }
+            let finished = sim_now >= scenario.end_ms || feeds.iter().all(|f| f.done());
+            if finished && held.iter().all(Vec::is_empty) {
+                break;
+            }
+        }
+        // Everything submitted is answered once all permits are back.
+        let _ = in_flight.acquire_many(options.max_in_flight as u32).await;
+    });
+    let generation_s = started.elapsed().as_secs_f64();
+    if let Some(p) = &progress {
+        p.set_message("waiting for the aggregator to acknowledge everything");
+    }
+    // Faults scheduled after the last event still happen (and are healed) before draining.
+    while kill_state == 1 || partition_state == 1 {
+        std::thread::sleep(Duration::from_millis(20));
+        let wall = started.elapsed().as_secs_f64();
+        apply_faults(
+            options,
+            wall,
+            aggregator,
+            &control,
+            &mut partition_state,
+            &mut kill_state,
+            &mut faults,
+        );
+    }
+    let drain_deadline = Instant::now() + options.drain_timeout;
+    let all_synced = || {
+        devices
+            .iter()
+            .all(|d| d.status.acked.load(Ordering::Relaxed) >= d.journal.stats().last_seq)
+    };
+    while !all_synced() && Instant::now() < drain_deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the watcher take the last acknowledgements.
+    std::thread::sleep(Duration::from_millis(50));
+    monitor_stop.store(true, Ordering::Relaxed);
+    let _ = rt.block_on(monitor);
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+
+    let mut report = Report {
+        scenario: scenario.name.clone(),
+        couriers,
+        devices: device_count,
+        simulated_hours: (sim_now - scenario.start_ms) as f64 / 3.6e6,
+        wall_s,
+        speed: (sim_now - scenario.start_ms) as f64 / 1000.0 / generation_s,
+        speed_asked: options.speed,
+        aggregator_http: aggregator.http().to_string(),
+        ..Report::default()
+    };
+    if let Some(t) = behind_since {
+        faults.push(format!(
+            "fell behind real time from {:.1} s (the machine could not keep up)",
+            (t - started).as_secs_f64()
+        ));
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|e| e.into_inner()));
+    let e = &mut report.events;
+    e.generated = generated;
+    e.sent = sent;
+    e.repeats_sent = repeats;
+    e.rejected = ledger.rejected;
+    e.rejected_examples = ledger.rejected_examples;
+    e.acknowledged = ledger.acknowledged;
+    e.repeats_absorbed = ledger.repeats_absorbed;
+    e.thinned = ledger.thinned;
+    e.journaled = ledger.acknowledged - ledger.thinned;
+    e.synced = ledger.stored_micros.len() as u64;
+    if ledger.failed_submits > 0 {
+        faults.push(format!(
+            "{} batches refused by a device writer",
+            ledger.failed_submits
+        ));
+    }
+    report.latency_ms.event_to_decision = Percentiles::of(ledger.decision_micros);
+    report.latency_ms.event_to_stored = Percentiles::of(ledger.stored_micros);
+
+    let late: HashSet<&str> = truth
+        .iter()
+        .filter(|t| t.late)
+        .map(|t| t.task_id.as_str())
+        .collect();
+    let tasks: HashSet<&str> = truth.iter().map(|t| t.task_id.as_str()).collect();
+    let alerted: HashSet<&str> = ledger
+        .alerted
+        .iter()
+        .map(String::as_str)
+        .filter(|t| tasks.contains(t))
+        .collect();
+    let hit = alerted.iter().filter(|t| late.contains(*t)).count() as f64;
+    report.alerts = crate::report::Alerts {
+        raised: ledger.alerts_raised,
+        tasks: tasks.len() as u64,
+        tasks_late: late.len() as u64,
+        tasks_alerted: alerted.len() as u64,
+        precision: if alerted.is_empty() {
+            0.0
+        } else {
+            hit / alerted.len() as f64
+        },
+        recall: if late.is_empty() {
+            0.0
+        } else {
+            hit / late.len() as f64
+        },
+    };
+    report.sync.connects = devices
+        .iter()
+        .map(|d| d.status.connects.load(Ordering::Relaxed))
+        .sum();
+    report.sync.failures = devices
+        .iter()
+        .map(|d| d.status.failures.load(Ordering::Relaxed))
+        .sum();
+    if options.faulty > 0 {
+        faults.push(format!(
+            "fault proxy: {} datagrams forwarded, {} dropped",
+            control.forwarded.load(Ordering::Relaxed),
+            control.dropped.load(Ordering::Relaxed)
+        ));
+    }
+    report.sync.faults = faults;
+
+    let stats = crate::http::get_json(aggregator.http(), "/api/v1/stats")?;
+    report.events.stored = stats["events"].as_u64().unwrap_or(0);
+    let courier_ids: Vec<String> = feeds.iter().map(|f| f.courier_id().to_string()).collect();
+    if options.audit {
+        let (lost, duplicated) = audit(
+            aggregator,
+            &courier_ids,
+            &ledger.ids,
+            report.events.journaled,
+        )?;
+        report.events.lost = lost;
+        report.events.duplicated = duplicated;
+        report.events.audited = true;
+    } else {
+        report.events.lost = report.events.journaled.saturating_sub(report.events.stored);
+        report.events.duplicated = report.events.stored.saturating_sub(report.events.journaled);
+    }
+    report.processes.extend(ProcessUsage::read(
+        "device-sim (devices, writer, sync)",
+        std::process::id(),
+        wall_s,
+    ));
+    if let Some(pid) = aggregator.pid() {
+        report.processes.extend(ProcessUsage::read(
+            "aggregator (since its last start)",
+            pid,
+            wall_s,
+        ));
+    }
+    for d in &devices {
+        d.stop.notify_one();
+    }
+    Ok(report)
+}
+
+async fn submit(
+    device: &Device,
+    index: usize,
+    batch: Vec<(usize, Event, bool)>,
+    due: Instant,
+    ledger: &Mutex<Ledger>,
+    active: &Mutex<HashSet<usize>>,
+) {
+    let mut valid = Vec::with_capacity(batch.len());
+    let mut couriers = Vec::with_capacity(batch.len());
+    let mut rejected = Vec::new();
+    for (c, e, _) in batch {
+        match e.validate() {
+            Ok(()) => {
+                couriers.push(c);
+                valid.push(e);
+            }
+            Err(err) => rejected.push(format!("{}: {err}", e.event_id)),
+        }
+    }
+    if !rejected.is_empty() {
+        let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        l.rejected += rejected.len() as u64;
+        for r in rejected {
+            if l.rejected_examples.len() < 5 {
+                l.rejected_examples.push(r);
+            }
+        }
+    }
+    if valid.is_empty() {
+        return;
+    }
+    let ids: Vec<(usize, u64)> = couriers
+        .iter()
+        .zip(&valid)
+        .map(|(c, e)| (*c, xxh3_64(e.event_id.as_bytes())))
+        .collect();
+    // A producer retries until the device answers: at-least-once.
+    let mut attempts = 0;
+    let accepted = loop {
+        match device.writer.submit(valid.clone()).await {
+            Ok(a) => break a,
+            Err(e) => {
+                attempts += 1;
+                ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failed_submits += 1;
+                if attempts >= 50 {
+                    tracing::error!(device = %device.name, error = %e, "giving up on a batch");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let answered = due.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    let fresh = accepted.events as u64;
+    {
+        let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        l.acknowledged += fresh;
+        l.repeats_absorbed += accepted.duplicates as u64;
+        l.thinned += accepted.thinned;
+        l.decision_micros
+            .extend(std::iter::repeat_n(answered, fresh as usize));
+        for d in &accepted.decisions {
+            if matches!(d.severity, Severity::Warning | Severity::Critical) {
+                l.alerts_raised += 1;
+                if let Some(t) = &d.task_id {
+                    l.alerted.insert(t.clone());
+                }
+            }
+        }
+        for (c, id) in ids {
+            l.ids[c].insert(id);
+        }
+    }
+    if fresh > 0 {
+        device
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((accepted.through, due, fresh as u32));
+        active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
+    }
+}
+
+/// Moves answered batches to "stored" as the aggregator acknowledges them.
+async fn watch_acks(
+    devices: Vec<Arc<Device>>,
+    active: Arc<Mutex<HashSet<usize>>>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        let last_round = stop.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let candidates: Vec<usize> = active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        let mut samples = Vec::new();
+        for d in candidates {
+            let device = &devices[d];
+            let acked = device.status.acked.load(Ordering::Relaxed);
+            let mut pending = device.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(&(through, due, n)) = pending.front() {
+                if through > acked {
+                    break;
+                }
+                pending.pop_front();
+                let micros = (now - due).as_micros().min(u32::MAX as u128) as u32;
+                samples.extend(std::iter::repeat_n(micros, n as usize));
+            }
+            if pending.is_empty() {
+                active.lock().unwrap_or_else(|e| e.into_inner()).remove(&d);
+            }
+        }
+        if !samples.is_empty() {
+            ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stored_micros
+                .extend(samples);
+        }
+        if last_round {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_faults(
+    options: &FleetOptions,
+    wall: f64,
+    aggregator: &mut Aggregator,
+    control: &ProxyControl,
+    partition_state: &mut u8,
+    kill_state: &mut u8,
+    faults: &mut Vec<String>,
+) {
+    if let Some((at, dur)) = options.partition {
+        if *partition_state == 0 && wall >= at {
+            control.partitioned.store(true, Ordering::Relaxed);
+            *partition_state = 1;
+            faults.push(format!(
+                "partitioned {} devices at {wall:.1} s",
+                options.faulty
+            ));
+        } else if *partition_state == 1 && wall >= at + dur {
+            control.partitioned.store(false, Ordering::Relaxed);
+            *partition_state = 2;
+            faults.push(format!("partition healed at {wall:.1} s"));
+        }
+    }
+    if let Some((at, down)) = options.kill_aggregator {
+        if *kill_state == 0 && wall >= at {
+            match aggregator.kill9() {
+                Ok(()) => faults.push(format!("aggregator killed with SIGKILL at {wall:.1} s")),
+                Err(e) => faults.push(format!("could not kill the aggregator: {e}")),
+            }
+            *kill_state = 1;
+        } else if *kill_state == 1 && wall >= at + down {
+            match aggregator.start() {
+                Ok(()) => faults.push(format!("aggregator restarted at {wall:.1} s")),
+                Err(e) => faults.push(format!("aggregator restart failed: {e}")),
+            }
+            *kill_state = 2;
+        }
+    }
+}
+
+/// Reads every courier's route back and compares it with what the devices acknowledged.
+/// Returns (lost, duplicated).
+fn audit(
+    aggregator: &Aggregator,
+    couriers: &[String],
+    ids: &[HashSet<u64>],
+    journaled: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let mut found = 0u64;
+    let mut duplicated = 0u64;
+    for (c, courier) in couriers.iter().enumerate() {
+        let path = format!("/api/v1/couriers/{courier}/route?limit=100000000");
+        let route = crate::http::get_json(aggregator.http(), &path)?;
+        let mut seen = HashSet::new();
+        for p in route["points"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let id = xxh3_64(p["event_id"].as_str().unwrap_or("").as_bytes());
+            if !seen.insert(id) || !ids[c].contains(&id) {
+                duplicated += 1;
+            } else {
+                found += 1;
+            }
+        }
+    }
+    Ok((journaled.saturating_sub(found), duplicated))
+}
+
+fn progress_bar(enabled: bool, scenario: &Scenario) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(((scenario.end_ms - scenario.start_ms) / 1000) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} simulated {pos}/{len} s [{bar:30}] {elapsed} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}

@@ -1,0 +1,324 @@
+//! `device-sim`: runs a courier fleet against an aggregator and reports what happened.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, FixedOffset};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use device_sim::aggregator::{self, Aggregator};
+use device_sim::fleet::{self, FleetOptions};
+use device_sim::proxy::Impairment;
+use device_sim::source::{self, Scenario};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A courier fleet on one machine: a synthetic city or a real-data replay, in-process devices \
+             scoring, journaling and syncing over QUIC to an aggregator, with faults and a report",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a fleet (the default).
+    Run(RunArgs),
+    /// Serves an aggregator in this process (what `--aggregator-process` starts).
+    #[command(hide = true)]
+    Aggregator {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        http: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Source {
+    /// Synthetic couriers and orders around `--center`.
+    City,
+    /// food-delivery/deliverytime.csv: real orders, simulated tracks.
+    Food,
+    /// cabspotting: 499 San Francisco cabs, one real day of pings and fares.
+    Cabs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "city")]
+    source: Source,
+    /// Couriers (replays: the first N in the data; 0 = all).
+    #[arg(long, default_value_t = 200)]
+    couriers: usize,
+    /// Simulated hours (replays: at most this much of the data).
+    #[arg(long, default_value_t = 2.0)]
+    hours: f64,
+    /// Simulated seconds per wall second.
+    #[arg(long, default_value_t = 120.0)]
+    speed: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// City center (synthetic city).
+    #[arg(long, default_value = "12.9716,77.5946", value_parser = parse_point)]
+    center: (f64, f64),
+    #[arg(long, default_value_t = 8.0)]
+    radius_km: f64,
+    /// Simulated start, RFC 3339 (synthetic city and food replay).
+    #[arg(long, default_value = "2026-11-23T10:00:00+05:30")]
+    start: DateTime<FixedOffset>,
+    /// Seconds between location pings (default: 10 in the city, 60 in the food replay).
+    #[arg(long)]
+    ping_s: Option<f64>,
+    /// Couriers per device: 1 is a handset each; a large number is one edge node for all.
+    #[arg(long, default_value_t = 1)]
+    couriers_per_device: usize,
+    /// Chance an event reaches its device twice (at-least-once delivery).
+    #[arg(long, default_value_t = 0.01)]
+    repeat_rate: f64,
+    /// Chance an event arrives after later ones.
+    #[arg(long, default_value_t = 0.01)]
+    late_rate: f64,
+    /// How many devices reach the aggregator through the fault proxy.
+    #[arg(long, default_value_t = 0)]
+    faulty: usize,
+    /// Proxy: chance a datagram is dropped.
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+    /// Proxy: extra delay per datagram, uniform in 0..=N ms (reorders too).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Clock skew of the faulty devices' handsets, seconds.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    skew_s: i64,
+    /// Partition the faulty devices: `AT:FOR`, wall seconds from the start.
+    #[arg(long, value_parser = parse_pair)]
+    partition: Option<(f64, f64)>,
+    /// SIGKILL the aggregator at `AT` and restart it `DOWN` later, wall seconds (runs it as a
+    /// child process).
+    #[arg(long, value_parser = parse_pair)]
+    kill_aggregator: Option<(f64, f64)>,
+    /// Run the aggregator as a child process (implied by --kill-aggregator).
+    #[arg(long)]
+    aggregator_process: bool,
+    /// Directory for journals, history and certificates (created; must not hold an earlier run).
+    #[arg(long, default_value = "sim-data")]
+    work: PathBuf,
+    /// Delete `--work` first if it exists.
+    #[arg(long)]
+    fresh: bool,
+    /// Where the real data lives.
+    #[arg(long, default_value = "../shared/data")]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    report: ReportFormat,
+    #[arg(long)]
+    no_progress: bool,
+    /// Skip reading every courier's route back (large fleets): lost/duplicated from counts.
+    #[arg(long)]
+    no_audit: bool,
+    /// Longest wait, after the last event, for the aggregator to acknowledge everything.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout_s: u64,
+    /// Keep serving the history API after the report, until Ctrl-C.
+    #[arg(long)]
+    serve_after: bool,
+}
+
+fn parse_point(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once(',').ok_or("expected LAT,LON")?;
+    Ok((
+        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+    ))
+}
+
+fn parse_pair(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once(':').ok_or("expected AT:DURATION (seconds)")?;
+    Ok((
+        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Aggregator {
+            data,
+            certs,
+            listen,
+            http,
+        }) => aggregator::serve_child(data, certs, listen, http),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
+    let hours_ms = (args.hours * 3.6e6) as i64;
+    let couriers = (args.couriers > 0).then_some(args.couriers);
+    Ok(match args.source {
+        Source::City => source::city::scenario(&source::city::CityConfig {
+            couriers: args.couriers,
+            center: args.center,
+            radius_km: args.radius_km,
+            seed: args.seed,
+            start_ms: args.start.timestamp_millis(),
+            offset: *args.start.offset(),
+            duration_ms: hours_ms,
+            ping_s: args.ping_s.unwrap_or(10.0),
+            noise: Default::default(),
+        }),
+        Source::Food => source::food::scenario(
+            &args.data_dir.join("food-delivery/deliverytime.csv"),
+            &source::food::FoodConfig {
+                seed: args.seed,
+                start_ms: args.start.timestamp_millis(),
+                offset: *args.start.offset(),
+                ping_s: args.ping_s.unwrap_or(60.0),
+                couriers,
+                max_duration_ms: Some(hours_ms),
+            },
+        )?,
+        Source::Cabs => source::cabs::scenario(
+            &args
+                .data_dir
+                .join("cabspotting/cabspotting_sf_2008-05-21_pdt.csv"),
+            FixedOffset::west_opt(7 * 3600).expect("valid offset"),
+            couriers,
+            Some(hours_ms),
+        )?,
+    })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.fresh && args.work.exists() {
+        std::fs::remove_dir_all(&args.work)
+            .with_context(|| format!("removing {}", args.work.display()))?;
+    }
+    if args.work.join("history").exists() {
+        anyhow::bail!(
+            "{} holds an earlier run: pass --fresh to start over, or another --work",
+            args.work.display()
+        );
+    }
+    std::fs::create_dir_all(&args.work)?;
+    let certs = args.work.join("certs");
+    let history = args.work.join("history");
+    fleet_net::pki::Pki::at(&certs)
+        .init(&[])
+        .context("creating the fleet PKI")?;
+    let scenario = scenario(&args)?;
+    let registry = fleet_host::defaults::embedded_registry()
+        .map_err(|e| anyhow::anyhow!("loading the embedded modules and model: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut aggregator = if args.aggregator_process || args.kill_aggregator.is_some() {
+        Aggregator::child(&history, &certs)?
+    } else {
+        Aggregator::in_process(&rt, &history, &certs)?
+    };
+    if args.report == ReportFormat::Text {
+        eprintln!(
+            "{}: {} couriers, aggregator on quic={} http={}",
+            scenario.name,
+            scenario.feeds.len(),
+            aggregator.quic(),
+            aggregator.http()
+        );
+    }
+    let options = FleetOptions {
+        couriers_per_device: args.couriers_per_device,
+        speed: args.speed,
+        tick: Duration::from_millis(50),
+        seed: args.seed,
+        repeat_rate: args.repeat_rate,
+        late_rate: args.late_rate,
+        faulty: args.faulty,
+        impairment: Impairment {
+            drop_rate: args.drop_rate,
+            delay_ms: args.delay_ms,
+        },
+        skew_s: args.skew_s,
+        partition: args.partition,
+        kill_aggregator: args.kill_aggregator,
+        drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        audit: !args.no_audit,
+        progress: !args.no_progress && args.report == ReportFormat::Text,
+        max_in_flight: 4096,
+    };
+    let report = fleet::run(
+        scenario,
+        &mut aggregator,
+        &rt,
+        &args.work,
+        &certs,
+        registry,
+        &options,
+    )?;
+    match args.report {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Text => {
+            print!("{}", report.text());
+            let http = aggregator.http();
+            println!(
+                "\nThe history is in {}. Ask it, while it is served:",
+                history.display()
+            );
+            println!("  curl -s http://{http}/api/v1/stats");
+            println!("  curl -s 'http://{http}/api/v1/alerts?severity=critical&limit=5'");
+            println!("  curl -s http://{http}/api/v1/tasks/T-C00000-1");
+            println!("  curl -s 'http://{http}/api/v1/couriers/C00000/route?limit=10'");
+            println!("  curl -s http://{http}/api/v1/devices");
+            if !args.serve_after {
+                println!(
+                    "(serve it again with: cargo run --release --bin aggregator -- --data {} --certs {}; or rerun with --serve-after)",
+                    history.display(),
+                    certs.display()
+                );
+            }
+        }
+    }
+    if args.serve_after {
+        eprintln!(
+            "serving the history on http://{} until Ctrl-C",
+            aggregator.http()
+        );
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    }
+    let lost = report.events.lost + report.events.duplicated;
+    drop(aggregator);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if lost > 0 {
+        anyhow::bail!("{lost} events lost or duplicated");
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! What a run came to: counts that must balance, latencies, alert quality against ground
+//! truth, and what each process cost. Printed as text or JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub couriers: usize,
+    pub devices: usize,
+    pub simulated_hours: f64,
+    pub wall_s: f64,
+    /// Simulated seconds per wall second actually achieved (asked: `speed_asked`).
+    pub speed: f64,
+    pub speed_asked: f64,
+    pub events: Events,
+    pub latency_ms: Latencies,
+    pub alerts: Alerts,
+    pub sync: Sync,
+    pub processes: Vec<ProcessUsage>,
+    pub aggregator_http: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Events {
+    /// Distinct events the couriers produced.
+    pub generated: u64,
+    /// Deliveries into the devices, repeats included.
+    pub sent: u64,
+    /// Extra copies sent (at-least-once delivery from the handset app).
+    pub repeats_sent: u64,
+    /// Refused by the device as invalid (real-data quirks), with the first reasons.
+    pub rejected: u64,
+    pub rejected_examples: Vec<String>,
+    /// Acknowledged by a device as new (durable in its journal, or thinned by policy).
+    pub acknowledged: u64,
+    /// Repeats the devices recognised and absorbed.
+    pub repeats_absorbed: u64,
+    pub thinned: u64,
+    pub journaled: u64,
+    /// Acknowledged by the aggregator (durable in history).
+    pub synced: u64,
+    /// Events in the aggregator's history.
+    pub stored: u64,
+    /// Journaled events missing from history (must be 0).
+    pub lost: u64,
+    /// Events found more than once in history, or not generated at all (must be 0).
+    pub duplicated: u64,
+    /// Whether `lost` and `duplicated` come from reading every courier's route back.
+    pub audited: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latencies {
+    /// Event due -> scored and durable on the device (the producer's answer).
+    pub event_to_decision: Percentiles,
+    /// Event due -> acknowledged by the aggregator (durable in history).
+    pub event_to_stored: Percentiles,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From latencies in microseconds.
+    pub fn of(mut micros: Vec<u32>) -> Self {
+        if micros.is_empty() {
+            return Self::default();
+        }
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+        Self {
+            samples: micros.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Alerts {
+    /// Decisions at warning or critical.
+    pub raised: u64,
+    pub tasks: u64,
+    pub tasks_late: u64,
+    pub tasks_alerted: u64,
+    /// Of the tasks alerted, the share that ended late.
+    pub precision: f64,
+    /// Of the late tasks, the share alerted.
+    pub recall: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Sync {
+    pub connects: u64,
+    pub failures: u64,
+    pub faults: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ProcessUsage {
+    pub name: String,
+    pub pid: u32,
+    pub cpu_s: f64,
+    /// CPU time over wall time, in cores (2 cores = 2.0).
+    pub cpu_cores: f64,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl ProcessUsage {
+    /// From `/proc/PID` (Linux); `None` elsewhere or when the process is gone.
+    pub fn read(name: &str, pid: u32, wall_s: f64) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        let cpu_s = ticks / 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Some(Self {
+            name: name.into(),
+            pid,
+            cpu_s,
+            cpu_cores: if wall_s > 0.0 { cpu_s / wall_s } else { 0.0 },
+            rss_mib: kib("VmRSS:") / 1024.0,
+            peak_rss_mib: kib("VmHWM:") / 1024.0,
+        })
+    }
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let e = &self.events;
+        let mut s = String::new();
+        let _ = writeln!(s, "{}", self.scenario);
+        let _ = writeln!(
+            s,
+            "  {} couriers on {} devices; {:.1} simulated hours in {:.1} s ({:.0}x real time, asked {:.0}x)",
+            self.couriers,
+            self.devices,
+            self.simulated_hours,
+            self.wall_s,
+            self.speed,
+            self.speed_asked
+        );
+        let _ = writeln!(s, "events");
+        let _ = writeln!(
+            s,
+            "  generated {}  sent {} ({} repeats)  rejected as invalid {}",
+            e.generated, e.sent, e.repeats_sent, e.rejected
+        );
+        for r in &e.rejected_examples {
+            let _ = writeln!(s, "    e.g. {r}");
+        }
+        let _ = writeln!(
+            s,
+            "  acknowledged {}  repeats absorbed {}  thinned {}  journaled {}",
+            e.acknowledged, e.repeats_absorbed, e.thinned, e.journaled
+        );
+        let _ = writeln!(
+            s,
+            "  synced {}  stored {}  lost {}  duplicated {}{}",
+            e.synced,
+            e.stored,
+            e.lost,
+            e.duplicated,
+            if e.audited {
+                "  (every route read back)"
+            } else {
+                "  (from counts)"
+            }
+        );
+        let l = &self.latency_ms;
+        for (name, p) in [
+            (
+                "event -> decision (durable on device)",
+                &l.event_to_decision,
+            ),
+            (
+                "event -> stored (acknowledged by aggregator)",
+                &l.event_to_stored,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "latency {name}: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                p.p50, p.p90, p.p99, p.max
+            );
+        }
+        let a = &self.alerts;
+        let _ = writeln!(
+            s,
+            "alerts: {} raised on {} of {} tasks; {} tasks late; precision {:.2}, recall {:.2}",
+            a.raised, a.tasks_alerted, a.tasks, a.tasks_late, a.precision, a.recall
+        );
+        let _ = writeln!(
+            s,
+            "sync: {} connections, {} ended in error",
+            self.sync.connects, self.sync.failures
+        );
+        for f in &self.sync.faults {
+            let _ = writeln!(s, "  fault: {f}");
+        }
+        for p in &self.processes {
+            let _ = writeln!(
+                s,
+                "process {} (pid {}): cpu {:.1} s ({:.2} cores), rss {:.0} MiB, peak {:.0} MiB",
+                p.name, p.pid, p.cpu_s, p.cpu_cores, p.rss_mib, p.peak_rss_mib
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let p = Percentiles::of((1..=100).map(|i| i * 1000).collect());
+        assert_eq!((p.p50, p.p99, p.max), (51.0, 99.0, 100.0));
+    }
+}
