@@ -72,7 +72,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 2.0)]
     hours: f64,
     /// Simulated seconds per wall second.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = 100.0)]
     speed: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
