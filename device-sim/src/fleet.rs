@@ -194,9 +194,13 @@ pub fn run(
     let mut generated = 0u64;
     let mut sent = 0u64;
     let mut repeats = 0u64;
-    let mut faults: Vec<String> = Vec::new();
-    let mut partition_state = 0u8;
-    let mut kill_state = 0u8;
+    let mut faults = Faults {
+        options,
+        control: &control,
+        partition: Phase::Before,
+        kill: Phase::Before,
+        log: Vec::new(),
+    };
     let in_flight = Arc::new(Semaphore::new(options.max_in_flight));
     let mut sim_now = scenario.start_ms;
     let mut behind_since: Option<Instant> = None;
@@ -206,15 +210,7 @@ pub fn run(
         loop {
             ticker.tick().await;
             let wall = started.elapsed().as_secs_f64();
-            apply_faults(
-                options,
-                wall,
-                aggregator,
-                &control,
-                &mut partition_state,
-                &mut kill_state,
-                &mut faults,
-            );
+            faults.apply(wall, aggregator);
             let target = scenario.start_ms + (wall * options.speed * 1000.0) as i64;
             // Never release more than a few ticks at once: a slow machine falls behind real
             // time (reported) instead of flooding the devices.
@@ -289,18 +285,9 @@ pub fn run(
         p.set_message("waiting for the aggregator to acknowledge everything");
     }
     // Faults scheduled after the last event still happen (and are healed) before draining.
-    while kill_state == 1 || partition_state == 1 {
+    while faults.active() {
         std::thread::sleep(Duration::from_millis(20));
-        let wall = started.elapsed().as_secs_f64();
-        apply_faults(
-            options,
-            wall,
-            aggregator,
-            &control,
-            &mut partition_state,
-            &mut kill_state,
-            &mut faults,
-        );
+        faults.apply(started.elapsed().as_secs_f64(), aggregator);
     }
     let drain_deadline = Instant::now() + options.drain_timeout;
     let all_synced = || {
@@ -332,7 +319,7 @@ pub fn run(
         ..Report::default()
     };
     if let Some(t) = behind_since {
-        faults.push(format!(
+        faults.log.push(format!(
             "fell behind real time from {:.1} s (the machine could not keep up)",
             (t - started).as_secs_f64()
         ));
@@ -350,7 +337,7 @@ pub fn run(
     e.journaled = ledger.acknowledged - ledger.thinned;
     e.synced = ledger.stored_micros.len() as u64;
     if ledger.failed_submits > 0 {
-        faults.push(format!(
+        faults.log.push(format!(
             "{} batches refused by a device writer",
             ledger.failed_submits
         ));
@@ -396,13 +383,13 @@ pub fn run(
         .map(|d| d.status.failures.load(Ordering::Relaxed))
         .sum();
     if options.faulty > 0 {
-        faults.push(format!(
+        faults.log.push(format!(
             "fault proxy: {} datagrams forwarded, {} dropped",
             control.forwarded.load(Ordering::Relaxed),
             control.dropped.load(Ordering::Relaxed)
         ));
     }
-    report.sync.faults = faults;
+    report.sync.faults = faults.log;
 
     let stats = crate::http::get_json(aggregator.http(), "/api/v1/stats")?;
     report.events.stored = stats["events"].as_u64().unwrap_or(0);
@@ -576,43 +563,59 @@ async fn watch_acks(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_faults(
-    options: &FleetOptions,
-    wall: f64,
-    aggregator: &mut Aggregator,
-    control: &ProxyControl,
-    partition_state: &mut u8,
-    kill_state: &mut u8,
-    faults: &mut Vec<String>,
-) {
-    if let Some((at, dur)) = options.partition {
-        if *partition_state == 0 && wall >= at {
-            control.partitioned.store(true, Ordering::Relaxed);
-            *partition_state = 1;
-            faults.push(format!(
-                "partitioned {} devices at {wall:.1} s",
-                options.faulty
-            ));
-        } else if *partition_state == 1 && wall >= at + dur {
-            control.partitioned.store(false, Ordering::Relaxed);
-            *partition_state = 2;
-            faults.push(format!("partition healed at {wall:.1} s"));
-        }
+/// Where a timed fault (partition, aggregator kill) stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Before,
+    Active,
+    Over,
+}
+
+/// The scheduled faults of a run and what they did.
+struct Faults<'a> {
+    options: &'a FleetOptions,
+    control: &'a ProxyControl,
+    partition: Phase,
+    kill: Phase,
+    log: Vec<String>,
+}
+
+impl Faults<'_> {
+    /// Whether a fault has begun and is not over yet.
+    fn active(&self) -> bool {
+        self.partition == Phase::Active || self.kill == Phase::Active
     }
-    if let Some((at, down)) = options.kill_aggregator {
-        if *kill_state == 0 && wall >= at {
-            match aggregator.kill9() {
-                Ok(()) => faults.push(format!("aggregator killed with SIGKILL at {wall:.1} s")),
-                Err(e) => faults.push(format!("could not kill the aggregator: {e}")),
+
+    /// Starts and ends what is due at `wall` seconds from the start.
+    fn apply(&mut self, wall: f64, aggregator: &mut Aggregator) {
+        if let Some((at, dur)) = self.options.partition {
+            if self.partition == Phase::Before && wall >= at {
+                self.control.partitioned.store(true, Ordering::Relaxed);
+                self.partition = Phase::Active;
+                self.log.push(format!(
+                    "partitioned {} devices at {wall:.1} s",
+                    self.options.faulty
+                ));
+            } else if self.partition == Phase::Active && wall >= at + dur {
+                self.control.partitioned.store(false, Ordering::Relaxed);
+                self.partition = Phase::Over;
+                self.log.push(format!("partition healed at {wall:.1} s"));
             }
-            *kill_state = 1;
-        } else if *kill_state == 1 && wall >= at + down {
-            match aggregator.start() {
-                Ok(()) => faults.push(format!("aggregator restarted at {wall:.1} s")),
-                Err(e) => faults.push(format!("aggregator restart failed: {e}")),
+        }
+        if let Some((at, down)) = self.options.kill_aggregator {
+            if self.kill == Phase::Before && wall >= at {
+                self.log.push(match aggregator.kill9() {
+                    Ok(()) => format!("aggregator killed with SIGKILL at {wall:.1} s"),
+                    Err(e) => format!("could not kill the aggregator: {e}"),
+                });
+                self.kill = Phase::Active;
+            } else if self.kill == Phase::Active && wall >= at + down {
+                self.log.push(match aggregator.start() {
+                    Ok(()) => format!("aggregator restarted at {wall:.1} s"),
+                    Err(e) => format!("aggregator restart failed: {e}"),
+                });
+                self.kill = Phase::Over;
             }
-            *kill_state = 2;
         }
     }
 }

@@ -362,16 +362,13 @@ impl Journal {
 
     /// The group-commit point: everything appended so far is on disk when this returns.
     pub fn flush(&self) -> Result<(), JournalError> {
-        // Entries appended while the flush runs may or may not be in it: claim only those
-        // appended before.
-        let through = self.inner().stats.last_seq;
-        self.store.flush().map_err(self.io())?;
-        self.made_durable(through);
-        Ok(())
+        Self::flush_all(&[self])
     }
 
     /// [`Journal::flush`] for many journals: one flush per store they live in.
     pub fn flush_all(journals: &[&Self]) -> Result<(), JournalError> {
+        // Entries appended while the flush runs may or may not be in it: claim only those
+        // appended before.
         let through: Vec<Seq> = journals.iter().map(|j| j.inner().stats.last_seq).collect();
         let mut flushed: Vec<&Arc<JournalStore>> = Vec::new();
         for j in journals {

@@ -11,11 +11,11 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use chrono::FixedOffset;
-use fleet_host::event::{EventType, Geo};
+use fleet_host::event::EventType;
 
 use super::city::PROMISE_MIN;
 use super::track::Emitter;
-use super::{Prepared, Scenario, TaskTruth, at, prepared_scenario};
+use super::{Prepared, Scenario, TaskTruth, prepared_scenario};
 
 struct Row {
     ms: i64,
@@ -92,17 +92,8 @@ fn cab(id: &str, rows: &[Row], offset: FixedOffset) -> Prepared {
             if let Some(end) = rows[i..].iter().find(|x| !x.occupied) {
                 trips += 1;
                 let t = format!("{id}-trip{trips}");
-                let mut assigned = emit.event(EventType::TaskAssigned, Some(&t), r.ms, r.pos);
-                assigned.pickup = Some(Geo {
-                    lat: r.pos.0,
-                    lon: r.pos.1,
-                });
-                assigned.dropoff = Some(Geo {
-                    lat: end.pos.0,
-                    lon: end.pos.1,
-                });
-                assigned.promised_at = Some(at(r.ms + PROMISE_MIN * 60_000, offset));
-                assigned.stops_remaining = Some(0);
+                let promised = r.ms + PROMISE_MIN * 60_000;
+                let mut assigned = emit.assigned(&t, r.ms, r.pos, r.pos, end.pos, promised);
                 assigned.order_type = Some("meal".into());
                 assigned.vehicle_type = Some("motorcycle".into());
                 truth.insert(

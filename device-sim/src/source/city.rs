@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use chrono::{FixedOffset, Timelike};
-use fleet_host::event::{Event, EventType, Geo};
+use fleet_host::event::{Event, EventType};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -117,17 +117,7 @@ impl CityCourier {
         let promised = t0 + PROMISE_MIN * 60_000;
         let mut assigned = self
             .emit
-            .event(EventType::TaskAssigned, Some(&task), t0, self.pos);
-        assigned.pickup = Some(Geo {
-            lat: pickup.0,
-            lon: pickup.1,
-        });
-        assigned.dropoff = Some(Geo {
-            lat: dropoff.0,
-            lon: dropoff.1,
-        });
-        assigned.promised_at = Some(at(promised, self.config.offset));
-        assigned.stops_remaining = Some(0);
+            .assigned(&task, t0, self.pos, pickup, dropoff, promised);
         assigned.order_type =
             Some(["snack", "meal", "drinks", "buffet"][self.rng.random_range(0..4)].to_string());
         assigned.vehicle_type = Some(self.vehicle.to_string());

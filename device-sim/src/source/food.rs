@@ -10,13 +10,13 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use chrono::FixedOffset;
-use fleet_host::event::{EventType, Geo};
+use fleet_host::event::EventType;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::city::PROMISE_MIN;
 use super::track::{Emitter, GpsNoise, along, offset_km};
-use super::{Prepared, Scenario, TaskTruth, at, prepared_scenario};
+use super::{Prepared, Scenario, TaskTruth, prepared_scenario};
 
 struct Order {
     courier: String,
@@ -127,17 +127,8 @@ fn courier(config: &FoodConfig, index: usize, id: &str, orders: Vec<Order>) -> P
         let at_dropoff = t + taken - 60_000;
         let delivered = t + taken;
 
-        let mut assigned = emit.event(EventType::TaskAssigned, Some(&task), t, start);
-        assigned.pickup = Some(Geo {
-            lat: o.restaurant.0,
-            lon: o.restaurant.1,
-        });
-        assigned.dropoff = Some(Geo {
-            lat: o.customer.0,
-            lon: o.customer.1,
-        });
-        assigned.promised_at = Some(at(t + PROMISE_MIN * 60_000, config.offset));
-        assigned.stops_remaining = Some(0);
+        let promised = t + PROMISE_MIN * 60_000;
+        let mut assigned = emit.assigned(&task, t, start, o.restaurant, o.customer, promised);
         assigned.order_type = Some(o.order_type.clone());
         assigned.vehicle_type = Some(o.vehicle.clone());
         assigned.courier_rating = o.rating;

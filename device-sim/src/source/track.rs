@@ -1,7 +1,7 @@
 //! Movement along straight legs with the noise real handsets add: GPS scatter, jumps, gaps.
 
 use chrono::FixedOffset;
-use fleet_host::event::{Event, EventType};
+use fleet_host::event::{Event, EventType, Geo};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
@@ -88,6 +88,31 @@ impl Emitter {
             courier_rating: None,
             courier_age: None,
         }
+    }
+
+    /// A `task_assigned` at `pos`: a single-stop task from `pickup` to `dropoff`, promised
+    /// by `promised_ms`. Order context is left to the caller.
+    pub(crate) fn assigned(
+        &mut self,
+        task: &str,
+        time_ms: i64,
+        pos: (f64, f64),
+        pickup: (f64, f64),
+        dropoff: (f64, f64),
+        promised_ms: i64,
+    ) -> Event {
+        let mut e = self.event(EventType::TaskAssigned, Some(task), time_ms, pos);
+        e.pickup = Some(Geo {
+            lat: pickup.0,
+            lon: pickup.1,
+        });
+        e.dropoff = Some(Geo {
+            lat: dropoff.0,
+            lon: dropoff.1,
+        });
+        e.promised_at = Some(at(promised_ms, self.offset));
+        e.stops_remaining = Some(0);
+        e
     }
 
     /// A location fix at the true position `pos`, with scatter, maybe a jump; `None` inside
