@@ -50,6 +50,7 @@ pub struct FleetOptions {
     pub partition: Option<(f64, f64)>,
     /// Wall seconds from the start: SIGKILL the aggregator at `.0`, restart it `.1` later.
     pub kill_aggregator: Option<(f64, f64)>,
+    pub burst: Option<Burst>,
     /// Longest wait for the aggregator to acknowledge everything after the last event.
     pub drain_timeout: Duration,
     /// Read every courier's route back from the aggregator and compare event by event.
@@ -57,6 +58,10 @@ pub struct FleetOptions {
     pub progress: bool,
     pub max_in_flight: usize,
 }
+
+/// Devices handshaking with the aggregator at once (a fleet of thousands connecting at
+/// start, or again after an aggregator restart).
+const HANDSHAKES_IN_FLIGHT: usize = 64;
 
 struct Device {
     name: String,
@@ -66,6 +71,9 @@ struct Device {
     stop: Arc<Notify>,
     /// Batches answered and not yet acknowledged by the aggregator: (through, due, events).
     pending: Mutex<VecDeque<(Seq, Instant, u32)>>,
+    /// `through` of the oldest pending batch (`Seq::MAX`: none), so the watcher checks
+    /// thousands of devices with two atomic loads each.
+    oldest_pending: std::sync::atomic::AtomicU64,
     faulty: bool,
 }
 
@@ -132,6 +140,7 @@ pub fn run(
         None
     };
     let ca = pki.ca_cert();
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT));
     let mut devices = Vec::with_capacity(device_count);
     for (d, name) in names.iter().enumerate() {
         let (journal, _) = store.journal(name, JournalConfig::new(work))?;
@@ -157,6 +166,7 @@ pub fn run(
                 backoff_max: Duration::from_secs(2),
                 sender: SenderConfig::default(),
                 endpoint: Some(endpoint),
+                handshakes: Some(handshakes.clone()),
             },
             status.clone(),
             stop.clone(),
@@ -168,6 +178,7 @@ pub fn run(
             status,
             stop,
             pending: Mutex::new(VecDeque::new()),
+            oldest_pending: std::sync::atomic::AtomicU64::new(Seq::MAX),
             faulty,
         }));
     }
@@ -176,11 +187,9 @@ pub fn run(
         ids: vec![HashSet::new(); couriers],
         ..Ledger::default()
     }));
-    let active: Arc<Mutex<HashSet<usize>>> = Default::default();
     let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let monitor = rt.spawn(watch_acks(
         devices.clone(),
-        active.clone(),
         ledger.clone(),
         monitor_stop.clone(),
     ));
@@ -203,6 +212,10 @@ pub fn run(
     };
     let in_flight = Arc::new(Semaphore::new(options.max_in_flight));
     let mut sim_now = scenario.start_ms;
+    // The simulated time due, advanced tick by tick (faster during a burst).
+    let mut sim_due = scenario.start_ms as f64;
+    let mut last_wall = 0.0;
+    let mut burst = options.burst.map(BurstWatch::new);
     let mut behind_since: Option<Instant> = None;
     rt.block_on(async {
         let mut ticker = tokio::time::interval(options.tick);
@@ -211,10 +224,16 @@ pub fn run(
             ticker.tick().await;
             let wall = started.elapsed().as_secs_f64();
             faults.apply(wall, aggregator);
-            let target = scenario.start_ms + (wall * options.speed * 1000.0) as i64;
+            let factor = options.burst.map_or(1.0, |b| b.factor_at(wall));
+            sim_due += (wall - last_wall) * options.speed * factor * 1000.0;
+            last_wall = wall;
+            let target = sim_due as i64;
+            if let Some(b) = &mut burst {
+                b.observe(wall, generated, &ledger);
+            }
             // Never release more than a few ticks at once: a slow machine falls behind real
             // time (reported) instead of flooding the devices.
-            let step = (options.tick.as_secs_f64() * options.speed * 4000.0) as i64;
+            let step = (options.tick.as_secs_f64() * options.speed * factor * 4000.0) as i64;
             sim_now = target.min(sim_now + step).min(scenario.end_ms);
             if target > sim_now + step {
                 behind_since.get_or_insert_with(Instant::now);
@@ -257,9 +276,8 @@ pub fn run(
                     .expect("never closed");
                 let device = devices[d].clone();
                 let ledger = ledger.clone();
-                let active = active.clone();
                 tokio::spawn(async move {
-                    submit(&device, d, batch, due, &ledger, &active).await;
+                    submit(&device, batch, due, &ledger).await;
                     drop(permit);
                 });
             }
@@ -297,9 +315,15 @@ pub fn run(
     };
     while !all_synced() && Instant::now() < drain_deadline {
         std::thread::sleep(Duration::from_millis(20));
+        if let Some(b) = &mut burst {
+            b.observe(started.elapsed().as_secs_f64(), generated, &ledger);
+        }
     }
     // Let the watcher take the last acknowledgements.
     std::thread::sleep(Duration::from_millis(50));
+    if let Some(b) = &mut burst {
+        b.observe(started.elapsed().as_secs_f64(), generated, &ledger);
+    }
     monitor_stop.store(true, Ordering::Relaxed);
     let _ = rt.block_on(monitor);
     if let Some(p) = progress {
@@ -390,6 +414,7 @@ pub fn run(
         ));
     }
     report.sync.faults = faults.log;
+    report.burst = burst.map(|b| b.report);
 
     let stats = crate::http::get_json(aggregator.http(), "/api/v1/stats")?;
     report.events.stored = stats["events"].as_u64().unwrap_or(0);
@@ -428,11 +453,9 @@ pub fn run(
 
 async fn submit(
     device: &Device,
-    index: usize,
     batch: Vec<(usize, Event, bool)>,
     due: Instant,
     ledger: &Mutex<Ledger>,
-    active: &Mutex<HashSet<usize>>,
 ) {
     let mut valid = Vec::with_capacity(batch.len());
     let mut couriers = Vec::with_capacity(batch.len());
@@ -504,38 +527,28 @@ async fn submit(
         }
     }
     if fresh > 0 {
-        device
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((accepted.through, due, fresh as u32));
-        active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(index);
+        let mut pending = device.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push_back((accepted.through, due, fresh as u32));
+        let oldest = pending.front().map_or(Seq::MAX, |p| p.0);
+        device.oldest_pending.store(oldest, Ordering::Relaxed);
     }
 }
 
 /// Moves answered batches to "stored" as the aggregator acknowledges them.
 async fn watch_acks(
     devices: Vec<Arc<Device>>,
-    active: Arc<Mutex<HashSet<usize>>>,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
         let last_round = stop.load(Ordering::Relaxed);
         let now = Instant::now();
-        let candidates: Vec<usize> = active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
         let mut samples = Vec::new();
-        for d in candidates {
-            let device = &devices[d];
+        for device in &devices {
             let acked = device.status.acked.load(Ordering::Relaxed);
+            if acked < device.oldest_pending.load(Ordering::Relaxed) {
+                continue;
+            }
             let mut pending = device.pending.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(&(through, due, n)) = pending.front() {
                 if through > acked {
@@ -545,9 +558,8 @@ async fn watch_acks(
                 let micros = (now - due).as_micros().min(u32::MAX as u128) as u32;
                 samples.extend(std::iter::repeat_n(micros, n as usize));
             }
-            if pending.is_empty() {
-                active.lock().unwrap_or_else(|e| e.into_inner()).remove(&d);
-            }
+            let oldest = pending.front().map_or(Seq::MAX, |p| p.0);
+            device.oldest_pending.store(oldest, Ordering::Relaxed);
         }
         if !samples.is_empty() {
             ledger
@@ -560,6 +572,73 @@ async fn watch_acks(
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A load burst: from `at_s` for `for_s` wall seconds the simulated clock runs `factor`
+/// times faster.
+#[derive(Clone, Copy, Debug)]
+pub struct Burst {
+    pub at_s: f64,
+    pub for_s: f64,
+    pub factor: f64,
+}
+
+impl Burst {
+    fn factor_at(&self, wall: f64) -> f64 {
+        if wall >= self.at_s && wall < self.at_s + self.for_s {
+            self.factor
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Follows a burst: how many events it released and when they were all absorbed.
+struct BurstWatch {
+    burst: Burst,
+    /// Events generated before the burst began and by its end.
+    before: Option<u64>,
+    after: Option<u64>,
+    report: crate::report::BurstReport,
+}
+
+impl BurstWatch {
+    fn new(burst: Burst) -> Self {
+        Self {
+            burst,
+            before: None,
+            after: None,
+            report: Default::default(),
+        }
+    }
+
+    /// `generated`: events released so far, before this tick's.
+    fn observe(&mut self, wall: f64, generated: u64, ledger: &Mutex<Ledger>) {
+        let Burst { at_s, for_s, .. } = self.burst;
+        if wall < at_s {
+            return;
+        }
+        let before = *self.before.get_or_insert(generated);
+        if wall < at_s + for_s {
+            return;
+        }
+        let after = *self.after.get_or_insert_with(|| {
+            self.report.events = generated - before;
+            self.report.window_s = wall - at_s;
+            self.report.offered_per_s = (generated - before) as f64 / (wall - at_s);
+            generated
+        });
+        let l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        // Invalid events are refused, thinned ones never sent: both are accounted for.
+        let settled = l.rejected + l.acknowledged;
+        let stored = l.rejected + l.thinned + l.stored_micros.len() as u64;
+        if self.report.devices_absorbed_s.is_none() && settled >= after {
+            self.report.devices_absorbed_s = Some(wall - at_s);
+        }
+        if self.report.stored_s.is_none() && stored >= after {
+            self.report.stored_s = Some(wall - at_s);
+        }
     }
 }
 

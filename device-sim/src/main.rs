@@ -53,6 +53,9 @@ enum Source {
     Food,
     /// cabspotting: 499 San Francisco cabs, one real day of pings and fares.
     Cabs,
+    /// amazon-lmrrc: 13 real Amazon routes, real stop order and delivery windows, simulated
+    /// driving.
+    Amazon,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -84,9 +87,13 @@ struct RunArgs {
     /// Simulated start, RFC 3339 (synthetic city and food replay).
     #[arg(long, default_value = "2026-11-23T10:00:00+05:30")]
     start: DateTime<FixedOffset>,
-    /// Seconds between location pings (default: 10 in the city, 60 in the food replay).
+    /// Seconds between location pings (default: 10 in the city, 60 in the food and Amazon replays).
     #[arg(long)]
     ping_s: Option<f64>,
+    /// Synthetic city: couriers take their first order within this many seconds of the
+    /// start; 0 puts the whole fleet on the road at once (steady load from the first second).
+    #[arg(long, default_value_t = 600.0)]
+    shift_start_s: f64,
     /// Couriers per device: 1 is a handset each; a large number is one edge node for all.
     #[arg(long, default_value_t = 1)]
     couriers_per_device: usize,
@@ -115,6 +122,11 @@ struct RunArgs {
     /// child process).
     #[arg(long, value_parser = parse_pair)]
     kill_aggregator: Option<(f64, f64)>,
+    /// A load burst: `AT:FOR:FACTOR`, from `AT` for `FOR` wall seconds the simulated clock
+    /// runs FACTOR times faster, so every courier's events come FACTOR times as fast. The
+    /// report says how fast the fleet absorbed it.
+    #[arg(long, value_parser = parse_burst)]
+    burst: Option<fleet::Burst>,
     /// Run the aggregator as a child process (implied by --kill-aggregator).
     #[arg(long)]
     aggregator_process: bool,
@@ -158,6 +170,24 @@ fn parse_pair(s: &str) -> Result<(f64, f64), String> {
     ))
 }
 
+fn parse_burst(s: &str) -> Result<fleet::Burst, String> {
+    let mut parts = s.split(':').map(|p| {
+        p.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("{p}: {e} (expected AT:FOR:FACTOR, seconds)"))
+    });
+    let mut next = || parts.next().ok_or("expected AT:FOR:FACTOR (seconds)")?;
+    let burst = fleet::Burst {
+        at_s: next()?,
+        for_s: next()?,
+        factor: next()?,
+    };
+    if burst.for_s <= 0.0 || burst.factor < 1.0 {
+        return Err("a burst lasts more than 0 s and has a factor of at least 1".into());
+    }
+    Ok(burst)
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -191,6 +221,7 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
             offset: *args.start.offset(),
             duration_ms: hours_ms,
             ping_s: args.ping_s.unwrap_or(10.0),
+            shift_start_s: args.shift_start_s,
             noise: Default::default(),
         }),
         Source::Food => source::food::scenario(
@@ -211,6 +242,15 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
             FixedOffset::west_opt(7 * 3600).expect("valid offset"),
             couriers,
             Some(hours_ms),
+        )?,
+        Source::Amazon => source::amazon::scenario(
+            &args.data_dir.join("amazon-lmrrc"),
+            &source::amazon::AmazonConfig {
+                seed: args.seed,
+                ping_s: args.ping_s.unwrap_or(60.0),
+                couriers,
+                max_duration_ms: Some(hours_ms),
+            },
         )?,
     })
 }
@@ -268,6 +308,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         skew_s: args.skew_s,
         partition: args.partition,
         kill_aggregator: args.kill_aggregator,
+        burst: args.burst,
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         audit: !args.no_audit,
         progress: !args.no_progress && args.report == ReportFormat::Text,

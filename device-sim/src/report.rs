@@ -19,6 +19,7 @@ pub struct Report {
     pub latency_ms: Latencies,
     pub alerts: Alerts,
     pub sync: Sync,
+    pub burst: Option<BurstReport>,
     pub processes: Vec<ProcessUsage>,
     pub aggregator_http: String,
 }
@@ -50,6 +51,21 @@ pub struct Events {
     pub duplicated: u64,
     /// Whether `lost` and `duplicated` come from reading every courier's route back.
     pub audited: bool,
+}
+
+/// How a load burst (`--burst`) was absorbed.
+#[derive(Debug, Default, Serialize)]
+pub struct BurstReport {
+    /// Events released during the burst window and its wall length.
+    pub events: u64,
+    pub window_s: f64,
+    /// `events / window_s`: what the couriers offered.
+    pub offered_per_s: f64,
+    /// From the start of the burst until the devices had acknowledged (journaled, durable)
+    /// everything released up to its end; `None` if never within the run.
+    pub devices_absorbed_s: Option<f64>,
+    /// Same, until the aggregator had stored it all.
+    pub stored_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -218,6 +234,18 @@ impl Report {
             "sync: {} connections, {} ended in error",
             self.sync.connects, self.sync.failures
         );
+        if let Some(b) = &self.burst {
+            let secs = |t: Option<f64>| t.map_or("never".to_string(), |t| format!("{t:.1} s"));
+            let _ = writeln!(
+                s,
+                "burst: {} events offered in {:.1} s ({:.0} events/s); devices absorbed them in {}, the aggregator stored them in {}",
+                b.events,
+                b.window_s,
+                b.offered_per_s,
+                secs(b.devices_absorbed_s),
+                secs(b.stored_s)
+            );
+        }
         for f in &self.sync.faults {
             let _ = writeln!(s, "  fault: {f}");
         }

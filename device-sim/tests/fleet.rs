@@ -115,8 +115,8 @@ fn a_partition_and_a_killed_aggregator_lose_and_duplicate_nothing() {
 }
 
 #[test]
-fn the_food_and_cab_replays_run_through_the_runtime() {
-    for source in ["food", "cabs"] {
+fn the_food_cab_and_amazon_replays_run_through_the_runtime() {
+    for source in ["food", "cabs", "amazon"] {
         let dir = tempfile::tempdir().unwrap();
         let report = run(
             &dir.path().join("w"),
@@ -147,4 +147,36 @@ fn the_food_and_cab_replays_run_through_the_runtime() {
         assert_eq!(n("journaled"), n("stored"), "{source}: {e}");
         assert_eq!((n("lost"), n("duplicated")), (0, 0), "{source}: {e}");
     }
+}
+
+#[test]
+fn a_burst_into_edge_nodes_is_absorbed_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &dir.path().join("w"),
+        &[
+            "--couriers",
+            "200",
+            "--couriers-per-device",
+            "50",
+            "--ping-s",
+            "5",
+            "--shift-start-s",
+            "0",
+            "--speed",
+            "20",
+            "--hours",
+            "0.15",
+            "--burst",
+            "1:1:20",
+        ],
+    );
+    assert_balanced(&report);
+    assert_eq!(report["devices"], 4);
+    let b = &report["burst"];
+    assert!(b["events"].as_u64().unwrap() > 1000, "{b}");
+    assert!(b["offered_per_s"].as_f64().unwrap() > 1000.0, "{b}");
+    let absorbed = b["devices_absorbed_s"].as_f64().expect("absorbed");
+    let stored = b["stored_s"].as_f64().expect("stored");
+    assert!(absorbed <= stored, "{b}");
 }

@@ -88,6 +88,7 @@ fn main() {
             backoff_max: Duration::from_secs(1),
             sender: SenderConfig::default(),
             endpoint: None,
+            handshakes: None,
         },
         status.clone(),
         Arc::new(Notify::new()),

@@ -166,7 +166,15 @@ struct Inner {
     dedup_head: u64,
     dedup_tail: u64,
     thinner: Thinner,
+    /// The acknowledgement written to the tree: entries through it are deleted. Lags
+    /// `stats.acked` by up to [`ACK_WRITE_EVERY`] entries.
+    acked_written: Seq,
 }
+
+/// Acknowledged entries are deleted (and the cursor written) in runs of this many: one ack
+/// per batch would dirty the journal's head and its counters for every event. A crash
+/// forgets at most this many acknowledgements, and the aggregator absorbs the resent entries.
+const ACK_WRITE_EVERY: Seq = 256;
 
 const META_LAST: &str = "last_seq";
 const META_ACKED: &str = "acked";
@@ -234,6 +242,7 @@ impl Journal {
             config,
             inner: Mutex::new(Inner {
                 durable_seq: stats.last_seq,
+                acked_written: stats.acked,
                 stats,
                 dedup_head,
                 dedup_tail,
@@ -360,8 +369,13 @@ impl Journal {
         Ok(commit)
     }
 
-    /// The group-commit point: everything appended so far is on disk when this returns.
+    /// The group-commit point: everything appended (and acknowledged) so far is on disk
+    /// when this returns.
     pub fn flush(&self) -> Result<(), JournalError> {
+        {
+            let mut inner = self.inner();
+            self.write_ack(&mut inner)?;
+        }
         Self::flush_all(&[self])
     }
 
@@ -394,19 +408,34 @@ impl Journal {
     }
 
     /// The aggregator made everything through `through` durable: drop it from the outbox.
-    /// Not flushed by itself (losing it only means sending again, which history absorbs).
+    /// Written in runs ([`ACK_WRITE_EVERY`]) and not flushed by itself: losing it only
+    /// means sending again, which history absorbs.
     pub fn acknowledge(&self, through: Seq) -> Result<(), JournalError> {
         let mut inner = self.inner();
         let through = through.min(inner.stats.last_seq);
         if through <= inner.stats.acked {
             return Ok(());
         }
+        inner.stats.acked = through;
+        if through - inner.acked_written >= ACK_WRITE_EVERY {
+            self.write_ack(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the entries acknowledged since the last write and records the cursor.
+    fn write_ack(&self, inner: &mut Inner) -> Result<(), JournalError> {
+        let through = inner.stats.acked;
+        if through <= inner.acked_written {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         let mut freed = 0u64;
-        for item in self
-            .db()
-            .range(keys::journal(inner.stats.acked + 1)..=keys::journal(through))
-        {
+        for item in fleet_sled_range::inclusive(
+            &self.db(),
+            &keys::journal(inner.acked_written + 1),
+            &keys::journal(through),
+        ) {
             let (k, v) = item.map_err(self.io())?;
             freed += v.len() as u64;
             batch.remove(k);
@@ -415,18 +444,22 @@ impl Journal {
         batch.insert(keys::meta(META_ACKED), through.to_be_bytes());
         batch.insert(keys::meta(META_BYTES), bytes.to_be_bytes());
         self.db().apply_batch(batch).map_err(self.io())?;
-        inner.stats.acked = through;
+        inner.acked_written = through;
         inner.stats.unacked_bytes = bytes;
         Ok(())
     }
 
     /// Journal entries after `after` (for replay and inspection).
     pub fn entries_after(&self, after: Seq, max: usize) -> Result<Vec<Entry>, JournalError> {
+        // Acknowledged entries not deleted yet are gone all the same.
+        let after = after.max(self.inner().stats.acked);
         let mut out = Vec::new();
-        for item in self
-            .db()
-            .range(keys::journal(after + 1)..=keys::journal(Seq::MAX))
-            .take(max)
+        for item in fleet_sled_range::inclusive(
+            &self.db(),
+            &keys::journal(after + 1),
+            &keys::journal(Seq::MAX),
+        )
+        .take(max)
         {
             let (k, v) = item.map_err(self.io())?;
             let seq = keys::read_u64(&k[1..]).unwrap_or(0);

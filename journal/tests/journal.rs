@@ -277,3 +277,38 @@ fn kill_9_at_random_instants_loses_no_acknowledged_entry() {
         "the writer never got to acknowledge anything"
     );
 }
+
+#[test]
+fn acknowledgements_are_written_in_runs_and_a_lost_one_only_means_resending() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (j, _) = Journal::open(JournalConfig::new(dir.path())).unwrap();
+        let events = (1..=300)
+            .map(|i| event(i, EventKind::Location, i as i64))
+            .collect();
+        j.append(events).unwrap();
+        j.flush().unwrap();
+        j.acknowledge(10).unwrap();
+        assert_eq!(j.stats().acked, 10);
+        assert_eq!(
+            j.read_after(0, 1).first().map(|e| e.seq),
+            Some(11),
+            "acknowledged entries are not offered again"
+        );
+        // Not flushed, and too few to be written: forgotten in a crash.
+    }
+    {
+        let (j, recovery) = Journal::open(JournalConfig::new(dir.path())).unwrap();
+        assert_eq!((recovery.acked, recovery.backlog), (0, 300));
+        j.acknowledge(299).unwrap();
+        // A run long enough is written without a flush of its own; the next group commit
+        // (any flush of the store) makes it durable.
+        j.append(vec![event(301, EventKind::Location, 301)])
+            .unwrap();
+        Journal::flush_all(&[&j]).unwrap();
+    }
+    let (j, recovery) = Journal::open(JournalConfig::new(dir.path())).unwrap();
+    assert_eq!((recovery.acked, recovery.backlog), (299, 2));
+    let seqs: Vec<u64> = j.read_after(0, 10).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![300, 301]);
+}

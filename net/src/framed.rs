@@ -8,12 +8,28 @@ use thiserror::Error;
 pub enum StreamError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
-    #[error("reading: {0}")]
+    #[error("reading: {}{}", .0, lost_reason_read(.0))]
     Read(#[from] quinn::ReadError),
-    #[error("writing: {0}")]
+    #[error("writing: {}{}", .0, lost_reason_write(.0))]
     Write(#[from] quinn::WriteError),
     #[error("the stream was closed in the middle of a frame")]
     Truncated,
+}
+
+/// quinn's "connection lost" leaves out why; a fleet operator needs it (timed out, reset,
+/// closed by the peer).
+fn lost_reason_read(e: &quinn::ReadError) -> String {
+    match e {
+        quinn::ReadError::ConnectionLost(why) => format!(" ({why})"),
+        _ => String::new(),
+    }
+}
+
+fn lost_reason_write(e: &quinn::WriteError) -> String {
+    match e {
+        quinn::WriteError::ConnectionLost(why) => format!(" ({why})"),
+        _ => String::new(),
+    }
 }
 
 /// Reads frames from a receive stream.

@@ -362,7 +362,7 @@ impl History for SledHistory {
             .u64(u64::MAX)
             .0;
         let mut out = Vec::new();
-        for item in self.db().range(lo..=hi).take(limit) {
+        for item in fleet_sled_range::inclusive(&self.db(), &lo, &hi).take(limit) {
             let (k, v) = item?;
             let row: RouteRow = decode(&k, &v)?;
             let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
@@ -394,7 +394,7 @@ impl History for SledHistory {
         let at_time = prefix.len();
         let mut schemas = HashMap::new();
         let mut items = Vec::new();
-        for item in self.db().scan_prefix(&prefix).take(limit) {
+        for item in fleet_sled_range::prefix(&self.db(), &prefix).take(limit) {
             let (k, _) = item?;
             let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
             let Some((device, after)) = str_at(&k, at_time + 8) else {
@@ -445,7 +445,7 @@ impl History for SledHistory {
         let lo = Key::new(keys::ALERT).time(since_ms).0;
         let hi = vec![keys::ALERT + 1];
         let mut out = Vec::new();
-        for item in self.db().range(lo..hi) {
+        for item in fleet_sled_range::exclusive(&self.db(), &lo, &hi) {
             if out.len() >= limit {
                 break;
             }
@@ -477,7 +477,7 @@ impl History for SledHistory {
 
     fn devices(&self) -> Result<Vec<DeviceStatus>, HistoryError> {
         let mut out = Vec::new();
-        for item in self.db().scan_prefix([keys::DEVICE]) {
+        for item in fleet_sled_range::prefix(&self.db(), &[keys::DEVICE]) {
             let (k, v) = item?;
             let row: DeviceRow = decode(&k, &v)?;
             let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
@@ -508,7 +508,7 @@ impl History for SledHistory {
             decisions: c.decisions,
             alerts: c.alerts,
             states: c.states,
-            devices: self.db().scan_prefix([keys::DEVICE]).count() as u64,
+            devices: fleet_sled_range::prefix(&self.db(), &[keys::DEVICE]).count() as u64,
             duplicates_absorbed: c.duplicates,
         })
     }

@@ -28,6 +28,9 @@ pub struct CityConfig {
     pub duration_ms: i64,
     /// Seconds between location pings.
     pub ping_s: f64,
+    /// Couriers take their first order within this many seconds of the start (a shift
+    /// beginning); 0 puts the whole fleet on the road at once.
+    pub shift_start_s: f64,
     pub noise: GpsNoise,
 }
 
@@ -58,6 +61,8 @@ struct CityCourier {
     tasks: u64,
     planned: VecDeque<Event>,
     pending_truth: Option<TaskTruth>,
+    /// Where in its `ping_s` cycle this courier's handset pings.
+    ping_phase_ms: i64,
 }
 
 impl CityCourier {
@@ -71,7 +76,8 @@ impl CityCourier {
             6..=8 => ("scooter", 20.0),
             _ => ("electric_scooter", 17.0),
         };
-        let first = config.start_ms + rng.random_range(0..600_000);
+        let first = config.start_ms + (rng.random::<f64>() * config.shift_start_s * 1000.0) as i64;
+        let ping_phase_ms = rng.random_range(0..((config.ping_s * 1000.0) as i64).max(1));
         Self {
             emit: Emitter {
                 courier: format!("C{index:05}"),
@@ -88,6 +94,7 @@ impl CityCourier {
             speed_kmh,
             vehicle,
             next_task_ms: first,
+            ping_phase_ms,
             tasks: 0,
             planned: VecDeque::new(),
             pending_truth: None,
@@ -185,27 +192,33 @@ impl CityCourier {
         self.planned.push_back(e);
     }
 
+    /// The handset's ping timer: every `ping_s` on the courier's own phase, whatever the
+    /// task is doing (a fleet whose shifts start together does not ping in lockstep).
+    /// Yields the ping times strictly between `t0` and `t1`.
+    fn ping_times(&self, t0: i64, t1: i64) -> impl Iterator<Item = i64> + use<> {
+        let step = ((self.config.ping_s * 1000.0) as i64).max(1);
+        let phase = self.ping_phase_ms.rem_euclid(step);
+        let first = phase + ((t0 - phase).div_euclid(step) + 1) * step;
+        (0..)
+            .map(move |k| first + k * step)
+            .take_while(move |t| *t < t1)
+    }
+
     /// Pings strictly between `t0` and `t1` along the leg `a -> b`.
     fn pings(&mut self, task: &str, t0: i64, t1: i64, a: (f64, f64), b: (f64, f64), kmh: f32) {
-        let step = (self.config.ping_s * 1000.0) as i64;
-        let mut t = t0 + step;
-        while t < t1 {
+        for t in self.ping_times(t0, t1) {
             let p = along(a, b, t0, t1, t);
             if let Some(e) = self.emit.ping(&mut self.rng, Some(task), t, p, kmh) {
                 self.planned.push_back(e);
             }
-            t += step;
         }
     }
 
     fn pings_idle(&mut self, t0: i64, t1: i64) {
-        let step = (self.config.ping_s * 1000.0) as i64;
-        let mut t = t0 + step;
-        while t < t1 {
+        for t in self.ping_times(t0, t1) {
             if let Some(e) = self.emit.ping(&mut self.rng, None, t, self.pos, 0.0) {
                 self.planned.push_back(e);
             }
-            t += step;
         }
     }
 }
@@ -269,6 +282,7 @@ mod tests {
             offset: FixedOffset::east_opt(19_800).unwrap(),
             duration_ms: 3 * 3_600_000,
             ping_s: 5.0,
+            shift_start_s: 600.0,
             noise: GpsNoise::default(),
         }
     }

@@ -2,6 +2,7 @@
 //! gives one feed per courier that yields its events in event-time order, lazily, up to a
 //! simulated time; and the ground truth (late or not) of every task it starts.
 
+pub mod amazon;
 pub mod cabs;
 pub mod city;
 pub mod food;

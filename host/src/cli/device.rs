@@ -119,6 +119,7 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
             backoff_max: Duration::from_secs(30),
             sender: SenderConfig::default(),
             endpoint: None,
+            handshakes: None,
         },
         status.clone(),
         stop.clone(),

@@ -14,7 +14,7 @@ use fleet_net::framed::{FrameReader, write_frame};
 use fleet_proto::Frame;
 use fleet_proto::frame::Control;
 use fleet_proto::sender::{Sender, SenderConfig, SenderEvent};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// Where and how to sync.
 #[derive(Clone)]
@@ -30,6 +30,11 @@ pub struct SyncConfig {
     /// A client endpoint to share (one UDP socket for many devices in one process); `None`
     /// opens one for this device.
     pub endpoint: Option<quinn::Endpoint>,
+    /// Handshakes in flight at once among the devices sharing this gate (an edge node or a
+    /// simulator with thousands of devices): without it they all start together and time
+    /// out against a busy aggregator. A permit is held from connect to the end of the
+    /// handshake. `None`: no limit.
+    pub handshakes: Option<Arc<Semaphore>>,
 }
 
 /// Live figures of the sync loop.
@@ -72,6 +77,15 @@ pub async fn run(
     let mut backoff = config.backoff_min;
     loop {
         let attempt = async {
+            let permit = match &config.handshakes {
+                Some(gate) => Some(
+                    gate.clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
             let conn = endpoint
                 .connect_with(
                     config.client.clone(),
@@ -81,6 +95,7 @@ pub async fn run(
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
+            drop(permit);
             status.connects.fetch_add(1, Ordering::Relaxed);
             status.connected.store(true, Ordering::Relaxed);
             tracing::info!(aggregator = %config.aggregator, "connected");

@@ -331,6 +331,7 @@ impl LocalDevice {
                 backoff_max: Duration::from_millis(500),
                 sender: SenderConfig::default(),
                 endpoint: None,
+                handshakes: None,
             },
             status.clone(),
             stop.clone(),
