@@ -86,6 +86,38 @@ impl EventError {
 }
 
 impl Event {
+    /// An event with what every event carries; the optional context (speed, task details)
+    /// is left empty for the caller to fill in.
+    pub fn new(
+        event_id: String,
+        courier_id: String,
+        task_id: Option<String>,
+        event_type: EventType,
+        event_time: DateTime<FixedOffset>,
+        lat: f64,
+        lon: f64,
+    ) -> Self {
+        Self {
+            event_id,
+            courier_id,
+            task_id,
+            event_type,
+            event_time,
+            lat,
+            lon,
+            speed_kmh: None,
+            accuracy_m: None,
+            pickup: None,
+            dropoff: None,
+            promised_at: None,
+            stops_remaining: None,
+            order_type: None,
+            vehicle_type: None,
+            courier_rating: None,
+            courier_age: None,
+        }
+    }
+
     /// Parses and validates one JSON line.
     pub fn from_json(line: &str) -> Result<Self, EventError> {
         // serde would read a struct from a JSON array too; the schema is an object.

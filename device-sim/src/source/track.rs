@@ -69,25 +69,15 @@ impl Emitter {
         pos: (f64, f64),
     ) -> Event {
         self.next_id += 1;
-        Event {
-            event_id: format!("{}-{}", self.courier, self.next_id),
-            courier_id: self.courier.clone(),
-            task_id: task.map(str::to_string),
-            event_type: kind,
-            event_time: at(time_ms, self.offset),
-            lat: pos.0,
-            lon: pos.1,
-            speed_kmh: None,
-            accuracy_m: None,
-            pickup: None,
-            dropoff: None,
-            promised_at: None,
-            stops_remaining: None,
-            order_type: None,
-            vehicle_type: None,
-            courier_rating: None,
-            courier_age: None,
-        }
+        Event::new(
+            format!("{}-{}", self.courier, self.next_id),
+            self.courier.clone(),
+            task.map(str::to_string),
+            kind,
+            at(time_ms, self.offset),
+            pos.0,
+            pos.1,
+        )
     }
 
     /// A `task_assigned` at `pos`: a single-stop task from `pickup` to `dropoff`, promised

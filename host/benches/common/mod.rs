@@ -39,25 +39,17 @@ pub fn fleet_events(tasks: usize, n: usize) -> Vec<Event> {
             );
             let time = t0 + chrono::Duration::seconds((round * 5 + k % 5) as i64);
             let lat = lat0 + round as f64 * 0.00004;
-            let mut e = Event {
-                event_id: format!("e-{k}-{round}"),
-                courier_id: format!("c{k}"),
-                task_id: Some(format!("T-{k}")),
-                event_type: EventType::Location,
-                event_time: time,
+            let mut e = Event::new(
+                format!("e-{k}-{round}"),
+                format!("c{k}"),
+                Some(format!("T-{k}")),
+                EventType::Location,
+                time,
                 lat,
-                lon: lon0,
-                speed_kmh: Some(18.0),
-                accuracy_m: Some(8.0),
-                pickup: None,
-                dropoff: None,
-                promised_at: None,
-                stops_remaining: None,
-                order_type: None,
-                vehicle_type: None,
-                courier_rating: None,
-                courier_age: None,
-            };
+                lon0,
+            );
+            e.speed_kmh = Some(18.0);
+            e.accuracy_m = Some(8.0);
             if round == 0 {
                 e.event_type = EventType::TaskAssigned;
                 e.pickup = Some(Geo {
