@@ -166,11 +166,21 @@ fn van(
     let task = |stop: &str| format!("T-{courier}-{stop}");
     let mut events = VecDeque::new();
     let mut truth = HashMap::new();
+    // Per stop: the assignment's id, the promise, the service time.
     let mut promised = HashMap::new();
     // Loading at the station: every stop becomes a task.
     for (rank, (stop, pos)) in drops.iter().enumerate() {
-        let windows = parcels.get(*stop).into_iter().flat_map(|p| p.values());
-        let window_end = windows
+        let packages: Vec<&Package> = parcels
+            .get(*stop)
+            .into_iter()
+            .flat_map(|p| p.values())
+            .collect();
+        let service_s: f64 = packages
+            .iter()
+            .filter_map(|p| p.planned_service_time_seconds)
+            .sum();
+        let window_end = packages
+            .iter()
             .filter_map(|p| p.time_window.end_time_utc.as_deref())
             .map(|end| utc_ms(end, "%Y-%m-%d %H:%M:%S").map(|t| t + shift))
             .collect::<anyhow::Result<Vec<_>>>()?
@@ -181,7 +191,11 @@ fn van(
         assigned.stops_remaining = Some(rank as u32);
         assigned.order_type = Some("parcel".into());
         assigned.vehicle_type = Some("van".into());
-        promised.insert(stop.to_string(), (assigned.event_id.clone(), due));
+        let service_ms = (service_s * 1000.0) as i64;
+        promised.insert(
+            stop.to_string(),
+            (assigned.event_id.clone(), due, service_ms),
+        );
         events.push_back(assigned);
     }
     for (stop, _) in &drops {
@@ -202,15 +216,9 @@ fn van(
             p += step;
         }
         events.push_back(emit.event(EventType::ArrivedDropoff, Some(&t), arrive, *pos));
-        let service_s: f64 = parcels
-            .get(*stop)
-            .into_iter()
-            .flat_map(|p| p.values())
-            .filter_map(|p| p.planned_service_time_seconds)
-            .sum();
-        let delivered = arrive + (service_s * 1000.0) as i64;
+        let (assigned_id, due, service_ms) = &promised[stop.as_str()];
+        let delivered = arrive + service_ms;
         events.push_back(emit.event(EventType::Delivered, Some(&t), delivered, *pos));
-        let (assigned_id, due) = &promised[stop.as_str()];
         truth.insert(
             assigned_id.clone(),
             TaskTruth {
