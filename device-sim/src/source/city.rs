@@ -322,6 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_starting_together_pings_on_each_handsets_own_phase() {
+        let mut c = config(50, 3);
+        c.shift_start_s = 0.0;
+        c.duration_ms = 60_000;
+        let (events, _) = run(&c);
+        let ping_ms: std::collections::HashSet<i64> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::Location)
+            .map(|e| e.event_time.timestamp_millis())
+            .filter(|ms| *ms < c.start_ms + 60_000)
+            .map(|ms| ms % 5_000)
+            .collect();
+        // In lockstep every courier would ping at the same point of the 5 s cycle.
+        assert!(ping_ms.len() > 40, "{} phases", ping_ms.len());
+    }
+
+    #[test]
     fn some_tasks_are_late_and_most_are_not() {
         let (_, truth) = run(&config(40, 1));
         let late = truth.iter().filter(|t| t.late).count() as f64 / truth.len() as f64;
