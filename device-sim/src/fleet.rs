@@ -77,6 +77,14 @@ struct Device {
     faulty: bool,
 }
 
+impl Device {
+    /// Keeps `oldest_pending` in step with `pending` (call with its lock held).
+    fn note_oldest_pending(&self, pending: &VecDeque<(Seq, Instant, u32)>) {
+        let oldest = pending.front().map_or(Seq::MAX, |p| p.0);
+        self.oldest_pending.store(oldest, Ordering::Relaxed);
+    }
+}
+
 /// Everything counted while running.
 #[derive(Default)]
 struct Ledger {
@@ -529,8 +537,7 @@ async fn submit(
     if fresh > 0 {
         let mut pending = device.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.push_back((accepted.through, due, fresh as u32));
-        let oldest = pending.front().map_or(Seq::MAX, |p| p.0);
-        device.oldest_pending.store(oldest, Ordering::Relaxed);
+        device.note_oldest_pending(&pending);
     }
 }
 
@@ -558,8 +565,7 @@ async fn watch_acks(
                 let micros = (now - due).as_micros().min(u32::MAX as u128) as u32;
                 samples.extend(std::iter::repeat_n(micros, n as usize));
             }
-            let oldest = pending.front().map_or(Seq::MAX, |p| p.0);
-            device.oldest_pending.store(oldest, Ordering::Relaxed);
+            device.note_oldest_pending(&pending);
         }
         if !samples.is_empty() {
             ledger
