@@ -5,13 +5,14 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use fleet_host::module::{LoadedModule, ModuleKind};
 use fleet_host::pipeline::Pipeline;
-use fleet_host::registry::embedded_manifest;
+use fleet_host::registry::{ModuleRegistry, ModuleSource, embedded_manifest};
 
 fn bench(c: &mut Criterion) {
     let registry = common::registry();
@@ -38,11 +39,23 @@ fn bench(c: &mut Criterion) {
             fleet_guest_modules::POLICY_WASM,
         ),
     ] {
-        group.bench_function(format!("compile-only/{name}"), |b| {
-            b.iter(|| wasmtime::component::Component::new(engine.engine(), bytes).unwrap())
+        // A process that has compiled nothing yet: every function is compiled.
+        group.bench_function(format!("compile-cold/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let cold = common::engine();
+                    let start = Instant::now();
+                    wasmtime::component::Component::new(cold.engine(), bytes).unwrap();
+                    total += start.elapsed();
+                }
+                total
+            })
         });
+        // The same code in new bytes (a rebuilt or re-signed release): every function is found
+        // in the function cache, only translation and linking are left.
         let mut n = 0;
-        group.bench_function(format!("load/{name}"), |b| {
+        group.bench_function(format!("load-same-code/{name}"), |b| {
             b.iter(|| {
                 n += 1;
                 LoadedModule::from_bytes(
@@ -92,31 +105,91 @@ fn bench(c: &mut Criterion) {
     let mut feed = common::Feed::new(common::fleet_events(64, 10_000));
     pipeline.process(feed.next_batch(64));
     let mut version = 0u64;
-    group.bench_function("swap/policy-to-first-decision", |b| {
+    group.bench_function("swap/same-code-policy-to-first-decision", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 version += 1;
                 let batch = feed.next_batch(1);
-                let start = Instant::now();
-                let mut manifest = embedded_manifest("late-risk-policy", ModuleKind::Policy);
-                manifest.version = format!("9.{version}");
-                // Fresh bytes every time (a custom section with the version), so nothing is cached.
                 let bytes = with_custom_section(fleet_guest_modules::POLICY_WASM, version);
-                let module = LoadedModule::from_bytes(&engine, &models, manifest, &bytes).unwrap();
-                registry.replace(module).unwrap();
-                let decisions = pipeline.process(batch).decisions;
-                total += start.elapsed();
-                assert!(
-                    decisions
-                        .iter()
-                        .all(|d| d.modules.policy.contains(&format!("@9.{version}+")))
+                total += swap_policy(&registry, &mut pipeline, &bytes, version, batch);
+            }
+            total
+        })
+    });
+
+    // A policy whose own code this process has never compiled: a node running features,
+    // scorer and another policy program (the `hostile` guest, harmless without a mode) is
+    // handed the shipped policy. Only what they share (allocator, formatting, panic path,
+    // bindings glue) is found in the function cache.
+    group.bench_function("swap/new-code-policy-to-first-decision", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let dir = tempfile::tempdir().unwrap();
+                for (guest, kind) in [
+                    ("features", "features"),
+                    ("scorer", "scorer"),
+                    ("hostile", "policy"),
+                ] {
+                    let path = fleet_guest_modules::path(guest).unwrap();
+                    std::fs::copy(path, dir.path().join(format!("{guest}.wasm"))).unwrap();
+                    std::fs::write(
+                        dir.path().join(format!("{guest}.toml")),
+                        format!(
+                            "name = \"{guest}\"\nkind = \"{kind}\"\nversion = \"1\"\ncomponent = \"{guest}.wasm\"\n"
+                        ),
+                    )
+                    .unwrap();
+                }
+                let fresh = Arc::new(
+                    ModuleRegistry::new(
+                        common::engine(),
+                        models.clone(),
+                        ModuleSource::Dir(dir.path().into()),
+                    )
+                    .unwrap(),
+                );
+                let mut pipeline = Pipeline::new(fresh.clone());
+                let mut feed = common::Feed::new(common::fleet_events(64, 1_000));
+                pipeline.process(feed.next_batch(64));
+                total += swap_policy(
+                    &fresh,
+                    &mut pipeline,
+                    fleet_guest_modules::POLICY_WASM,
+                    i + 1,
+                    feed.next_batch(1),
                 );
             }
             total
         })
     });
     group.finish();
+}
+
+/// From component bytes to the first decision made by them: compile, checks, instantiate,
+/// configure, publish, first batch.
+fn swap_policy(
+    registry: &ModuleRegistry,
+    pipeline: &mut Pipeline,
+    bytes: &[u8],
+    version: u64,
+    batch: Vec<fleet_host::event::Event>,
+) -> Duration {
+    let start = Instant::now();
+    let mut manifest = embedded_manifest("late-risk-policy", ModuleKind::Policy);
+    manifest.version = format!("9.{version}");
+    let module =
+        LoadedModule::from_bytes(registry.engine(), registry.models(), manifest, bytes).unwrap();
+    registry.replace(module).unwrap();
+    let decisions = pipeline.process(batch).decisions;
+    let elapsed = start.elapsed();
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d.modules.policy.contains(&format!("@9.{version}+")))
+    );
+    elapsed
 }
 
 /// Appends a custom section (id 0) named `bench` holding `n`: same code, different bytes.

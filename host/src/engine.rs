@@ -10,6 +10,8 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::compile_cache::{COMPILE_CACHE_BYTES, CompileCacheStats, FunctionCodeCache};
+
 /// Limits applied to every module instance.
 #[derive(Clone, Debug)]
 pub struct SandboxLimits {
@@ -40,9 +42,11 @@ const POOLED_INSTANCES: u32 = 64;
 /// Compiled components kept by digest, so reloading a set recompiles only what changed.
 const COMPILED_CACHE: usize = 16;
 
-/// An engine plus the thread that advances its epoch, and a cache of compiled components.
+/// An engine plus the thread that advances its epoch, and caches of compiled components and
+/// of compiled functions.
 pub struct SandboxEngine {
     engine: Engine,
+    functions: Arc<FunctionCodeCache>,
     limits: SandboxLimits,
     pooled: bool,
     stop: Arc<AtomicBool>,
@@ -52,11 +56,12 @@ pub struct SandboxEngine {
 impl SandboxEngine {
     /// Builds the engine, pooled if the platform lets us reserve the address space.
     pub fn new(limits: SandboxLimits) -> wasmtime::Result<Self> {
-        let (engine, pooled) = match Engine::new(&config(&limits, true)) {
+        let functions = Arc::new(FunctionCodeCache::new(COMPILE_CACHE_BYTES));
+        let (engine, pooled) = match Engine::new(&config(&limits, true, &functions)?) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand instances");
-                (Engine::new(&config(&limits, false))?, false)
+                (Engine::new(&config(&limits, false, &functions)?)?, false)
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -76,6 +81,7 @@ impl SandboxEngine {
             .map_err(wasmtime::Error::from)?;
         Ok(Self {
             engine,
+            functions,
             limits,
             pooled,
             stop,
@@ -105,6 +111,11 @@ impl SandboxEngine {
         &self.engine
     }
 
+    /// How often compiling a function found its code already compiled.
+    pub fn function_cache_stats(&self) -> CompileCacheStats {
+        self.functions.stats()
+    }
+
     pub fn limits(&self) -> &SandboxLimits {
         &self.limits
     }
@@ -126,7 +137,11 @@ impl Drop for SandboxEngine {
     }
 }
 
-fn config(limits: &SandboxLimits, pooled: bool) -> Config {
+fn config(
+    limits: &SandboxLimits,
+    pooled: bool,
+    functions: &Arc<FunctionCodeCache>,
+) -> wasmtime::Result<Config> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -134,7 +149,8 @@ fn config(limits: &SandboxLimits, pooled: bool) -> Config {
         .concurrency_support(false)
         .epoch_interruption(true)
         .max_wasm_stack(limits.stack_bytes)
-        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .enable_incremental_compilation(functions.clone())?;
     if pooled {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOLED_INSTANCES)
@@ -146,5 +162,5 @@ fn config(limits: &SandboxLimits, pooled: bool) -> Config {
             .max_tables_per_component(4);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
-    config
+    Ok(config)
 }

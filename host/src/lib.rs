@@ -22,6 +22,7 @@
 //! ```
 
 pub mod bindings;
+pub mod compile_cache;
 pub mod decision;
 pub mod defaults;
 pub mod device;

@@ -1,6 +1,7 @@
 //! The design scenario, end to end through the real modules and the real model.
 
 use fleet_host::decision::{Action, Severity};
+use fleet_host::module::ModuleKind;
 use fleet_host::pipeline::Pipeline;
 use fleet_host::registry::{ModuleRegistry, ModuleSource};
 
@@ -45,6 +46,19 @@ fn late_task_raises_a_critical_alert_with_its_prediction_log() {
     assert!(
         matches!(&d.actions[0], Action::Alert { severity: Severity::Critical, message } if message.contains("T-999"))
     );
+    // The policy writes decimals itself (no float formatter in the module): the same text as
+    // `{:.2}` gives.
+    let Action::Alert { message, .. } = &d.actions[0] else {
+        unreachable!()
+    };
+    assert!(
+        message.contains(&format!("P(late)={:.2};", d.score)),
+        "{message}"
+    );
+    for f in &d.top_factors {
+        let shown = format!("{} {:+.2}", f.feature, f.contribution);
+        assert!(message.contains(&shown), "{shown:?} in {message}");
+    }
     assert!(
         d.actions
             .iter()
@@ -142,4 +156,31 @@ fn thresholds_come_from_the_policy_configuration() {
             .contains("critical_threshold must be a probability"),
         "{err}"
     );
+}
+
+#[test]
+fn thresholds_are_plain_decimals() {
+    for ok in ["0.85", ".85", "1", "0.5"] {
+        util::load(
+            "policy",
+            ModuleKind::Policy,
+            "1",
+            &[("critical_threshold", ok)],
+        )
+        .unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+    for bad in ["1e-1", "-0.5", "0,5", "", "high", "1.01"] {
+        let err = util::load(
+            "policy",
+            ModuleKind::Policy,
+            "1",
+            &[("critical_threshold", bad)],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("critical_threshold must be a probability in [0, 1]"),
+            "{bad:?}: {err}"
+        );
+    }
 }

@@ -4,6 +4,10 @@
 //! Configuration (all optional): `warning_threshold` (default 0.5), `critical_threshold`
 //! (default 0.7), `notify_courier` (`true`/`false`, default true), `reassign_threshold`
 //! (unset by default: never suggests a reassignment).
+//!
+//! Probabilities are read and written as plain decimals by the few lines in `decimal`, not by
+//! `str::parse::<f32>` and `{:.2}`: core's float parsing and formatting are a quarter of this
+//! module's code, and compile time, which is most of a swap, grows with code size.
 
 use std::cell::Cell;
 
@@ -42,10 +46,10 @@ impl Module for Policy {
         let mut t = DEFAULT;
         for (key, value) in &config {
             let probability = || -> Result<f32, String> {
-                match value.parse::<f32>() {
-                    Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+                match decimal::parse(value) {
+                    Some(p) if (0.0..=1.0).contains(&p) => Ok(p),
                     _ => Err(format!(
-                        "{key} must be a probability in [0, 1], got {value:?}"
+                        "{key} must be a probability in [0, 1] written as a decimal, got {value:?}"
                     )),
                 }
             };
@@ -65,7 +69,8 @@ impl Module for Policy {
         if t.warning > t.critical {
             return Err(format!(
                 "warning_threshold {} is above critical_threshold {}",
-                t.warning, t.critical
+                decimal::Hundredths(t.warning),
+                decimal::Hundredths(t.critical)
             ));
         }
         THRESHOLDS.with(|c| c.set(t));
@@ -99,7 +104,8 @@ fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Ac
         .iter()
         .map(|f| {
             let name = names.get(f.feature as usize).map_or("?", String::as_str);
-            format!("{name} {:+.2}", f.contribution)
+            let sign = if f.contribution < 0.0 { '-' } else { '+' };
+            format!("{name} {sign}{}", decimal::Hundredths(f.contribution.abs()))
         })
         .collect();
     let label = if matches!(severity, Severity::Critical) {
@@ -110,8 +116,9 @@ fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Ac
     let mut actions = vec![Action::Alert(Alert {
         severity,
         message: format!(
-            "{label}: task {task} (courier {}) P(late)={p:.2}; top factors: {}",
+            "{label}: task {task} (courier {}) P(late)={}; top factors: {}",
             input.context.courier_id,
+            decimal::Hundredths(p),
             factors.join(", ")
         ),
     })];
@@ -122,10 +129,88 @@ fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Ac
     }
     if t.reassign.is_some_and(|r| p > r) {
         actions.push(Action::Reassign(format!(
-            "P(late)={p:.2} above reassign threshold"
+            "P(late)={} above reassign threshold",
+            decimal::Hundredths(p)
         )));
     }
     actions
+}
+
+/// Decimals without core's float parser and formatter (see the module comment).
+mod decimal {
+    use std::fmt;
+
+    /// Parses `[digits][.digits]` (at most 9 fraction digits), e.g. `0.7`, `.85`, `1`.
+    pub fn parse(text: &str) -> Option<f32> {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (whole.is_empty() && fraction.is_empty())
+            || !digits(whole)
+            || !digits(fraction)
+            || whole.len() > 9
+            || fraction.len() > 9
+        {
+            return None;
+        }
+        let whole: u32 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        let scale = 10u64.pow(fraction.len() as u32);
+        let fraction: u64 = if fraction.is_empty() {
+            0
+        } else {
+            fraction.parse().ok()?
+        };
+        Some((f64::from(whole) + fraction as f64 / scale as f64) as f32)
+    }
+
+    /// A non-negative value shown rounded to two decimals, like `{:.2}`.
+    pub struct Hundredths(pub f32);
+
+    impl fmt::Display for Hundredths {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let hundredths = (self.0.max(0.0) * 100.0).round() as u64;
+            write!(f, "{}.{:02}", hundredths / 100, hundredths % 100)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_plain_decimals_and_refuses_the_rest() {
+            assert_eq!(parse("0.7"), Some(0.7));
+            assert_eq!(parse(".85"), Some(0.85));
+            assert_eq!(parse("1"), Some(1.0));
+            assert_eq!(parse("0.999"), Some(0.999));
+            for bad in [
+                "",
+                ".",
+                "-0.5",
+                "0,5",
+                "1e-1",
+                "0.5x",
+                "nan",
+                "0.1234567890",
+            ] {
+                assert_eq!(parse(bad), None, "{bad:?}");
+            }
+        }
+
+        #[test]
+        fn shows_two_decimals_like_the_formatter() {
+            for x in [0.0f32, 0.004, 0.005, 0.5, 0.731, 0.999, 1.0, 12.345] {
+                assert_eq!(
+                    Hundredths(x).to_string(),
+                    format!("{:.2}", (x * 100.0).round() / 100.0),
+                    "{x}"
+                );
+            }
+        }
+    }
 }
 
 // Natively (benchmarks) the same code is called through the Guest traits instead.
