@@ -40,6 +40,15 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        // What the scorer asks for: both in one walk.
+        group.bench_function(BenchmarkId::new("explained", batch), |b| {
+            b.iter(|| {
+                at = (at + batch) % (rows.len() - batch);
+                model
+                    .explained(&flat[at * width..(at + batch) * width], batch)
+                    .unwrap()
+            })
+        });
     }
     group.finish();
 }

@@ -97,10 +97,14 @@ fn one_pass_explanation_matches_the_tract_plan() {
         "the shipped graph is one tree ensemble"
     );
     let (rows, _) = parity_rows();
-    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    let (p, c) = model.explained(&flat, rows.len()).unwrap();
-    let via_tract = model.probabilities(&flat, rows.len()).unwrap();
-    let walked = model.contributions(&flat, rows.len()).unwrap();
-    assert!(p.iter().zip(&via_tract).all(|(a, b)| (a - b).abs() <= 1e-6));
-    assert!(c.iter().zip(&walked).all(|(a, b)| (a - b).abs() <= 1e-4));
+    // Whole blocks of eight rows, and a remainder walked row by row.
+    for n in [rows.len(), rows.len() - 3, 1] {
+        let flat: Vec<f32> = rows[..n].iter().flatten().copied().collect();
+        let (p, c) = model.explained(&flat, n).unwrap();
+        let via_tract = model.probabilities(&flat, n).unwrap();
+        let walked = model.contributions(&flat, n).unwrap();
+        assert_eq!((p.len(), c.len()), (via_tract.len(), walked.len()));
+        assert!(p.iter().zip(&via_tract).all(|(a, b)| (a - b).abs() <= 1e-6));
+        assert!(c.iter().zip(&walked).all(|(a, b)| (a - b).abs() <= 1e-4));
+    }
 }
