@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_aggregator::history::{History, SledHistory};
 use fleet_aggregator::{ServeConfig, Shared};
 use fleet_net::framed::{FrameReader, write_frame};
 use fleet_net::pki::Pki;
@@ -55,8 +54,8 @@ fn main() {
 
     // 1. Storage: every device's batches straight into the committer.
     let dir = tempfile::tempdir().unwrap();
-    let history: Arc<dyn History> = Arc::new(SledHistory::open(&dir.path().join("h")).unwrap());
-    let shared = Shared::new(history.clone());
+    let shared = Shared::open_sled(&dir.path().join("h")).unwrap();
+    let history = shared.history.clone();
     let started = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -106,8 +105,8 @@ fn main() {
     for d in 0..quic_devices {
         pki.issue_device(&format!("dev-{d}"), 1).unwrap();
     }
-    let history: Arc<dyn History> = Arc::new(SledHistory::open(&dir.path().join("h")).unwrap());
-    let shared = Shared::new(history.clone());
+    let shared = Shared::open_sled(&dir.path().join("h")).unwrap();
+    let history = shared.history.clone();
     let config = ServeConfig::loopback(dir.path().join("h"), pki.dir());
     let (quic, _, serving) = rt
         .block_on(fleet_aggregator::start(&config, shared.clone()))

@@ -1,18 +1,28 @@
-//! Group commit: one thread takes every persist request waiting, ingests them, makes them
-//! durable with one flush, and only then answers each. The queue is bounded, so a slow disk
-//! slows the connections, which slows the devices (QUIC flow control): nothing is dropped.
+//! Group commit: one thread takes every persist request waiting, ingests them into the
+//! history (in memory), appends them to the [ingest log](crate::ingest_log) and makes them
+//! durable with one `fdatasync`, and only then answers each. A checkpointer thread flushes the
+//! history about once a second and then removes the log segments that flush covered. The
+//! queue is bounded, so a slow disk slows the connections, which slows the devices (QUIC flow
+//! control): nothing is dropped.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use fleet_proto::{Entry, Seq};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{History, IngestOutcome};
+use crate::ingest_log::{self, IngestLog};
 use crate::metrics::Metrics;
 
 /// Most requests folded into one commit.
 const MAX_GROUP: usize = 512;
+/// How often the history is flushed and the log behind it trimmed; bounds the replay after a
+/// crash to about this much ingest.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// A segment this large is closed early (a burst), so that replay and disk stay bounded.
+const SEGMENT_BYTES: u64 = 64 << 20;
 
 struct Job {
     device: Arc<str>,
@@ -46,47 +56,138 @@ impl CommitterHandle {
     }
 }
 
-pub fn spawn(history: Arc<dyn History>, metrics: Arc<Metrics>) -> CommitterHandle {
-    let (tx, mut rx) = mpsc::channel::<Job>(1024);
+/// Starts the committer and its checkpointer. `log` must have been opened (and replayed into
+/// `history`) by the caller.
+pub fn spawn(history: Arc<dyn History>, log: IngestLog, metrics: Arc<Metrics>) -> CommitterHandle {
+    let (tx, rx) = mpsc::channel::<Job>(1024);
+    let checkpointer =
+        Checkpointer::spawn(history.clone(), log.dir().to_path_buf(), metrics.clone());
     std::thread::Builder::new()
         .name("committer".into())
-        .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut jobs = vec![first];
-                while jobs.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(job) => jobs.push(job),
-                        Err(_) => break,
-                    }
-                }
-                let started = Instant::now();
-                let now = crate::now_ms();
-                let results: Vec<_> = jobs
-                    .iter()
-                    .map(|j| history.ingest(&j.device, j.through, &j.entries, now))
-                    .collect();
-                let flushed = history.flush();
-                Metrics::add(&metrics.commits, 1);
-                Metrics::add(&metrics.commit_micros, started.elapsed().as_micros() as u64);
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let result = match (flushed.as_ref().map_err(ToString::to_string), result.map_err(|e| e.to_string())) {
-                        (Ok(()), Ok(outcome)) => {
-                            Metrics::add(&metrics.events, outcome.events);
-                            Metrics::add(&metrics.decisions, outcome.decisions);
-                            Metrics::add(&metrics.duplicates, outcome.duplicates);
-                            Metrics::add(&metrics.batches, 1);
-                            Ok(outcome)
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            Metrics::add(&metrics.storage_errors, 1);
-                            tracing::error!(device = %job.device, through = job.through, error = %e, "batch not persisted");
-                            Err(e)
-                        }
-                    };
-                    let _ = job.done.send(result);
-                }
-            }
-        })
+        .spawn(move || commit_loop(rx, history, log, checkpointer, metrics))
         .expect("spawning the committer thread");
     CommitterHandle(tx)
+}
+
+fn commit_loop(
+    mut rx: mpsc::Receiver<Job>,
+    history: Arc<dyn History>,
+    mut log: IngestLog,
+    checkpointer: Checkpointer,
+    metrics: Arc<Metrics>,
+) {
+    let mut last_checkpoint = Instant::now();
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let now = crate::now_ms();
+        let results: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let outcome = history.ingest(&j.device, j.through, &j.entries, now)?;
+                // The whole batch, duplicates too: a resend after a failed sync is what makes
+                // its entries durable.
+                log.append(&j.device, j.through, now, &j.entries);
+                Ok(outcome)
+            })
+            .collect();
+        let synced = log.sync();
+        Metrics::add(&metrics.commits, 1);
+        Metrics::add(&metrics.commit_micros, started.elapsed().as_micros() as u64);
+        let log_failed = synced.is_err();
+        for (job, result) in jobs.into_iter().zip(results) {
+            let result = match (
+                synced.as_ref().map_err(ToString::to_string),
+                result.map_err(|e: crate::history::HistoryError| e.to_string()),
+            ) {
+                (Ok(()), Ok(outcome)) => {
+                    Metrics::add(&metrics.events, outcome.events);
+                    Metrics::add(&metrics.decisions, outcome.decisions);
+                    Metrics::add(&metrics.duplicates, outcome.duplicates);
+                    Metrics::add(&metrics.batches, 1);
+                    Ok(outcome)
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    Metrics::add(&metrics.storage_errors, 1);
+                    tracing::error!(device = %job.device, through = job.through, error = %e, "batch not persisted");
+                    Err(e)
+                }
+            };
+            let _ = job.done.send(result);
+        }
+        let due =
+            last_checkpoint.elapsed() >= CHECKPOINT_EVERY || log.segment_bytes() >= SEGMENT_BYTES;
+        if log_failed || (due && checkpointer.is_idle()) {
+            match log.roll() {
+                Ok(closed) => {
+                    checkpointer.start(closed);
+                    last_checkpoint = Instant::now();
+                }
+                Err(e) => {
+                    Metrics::add(&metrics.storage_errors, 1);
+                    tracing::error!(error = %e, "cannot start a new ingest log segment");
+                }
+            }
+        }
+    }
+}
+
+/// Flushes the history in the background, then removes the log segments it covers.
+struct Checkpointer {
+    idle: Arc<AtomicBool>,
+    closed: std::sync::mpsc::Sender<u64>,
+}
+
+impl Checkpointer {
+    fn spawn(history: Arc<dyn History>, dir: std::path::PathBuf, metrics: Arc<Metrics>) -> Self {
+        let idle = Arc::new(AtomicBool::new(true));
+        let (closed, segments) = std::sync::mpsc::channel::<u64>();
+        let flag = idle.clone();
+        std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || {
+                // Everything in segments up to `last` was ingested before it was closed, so a
+                // flush started now covers it.
+                for last in segments {
+                    let started = Instant::now();
+                    let done = history
+                        .flush()
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            ingest_log::remove_through(&dir, last).map_err(|e| e.to_string())
+                        });
+                    match done {
+                        Ok(()) => {
+                            Metrics::add(&metrics.checkpoints, 1);
+                            Metrics::add(
+                                &metrics.checkpoint_micros,
+                                started.elapsed().as_micros() as u64,
+                            );
+                        }
+                        Err(e) => {
+                            Metrics::add(&metrics.storage_errors, 1);
+                            tracing::error!(error = %e, through_segment = last, "checkpoint failed; the log keeps those segments");
+                        }
+                    }
+                    flag.store(true, Ordering::Release);
+                }
+            })
+            .expect("spawning the checkpointer thread");
+        Self { idle, closed }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
+    }
+
+    fn start(&self, last: u64) {
+        self.idle.store(false, Ordering::Release);
+        let _ = self.closed.send(last);
+    }
 }

@@ -2,22 +2,24 @@
 //! history ([`history`]) and answers questions about it over HTTP ([`api`]).
 //!
 //! Invariant: a batch is acknowledged to its device only after the group commit that made it
-//! durable; ingest is idempotent per (device, sequence), so resends are absorbed whenever they
+//! durable in the ingest log ([`ingest_log`]), which is replayed into history after a crash; ingest is idempotent per (device, sequence), so resends are absorbed whenever they
 //! come.
 
 pub mod api;
 pub mod committer;
 pub mod history;
 pub mod ingest;
+pub mod ingest_log;
 pub mod metrics;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use fleet_net::pki::Pki;
 use history::{History, SledHistory};
+use ingest_log::IngestLog;
 use metrics::Metrics;
 
 /// What the ingest and API tasks share.
@@ -28,16 +30,45 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(history: Arc<dyn History>) -> Arc<Self> {
+    /// Starts the committer on `history` with its ingest log in `log_dir`, first replaying
+    /// into `history` whatever the log holds (batches acknowledged before a crash that the
+    /// history may not have made durable).
+    pub fn open(history: Arc<dyn History>, log_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let started = std::time::Instant::now();
+        let mut batches = 0u64;
+        let (log, replayed) = IngestLog::open(log_dir, |b| {
+            batches += 1;
+            history
+                .ingest(&b.device, b.through, &b.entries, b.now_ms)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })?;
+        if let Some(last) = replayed {
+            history
+                .flush()
+                .context("making the replayed ingest log durable in history")?;
+            ingest_log::remove_through(log_dir, last)?;
+            tracing::info!(batches, elapsed = ?started.elapsed(), "replayed the ingest log");
+        }
         let metrics = Arc::new(Metrics::default());
-        let committer = committer::spawn(history.clone(), metrics.clone());
-        Arc::new(Self {
+        let committer = committer::spawn(history.clone(), log, metrics.clone());
+        Ok(Arc::new(Self {
             history,
             metrics,
             committer,
-        })
+        }))
+    }
+
+    /// History in sled at `data` and the ingest log beside it (the embedded default).
+    pub fn open_sled(data: &Path) -> anyhow::Result<Arc<Self>> {
+        let history = SledHistory::open(data)
+            .with_context(|| format!("opening history at {}", data.display()))?;
+        Self::open(Arc::new(history), &data.join(INGEST_LOG_DIR))
     }
 }
+
+/// The ingest log's directory inside the aggregator's data directory.
+pub const INGEST_LOG_DIR: &str = "ingest-log";
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -103,11 +134,9 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("creating the fleet PKI in {}", config.certs.display()))?;
         tracing::info!(dir = %config.certs.display(), "created a fleet CA; issue device certificates with `aggregator certs issue --device ID`");
     }
-    let history = SledHistory::open(&config.data)
-        .with_context(|| format!("opening history at {}", config.data.display()))?;
+    let shared = Shared::open_sled(&config.data)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let shared = Shared::new(Arc::new(history));
         let (quic, http, serving) = start(config, shared).await?;
         tracing::info!(%quic, %http, "aggregator listening");
         println!("quic={quic} http={http}");

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub commits: AtomicU64,
     pub commit_micros: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
     pub connected: AtomicU64,
     pub connections: AtomicU64,
     pub handshake_failures: AtomicU64,
@@ -61,7 +63,7 @@ impl Metrics {
         );
         counter(
             "fleet_commits_total",
-            "Group commits (one fsync each).",
+            "Group commits (one ingest log fdatasync each).",
             "counter",
             self.commits.load(Relaxed),
         );
@@ -70,6 +72,18 @@ impl Metrics {
             "Time spent in group commits, microseconds.",
             "counter",
             self.commit_micros.load(Relaxed),
+        );
+        counter(
+            "fleet_checkpoints_total",
+            "History flushes that let the ingest log drop what they covered.",
+            "counter",
+            self.checkpoints.load(Relaxed),
+        );
+        counter(
+            "fleet_checkpoint_seconds_micros_total",
+            "Time spent in checkpoints, microseconds.",
+            "counter",
+            self.checkpoint_micros.load(Relaxed),
         );
         counter(
             "fleet_connected_devices",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleet_aggregator::history::{History, SledHistory};
+
 use fleet_aggregator::{ServeConfig, Shared};
 
 pub enum Aggregator {
@@ -32,11 +32,7 @@ impl Aggregator {
         data: &Path,
         certs: &Path,
     ) -> anyhow::Result<Self> {
-        let history: Arc<dyn History> = Arc::new(
-            SledHistory::open(data)
-                .with_context(|| format!("opening history at {}", data.display()))?,
-        );
-        let shared = Shared::new(history);
+        let shared = Shared::open_sled(data)?;
         let (quic, http, serving) = rt.block_on(fleet_aggregator::start(
             &ServeConfig::loopback(data, certs),
             shared.clone(),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleet_aggregator::history::{History, SledHistory};
 use fleet_aggregator::{ServeConfig, Shared};
 use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
 use fleet_host::device::writer::{self, DeviceRuntime};
@@ -58,9 +57,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let history: Arc<dyn History> =
-        Arc::new(SledHistory::open(&dir.path().join("history")).unwrap());
-    let shared = Shared::new(history.clone());
+    let shared = Shared::open_sled(&dir.path().join("history")).unwrap();
+    let history = shared.history.clone();
     let config = ServeConfig::loopback(dir.path().join("history"), pki.dir());
     let (quic, _, serving) = rt
         .block_on(fleet_aggregator::start(&config, shared.clone()))

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_aggregator::history::{History, SledHistory};
 use fleet_aggregator::{ServeConfig, Shared};
 use fleet_net::pki::Pki;
 
@@ -48,8 +47,7 @@ impl InProcess {
             .enable_all()
             .build()
             .unwrap();
-        let history: Arc<dyn History> = Arc::new(SledHistory::open(data).unwrap());
-        let shared = Shared::new(history);
+        let shared = Shared::open_sled(data).unwrap();
         let config = ServeConfig {
             listen: quic,
             ..ServeConfig::loopback(data, certs)
