@@ -2,8 +2,9 @@
 //! history ([`history`]) and answers questions about it over HTTP ([`api`]).
 //!
 //! Invariant: a batch is acknowledged to its device only after the group commit that made it
-//! durable in the ingest log ([`ingest_log`]), which is replayed into history after a crash; ingest is idempotent per (device, sequence), so resends are absorbed whenever they
-//! come.
+//! durable in the ingest log ([`ingest_log`]), which is replayed into history after a crash;
+//! ingest is idempotent per (device, sequence), so resends and replays are absorbed whenever
+//! they come.
 
 pub mod api;
 pub mod committer;
