@@ -191,3 +191,67 @@ impl Checkpointer {
         let _ = self.closed.send(last);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::SledHistory;
+    use fleet_proto::record::{Record, StateRecord};
+
+    fn entries(from: Seq, through: Seq) -> Vec<Entry> {
+        (from..=through)
+            .map(|seq| Entry {
+                seq,
+                record: Record::State(StateRecord {
+                    key: format!("T{seq}"),
+                    module: "features@1".into(),
+                    bytes: vec![1],
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_flushes_history_and_trims_the_log_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let history: Arc<dyn History> =
+            Arc::new(SledHistory::open(&dir.path().join("history")).unwrap());
+        let log_dir = dir.path().join("log");
+        let (log, _) = IngestLog::open(&log_dir, |_| unreachable!()).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let committer = spawn(history.clone(), log, metrics.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let persist = |from, through| {
+            rt.block_on(async {
+                committer
+                    .persist("d1".into(), through, entries(from, through))
+                    .await
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        };
+        assert_eq!(persist(1, 3).stored, 3);
+        assert_eq!(metrics.checkpoints.load(Ordering::Relaxed), 0);
+        std::thread::sleep(CHECKPOINT_EVERY);
+        // The first commit after the interval closes the segment and starts a checkpoint.
+        assert_eq!(persist(4, 5).stored, 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.checkpoints.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no checkpoint");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left: Vec<_> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            ["segment-0000000000000001"],
+            "only the open segment stays"
+        );
+        assert_eq!(history.cursor("d1").unwrap(), 5);
+    }
+}
