@@ -135,7 +135,7 @@ fn a_changed_module_file_is_swapped_in_by_the_watcher() {
 }
 
 #[test]
-fn modules_share_compiled_functions_and_a_rebuilt_module_compiles_nothing_new() {
+fn modules_share_compiled_functions_and_a_rebuilt_module_recompiles_few() {
     let engine = SandboxEngine::new(SandboxLimits::default()).unwrap();
     engine
         .compile("features", &util::guest("features"))
