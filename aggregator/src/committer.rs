@@ -6,14 +6,15 @@
 //! control): nothing is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_proto::{Entry, Seq};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{History, IngestOutcome};
-use crate::ingest_log::{self, IngestLog};
+use fleet_wal::Checkpointer;
+
+use crate::ingest_log::IngestLog;
 use crate::metrics::Metrics;
 
 /// Most requests folded into one commit.
@@ -60,11 +61,9 @@ impl CommitterHandle {
 /// `history`) by the caller.
 pub fn spawn(history: Arc<dyn History>, log: IngestLog, metrics: Arc<Metrics>) -> CommitterHandle {
     let (tx, rx) = mpsc::channel::<Job>(1024);
-    let checkpointer =
-        Checkpointer::spawn(history.clone(), log.dir().to_path_buf(), metrics.clone());
     std::thread::Builder::new()
         .name("committer".into())
-        .spawn(move || commit_loop(rx, history, log, checkpointer, metrics))
+        .spawn(move || commit_loop(rx, history, log, metrics))
         .expect("spawning the committer thread");
     CommitterHandle(tx)
 }
@@ -73,10 +72,30 @@ fn commit_loop(
     mut rx: mpsc::Receiver<Job>,
     history: Arc<dyn History>,
     mut log: IngestLog,
-    checkpointer: Checkpointer,
     metrics: Arc<Metrics>,
 ) {
-    let mut last_checkpoint = Instant::now();
+    let mut checkpointer = {
+        let (history, metrics) = (history.clone(), metrics.clone());
+        // Everything in the closed segments was ingested before they were closed, so a
+        // flush started now covers it.
+        Checkpointer::spawn(
+            "checkpointer",
+            log.dir().to_path_buf(),
+            CHECKPOINT_EVERY,
+            SEGMENT_BYTES,
+            move || history.flush().map_err(|e| e.to_string()),
+            move |done| match done {
+                Ok(took) => {
+                    Metrics::add(&metrics.checkpoints, 1);
+                    Metrics::add(&metrics.checkpoint_micros, took.as_micros() as u64);
+                }
+                Err(e) => {
+                    Metrics::add(&metrics.storage_errors, 1);
+                    tracing::error!(error = %e, "checkpoint failed; the log keeps its segments");
+                }
+            },
+        )
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -121,74 +140,10 @@ fn commit_loop(
             };
             let _ = job.done.send(result);
         }
-        let due =
-            last_checkpoint.elapsed() >= CHECKPOINT_EVERY || log.segment_bytes() >= SEGMENT_BYTES;
-        if log_failed || (due && checkpointer.is_idle()) {
-            match log.roll() {
-                Ok(closed) => {
-                    checkpointer.start(closed);
-                    last_checkpoint = Instant::now();
-                }
-                Err(e) => {
-                    Metrics::add(&metrics.storage_errors, 1);
-                    tracing::error!(error = %e, "cannot start a new ingest log segment");
-                }
-            }
+        if let Err(e) = checkpointer.after_sync(&mut log, log_failed) {
+            Metrics::add(&metrics.storage_errors, 1);
+            tracing::error!(error = %e, "cannot start a new ingest log segment");
         }
-    }
-}
-
-/// Flushes the history in the background, then removes the log segments it covers.
-struct Checkpointer {
-    idle: Arc<AtomicBool>,
-    closed: std::sync::mpsc::Sender<u64>,
-}
-
-impl Checkpointer {
-    fn spawn(history: Arc<dyn History>, dir: std::path::PathBuf, metrics: Arc<Metrics>) -> Self {
-        let idle = Arc::new(AtomicBool::new(true));
-        let (closed, segments) = std::sync::mpsc::channel::<u64>();
-        let flag = idle.clone();
-        std::thread::Builder::new()
-            .name("checkpointer".into())
-            .spawn(move || {
-                // Everything in segments up to `last` was ingested before it was closed, so a
-                // flush started now covers it.
-                for last in segments {
-                    let started = Instant::now();
-                    let done = history
-                        .flush()
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| {
-                            ingest_log::remove_through(&dir, last).map_err(|e| e.to_string())
-                        });
-                    match done {
-                        Ok(()) => {
-                            Metrics::add(&metrics.checkpoints, 1);
-                            Metrics::add(
-                                &metrics.checkpoint_micros,
-                                started.elapsed().as_micros() as u64,
-                            );
-                        }
-                        Err(e) => {
-                            Metrics::add(&metrics.storage_errors, 1);
-                            tracing::error!(error = %e, through_segment = last, "checkpoint failed; the log keeps those segments");
-                        }
-                    }
-                    flag.store(true, Ordering::Release);
-                }
-            })
-            .expect("spawning the checkpointer thread");
-        Self { idle, closed }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.idle.load(Ordering::Acquire)
-    }
-
-    fn start(&self, last: u64) {
-        self.idle.store(false, Ordering::Release);
-        let _ = self.closed.send(last);
     }
 }
 
@@ -197,6 +152,7 @@ mod tests {
     use super::*;
     use crate::history::SledHistory;
     use fleet_proto::record::{Record, StateRecord};
+    use std::sync::atomic::Ordering;
 
     fn entries(from: Seq, through: Seq) -> Vec<Entry> {
         (from..=through)

@@ -48,7 +48,7 @@ impl Shared {
             history
                 .flush()
                 .context("making the replayed ingest log durable in history")?;
-            ingest_log::remove_through(log_dir, last)?;
+            fleet_wal::remove_through(log_dir, last)?;
             tracing::info!(batches, elapsed = ?started.elapsed(), "replayed the ingest log");
         }
         let metrics = Arc::new(Metrics::default());

@@ -3,8 +3,9 @@
 //! feature state per key, a bounded index of event ids already accepted, and the sync cursor.
 //!
 //! The seam is [`Journal`]: no sled type crosses it. Writes of one commit go into sled as one
-//! atomic batch; [`Journal::flush`] is the group-commit point (a real fsync). Acknowledge
-//! producers only after it returns.
+//! atomic batch and into the store's write-ahead log; [`Journal::flush`] is the group-commit
+//! point (one `fdatasync` of the log; sled is flushed behind it about once a second).
+//! Acknowledge producers only after it returns.
 //!
 //! Many journals can share one database ([`JournalStore`], one tree per journal) so that one
 //! fsync commits them all. Layout of a journal (one sled tree, so a commit is a single atomic
@@ -16,13 +17,14 @@
 //! | `s` state key | seq (u64 BE) + state bytes: the latest state only |
 //! | `d` event id | seq of the dedup mark (for eviction) |
 //! | `o` mark (u64 BE) | event id: dedup marks, oldest first |
-//! | `m` name | meta counters (u64 BE) |
+//! | `m` name | meta counters (u64 BE), the commit number among them |
 
 mod keys;
 mod store;
 mod thinning;
+mod writes;
 
 pub use store::{
-    Commit, Journal, JournalConfig, JournalError, JournalStats, JournalStore, Recovery,
+    Commit, Journal, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR, Recovery,
 };
 pub use thinning::ThinPolicy;

@@ -7,16 +7,24 @@ use std::time::{Duration, Instant};
 use fleet_proto::batch::Entry;
 use fleet_proto::sender::Outbox;
 use fleet_proto::{Record, Seq};
+use fleet_wal::{Checkpointer, SegmentLog};
 use thiserror::Error;
 
 use crate::keys::{self, DEDUP, JOURNAL, STATE};
 use crate::thinning::{ThinPolicy, Thinner};
+use crate::writes::{LoggedCommit, Writes};
 
 type Db = sled::Db<64>;
 type Tree = sled::Tree<64>;
 
-/// sled's background flush interval.
-const BACKGROUND_FLUSH_MS: usize = 1000;
+/// sled's background flush interval: the checkpoints below do the regular flushing.
+const BACKGROUND_FLUSH_MS: usize = 10_000;
+/// How often the store is flushed and its log trimmed; bounds the replay after a crash.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// A log segment this large is closed early.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// The write-ahead log's directory inside the store's.
+pub const LOG_DIR: &str = "journal-log";
 
 #[derive(Debug, Error)]
 pub enum JournalError {
@@ -28,6 +36,12 @@ pub enum JournalError {
     },
     #[error("journal entry {seq} is corrupt: {message}")]
     Corrupt { seq: Seq, message: String },
+    #[error("journal log at {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: fleet_wal::LogError,
+    },
 }
 
 /// Where and how the journal keeps its data.
@@ -88,34 +102,78 @@ pub struct Commit {
 }
 
 /// One sled database holding any number of journals, one tree each: a process that hosts
-/// many devices (a simulator, an edge node) flushes them all with one fsync
+/// many devices (a simulator, an edge node) commits them all with one fsync
 /// ([`Journal::flush_all`]).
+///
+/// Commits are made durable in a write-ahead log (`journal-log/` inside the store's
+/// directory, see [`fleet_wal`]) and sled is flushed behind it about once a second. Each
+/// logged commit carries its journal's commit number, which the same sled batch stores; on
+/// open, commits the store already holds are skipped and the rest applied in order, so the
+/// store ends exactly as it was at the last logged commit (sled may have flushed later,
+/// unacknowledged commits on its own: those are kept).
 pub struct JournalStore {
     /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
     db: Mutex<Db>,
     path: PathBuf,
+    log: Mutex<StoreLog>,
+}
+
+struct StoreLog {
+    log: SegmentLog,
+    checkpointer: Checkpointer,
+    /// A log sync failed: the current segment may end in a torn frame, so commits are made
+    /// durable by flushing sled until a flush after a fresh segment succeeds.
+    degraded: bool,
 }
 
 impl JournalStore {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, replaying its log.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Arc<Self>, JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let db: Db = sled::Config::new()
             .path(path)
             .cache_capacity_bytes(cache_bytes)
-            // Our group commits ([`Journal::flush`]) are what make data durable; sled's
-            // background flush only writes earlier (batches stay atomic either way). With
-            // `None` instead, sled flushes (and fsyncs) whenever any handle or iterator is
-            // dropped, i.e. on nearly every read.
+            // The checkpoints flush; sled's background flush only writes earlier (batches
+            // stay atomic either way). With `None` instead, sled flushes (and fsyncs)
+            // whenever any handle or iterator is dropped, i.e. on nearly every read.
             .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
             .zstd_compression_level(1)
             .open()
-            .map_err(|source| JournalError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(io)?;
+        let log_dir = path.join(LOG_DIR);
+        let log_error = |source| JournalError::Log {
+            path: log_dir.clone(),
+            source,
+        };
+        let (log, replayed) = SegmentLog::open(&log_dir, replayer(&db)).map_err(log_error)?;
+        if let Some(last) = replayed {
+            db.flush().map_err(io)?;
+            fleet_wal::remove_through(&log_dir, last).map_err(log_error)?;
+        }
+        let flusher = db.clone();
+        let checkpointer = Checkpointer::spawn(
+            "journal-checkpointer",
+            log_dir.clone(),
+            CHECKPOINT_EVERY,
+            SEGMENT_BYTES,
+            move || flusher.flush().map(drop).map_err(|e| e.to_string()),
+            |done| {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "journal checkpoint failed; the log keeps its segments");
+                }
+            },
+        );
         Ok(Arc::new(Self {
             db: Mutex::new(db),
             path: path.to_path_buf(),
+            log: Mutex::new(StoreLog {
+                log,
+                checkpointer,
+                degraded: false,
+            }),
         }))
     }
 
@@ -135,16 +193,82 @@ impl JournalStore {
                 path: self.path.join(name),
                 source,
             })?;
-        Journal::on_tree(self.clone(), tree, config, started)
+        Journal::on_tree(self.clone(), tree, Some(name.into()), config, started)
     }
 
     fn db(&self) -> Db {
         self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn flush(&self) -> std::io::Result<()> {
-        self.db().flush().map(drop)
+    fn log(&self) -> MutexGuard<'_, StoreLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Logs a commit already applied to sled (in the order they were applied).
+    fn logged(&self, commit: &LoggedCommit<'_>) {
+        self.log().log.append_with(|buf| commit.encode(buf));
+    }
+
+    /// Makes every commit logged so far durable.
+    fn sync(&self) -> std::io::Result<()> {
+        let mut log = self.log();
+        let log = &mut *log;
+        if !log.degraded {
+            match log.log.sync() {
+                Ok(()) => {
+                    if let Err(e) = log.checkpointer.after_sync(&mut log.log, false) {
+                        tracing::warn!(error = %e, "cannot start a new journal log segment");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal log sync failed; flushing the store instead");
+                    log.degraded = true;
+                }
+            }
+        }
+        log.log.roll().map_err(std::io::Error::other)?;
+        self.db().flush()?;
+        log.degraded = false;
+        Ok(())
+    }
+}
+
+/// Applies logged commits the store does not hold yet, per journal in commit order.
+fn replayer(db: &Db) -> impl FnMut(&[u8]) -> Result<(), String> + '_ {
+    let mut held: std::collections::HashMap<Option<String>, u64> = Default::default();
+    move |payload| {
+        let commit = LoggedCommit::decode(payload)?;
+        let tree = match commit.tree {
+            Some(name) => db.open_tree(name.as_bytes()).map_err(|e| e.to_string())?,
+            None => (**db).clone(),
+        };
+        let name = commit.tree.map(str::to_owned);
+        let current = match held.get(&name) {
+            Some(&n) => n,
+            None => meta_u64(&tree, META_COMMIT).map_err(|e| e.to_string())?,
+        };
+        if commit.number <= current {
+            return Ok(()); // the store holds it already
+        }
+        if commit.number != current + 1 {
+            return Err(format!(
+                "journal {name:?}: logged commit {} follows {current}: commits are missing",
+                commit.number
+            ));
+        }
+        tree.apply_batch(commit.writes.to_batch())
+            .map_err(|e| e.to_string())?;
+        held.insert(name, commit.number);
+        Ok(())
+    }
+}
+
+fn meta_u64(tree: &Tree, name: &str) -> std::io::Result<u64> {
+    Ok(tree
+        .get(keys::meta(name))?
+        .and_then(|v| keys::read_u64(&v))
+        .unwrap_or(0))
 }
 
 /// The device journal. One writer; reads may come from anywhere.
@@ -152,6 +276,8 @@ pub struct Journal {
     store: Arc<JournalStore>,
     /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
     tree: Mutex<Tree>,
+    /// The tree's name in the store (`None`: the default tree).
+    name: Option<String>,
     config: JournalConfig,
     /// Held by writers (append, acknowledge) for the whole write, so they apply in order.
     inner: Mutex<Inner>,
@@ -159,6 +285,8 @@ pub struct Journal {
 }
 
 struct Inner {
+    /// The number of the last commit applied.
+    commits: u64,
     stats: JournalStats,
     /// `last_seq` as of the last successful flush: only durable entries may leave the device
     /// (a crash would otherwise hand the same sequence numbers to other records).
@@ -182,6 +310,8 @@ const META_BYTES: &str = "unacked_bytes";
 const META_THINNED: &str = "thinned";
 const META_DEDUP_HEAD: &str = "dedup_head";
 const META_DEDUP_TAIL: &str = "dedup_tail";
+/// The number of the last commit applied (see [`JournalStore`]).
+const META_COMMIT: &str = "commit";
 
 impl Journal {
     /// Opens (or creates) the journal and checks its counters against its contents.
@@ -189,12 +319,13 @@ impl Journal {
         let started = Instant::now();
         let store = JournalStore::open(&config.path, config.cache_bytes)?;
         let tree: Tree = (*store.db()).clone();
-        Self::on_tree(store, tree, config, started)
+        Self::on_tree(store, tree, None, config, started)
     }
 
     fn on_tree(
         store: Arc<JournalStore>,
         db: Tree,
+        name: Option<String>,
         config: JournalConfig,
         started: Instant,
     ) -> Result<(Self, Recovery), JournalError> {
@@ -202,13 +333,7 @@ impl Journal {
             path: config.path.clone(),
             source,
         };
-        let meta = |name: &str| -> Result<u64, JournalError> {
-            Ok(db
-                .get(keys::meta(name))
-                .map_err(io)?
-                .and_then(|v| keys::read_u64(&v))
-                .unwrap_or(0))
-        };
+        let meta = |name: &str| meta_u64(&db, name).map_err(io);
         let mut stats = JournalStats {
             last_seq: meta(META_LAST)?,
             acked: meta(META_ACKED)?,
@@ -218,6 +343,7 @@ impl Journal {
         };
         let dedup_head = meta(META_DEDUP_HEAD)?;
         let dedup_tail = meta(META_DEDUP_TAIL)?;
+        let commits = meta(META_COMMIT)?;
         stats.dedup_marks = dedup_head - dedup_tail;
         // The last journal key must agree with the counter.
         let last_in_journal = db
@@ -239,8 +365,10 @@ impl Journal {
         let journal = Self {
             store,
             tree: Mutex::new(db),
+            name,
             config,
             inner: Mutex::new(Inner {
+                commits,
                 durable_seq: stats.last_seq,
                 acked_written: stats.acked,
                 stats,
@@ -289,7 +417,7 @@ impl Journal {
     /// Every event gets a dedup mark, kept or thinned.
     pub fn append(&self, records: Vec<Record>) -> Result<Commit, JournalError> {
         let mut inner = self.inner();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut stats = inner.stats.clone();
         let (mut head, mut tail) = (inner.dedup_head, inner.dedup_tail);
         let mut commit = Commit {
@@ -363,10 +491,27 @@ impl Journal {
         ] {
             batch.insert(keys::meta(name), value.to_be_bytes());
         }
-        self.db().apply_batch(batch).map_err(self.io())?;
+        self.commit(&mut inner, batch)?;
         inner.stats = stats;
         (inner.dedup_head, inner.dedup_tail) = (head, tail);
         Ok(commit)
+    }
+
+    /// Applies `writes` and the next commit number to sled as one atomic batch, then logs
+    /// them (durable at the next [`Journal::flush`]).
+    fn commit(&self, inner: &mut Inner, mut writes: Writes) -> Result<(), JournalError> {
+        let number = inner.commits + 1;
+        writes.insert(keys::meta(META_COMMIT), number.to_be_bytes());
+        self.db()
+            .apply_batch(writes.to_batch())
+            .map_err(self.io())?;
+        inner.commits = number;
+        self.store.logged(&LoggedCommit {
+            tree: self.name.as_deref(),
+            number,
+            writes: std::borrow::Cow::Owned(writes),
+        });
+        Ok(())
     }
 
     /// The group-commit point: everything appended (and acknowledged) so far is on disk
@@ -387,7 +532,7 @@ impl Journal {
         let mut flushed: Vec<&Arc<JournalStore>> = Vec::new();
         for j in journals {
             if !flushed.iter().any(|s| Arc::ptr_eq(s, &j.store)) {
-                j.store.flush().map_err(j.io())?;
+                j.store.sync().map_err(j.io())?;
                 flushed.push(&j.store);
             }
         }
@@ -429,7 +574,7 @@ impl Journal {
         if through <= inner.acked_written {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut freed = 0u64;
         for item in fleet_sled_range::inclusive(
             &self.db(),
@@ -443,7 +588,7 @@ impl Journal {
         let bytes = inner.stats.unacked_bytes.saturating_sub(freed);
         batch.insert(keys::meta(META_ACKED), through.to_be_bytes());
         batch.insert(keys::meta(META_BYTES), bytes.to_be_bytes());
-        self.db().apply_batch(batch).map_err(self.io())?;
+        self.commit(inner, batch)?;
         inner.acked_written = through;
         inner.stats.unacked_bytes = bytes;
         Ok(())
@@ -512,7 +657,7 @@ impl Outbox for Journal {
                     );
                     after = seq;
                 }
-                Err(JournalError::Io { .. }) => break,
+                Err(JournalError::Io { .. } | JournalError::Log { .. }) => break,
             }
         }
         out
@@ -528,5 +673,51 @@ impl Outbox for Journal {
             self.db().get(keys::prefixed_str(STATE, key)),
             Ok(Some(v)) if keys::read_u64(&v).is_some_and(|latest| latest > seq)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn payload(number: u64, value: &str) -> Vec<u8> {
+        let mut writes = Writes::default();
+        writes.insert(b"k", value);
+        writes.insert(keys::meta(META_COMMIT), number.to_be_bytes());
+        let mut buf = Vec::new();
+        LoggedCommit {
+            tree: Some("d1"),
+            number,
+            writes: Cow::Owned(writes),
+        }
+        .encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn replay_skips_commits_the_store_holds_and_refuses_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let db: Db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree(b"d1").unwrap();
+        // sled flushed commit 2 on its own; the log still holds 1 and 2, then 3.
+        tree.insert(b"k", b"two").unwrap();
+        tree.insert(keys::meta(META_COMMIT), 2u64.to_be_bytes())
+            .unwrap();
+        let mut replay = replayer(&db);
+        let value = || tree.get(b"k").unwrap().map(|v| v.to_vec());
+        replay(&payload(1, "one")).unwrap();
+        assert_eq!(
+            value().as_deref(),
+            Some(&b"two"[..]),
+            "an older commit would roll it back"
+        );
+        replay(&payload(2, "two")).unwrap();
+        replay(&payload(3, "three")).unwrap();
+        assert_eq!(value().as_deref(), Some(&b"three"[..]));
+        assert_eq!(meta_u64(&tree, META_COMMIT).unwrap(), 3);
+        let err = replay(&payload(5, "five")).unwrap_err();
+        assert!(err.contains("commit 5 follows 3"), "{err}");
+        assert!(replay(b"not a commit").is_err());
     }
 }

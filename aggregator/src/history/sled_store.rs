@@ -133,10 +133,12 @@ impl SledHistory {
         let db: Db = sled::Config::new()
             .path(path)
             .cache_capacity_bytes(256 << 20)
-            // Durability comes from the committer's group flushes; the background flush only
-            // writes earlier (batches stay atomic). With `None`, sled flushes (and fsyncs) on
-            // every dropped handle or iterator, i.e. on nearly every read.
-            .flush_every_ms(Some(1000))
+            // Durability comes from the committer's ingest log and its checkpoints (a flush
+            // about once a second); the background flush only writes earlier (batches stay
+            // atomic), and each flush re-serializes every leaf dirtied since the last, so it is
+            // kept rare. With `None`, sled flushes (and fsyncs) on every dropped handle or
+            // iterator, i.e. on nearly every read.
+            .flush_every_ms(Some(10_000))
             .zstd_compression_level(1)
             .open()?;
         let counters = match db.get(COUNTERS)? {

@@ -251,8 +251,11 @@ impl CourierFeed for CityCourier {
         }
     }
 
-    fn done(&self) -> bool {
-        self.planned.is_empty() && self.next_task_ms >= self.end_ms()
+    fn next_ms(&self) -> Option<i64> {
+        match self.planned.front() {
+            Some(e) => Some(e.event_time.timestamp_millis()),
+            None => (self.next_task_ms < self.end_ms()).then_some(self.next_task_ms),
+        }
     }
 }
 

@@ -26,8 +26,13 @@ pub trait CourierFeed: Send {
     /// Appends every event due at or before `until_ms` (simulated, ms since the epoch) and
     /// the truth of each task that starts among them.
     fn advance(&mut self, until_ms: i64, out: &mut Vec<Event>, truth: &mut Vec<TaskTruth>);
+    /// When (simulated ms) the next event may be due, at the earliest; `None` when nothing
+    /// more will come. The fleet advances a courier only once this time is reached.
+    fn next_ms(&self) -> Option<i64>;
     /// Nothing more will come.
-    fn done(&self) -> bool;
+    fn done(&self) -> bool {
+        self.next_ms().is_none()
+    }
 }
 
 /// A fleet ready to run: feeds and the simulated window they cover.
@@ -72,8 +77,8 @@ impl CourierFeed for Prepared {
         }
     }
 
-    fn done(&self) -> bool {
-        self.events.is_empty()
+    fn next_ms(&self) -> Option<i64> {
+        self.events.front().map(|e| e.event_time.timestamp_millis())
     }
 }
 

@@ -1,0 +1,161 @@
+//! [`Checkpointer`]: flushes the store behind a [`SegmentLog`] on its own thread, then removes
+//! the segments that flush covered.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::segments::{LogError, SegmentLog, remove_through};
+
+/// Decides when a checkpoint is due and runs it in the background.
+///
+/// The owner must apply each commit to the store before appending it to the log: then a
+/// store flush that starts after a segment is closed covers everything in it.
+pub struct Checkpointer {
+    idle: Arc<AtomicBool>,
+    closed: Option<mpsc::Sender<u64>>,
+    thread: Option<JoinHandle<()>>,
+    every: Duration,
+    max_segment_bytes: u64,
+    last: Instant,
+}
+
+impl Checkpointer {
+    /// Starts the thread. `flush` makes the store durable; `report` hears how each
+    /// checkpoint went (its duration, or the error, after which the segments are kept and
+    /// the next checkpoint covers them).
+    pub fn spawn(
+        name: &str,
+        dir: PathBuf,
+        every: Duration,
+        max_segment_bytes: u64,
+        mut flush: impl FnMut() -> Result<(), String> + Send + 'static,
+        report: impl Fn(Result<Duration, String>) + Send + 'static,
+    ) -> Self {
+        let idle = Arc::new(AtomicBool::new(true));
+        let (closed, segments) = mpsc::channel::<u64>();
+        let flag = idle.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for last in segments {
+                    let started = Instant::now();
+                    let done = flush()
+                        .and_then(|()| remove_through(&dir, last).map_err(|e| e.to_string()));
+                    report(done.map(|()| started.elapsed()));
+                    flag.store(true, Ordering::Release);
+                }
+            })
+            .expect("spawning a checkpointer thread");
+        Self {
+            idle,
+            closed: Some(closed),
+            thread: Some(thread),
+            every,
+            max_segment_bytes,
+            last: Instant::now(),
+        }
+    }
+
+    /// Call after each [`SegmentLog::sync`]: when a checkpoint is due (the interval passed
+    /// or the segment is large) and none is running, or when the sync failed (the segment
+    /// cannot take more), closes the segment and starts a checkpoint through it.
+    pub fn after_sync(&mut self, log: &mut SegmentLog, sync_failed: bool) -> Result<(), LogError> {
+        let due =
+            self.last.elapsed() >= self.every || log.segment_bytes() >= self.max_segment_bytes;
+        if sync_failed || (due && self.idle.load(Ordering::Acquire)) {
+            let closed = log.roll()?;
+            self.idle.store(false, Ordering::Release);
+            if let Some(tx) = &self.closed {
+                let _ = tx.send(closed);
+            }
+            self.last = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Waits for a running checkpoint, so that the store is not in use once this is gone.
+    fn drop(&mut self) {
+        self.closed = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn segment_names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_due_checkpoint_flushes_then_removes_the_closed_segments_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        let flushes = Arc::new(Mutex::new(0));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let (f, r) = (flushes.clone(), reports.clone());
+        let mut checkpointer = Checkpointer::spawn(
+            "test-checkpointer",
+            dir.path().to_path_buf(),
+            Duration::from_millis(50),
+            u64::MAX,
+            move || {
+                *f.lock().unwrap() += 1;
+                Ok(())
+            },
+            move |done| r.lock().unwrap().push(done.is_ok()),
+        );
+        log.append_with(|b| b.push(1));
+        log.sync().unwrap();
+        checkpointer.after_sync(&mut log, false).unwrap();
+        assert_eq!(*flushes.lock().unwrap(), 0, "not due yet");
+        std::thread::sleep(Duration::from_millis(60));
+        log.append_with(|b| b.push(2));
+        log.sync().unwrap();
+        checkpointer.after_sync(&mut log, false).unwrap();
+        drop(checkpointer); // waits for the checkpoint
+        assert_eq!(*flushes.lock().unwrap(), 1);
+        assert_eq!(*reports.lock().unwrap(), [true]);
+        assert_eq!(segment_names(dir.path()), ["segment-0000000000000001"]);
+    }
+
+    #[test]
+    fn a_failed_flush_keeps_the_segments_and_a_failed_sync_rolls_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let r = reports.clone();
+        let mut checkpointer = Checkpointer::spawn(
+            "test-checkpointer",
+            dir.path().to_path_buf(),
+            Duration::from_secs(3600),
+            u64::MAX,
+            || Err("disk full".into()),
+            move |done| r.lock().unwrap().push(done.map(drop)),
+        );
+        log.append_with(|b| b.push(1));
+        log.sync().unwrap();
+        checkpointer.after_sync(&mut log, true).unwrap();
+        drop(checkpointer);
+        assert_eq!(*reports.lock().unwrap(), [Err("disk full".to_string())]);
+        assert_eq!(
+            segment_names(dir.path()),
+            ["segment-0000000000000000", "segment-0000000000000001"]
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! [`SegmentLog`]: files `segment-{n:016x}` in one directory, each a run of frames
+//! `length (u32 LE) | crc32 of the payload (u32 LE) | payload`. Only the newest segment can
+//! end in a torn frame (older ones were synced before the next was created), and nothing in
+//! a torn frame was acknowledged: replay of a segment stops at its first frame that is not
+//! whole and intact.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+const PREFIX: &str = "segment-";
+/// Largest frame accepted on replay (a commit is far smaller; this bounds a corrupt length).
+const MAX_FRAME: usize = 256 << 20;
+const HEADER: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("write-ahead log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("write-ahead log {segment}: replaying a frame: {message}")]
+    Replay { segment: PathBuf, message: String },
+}
+
+/// The open log: appends go to the newest segment.
+pub struct SegmentLog {
+    dir: PathBuf,
+    segment: u64,
+    file: File,
+    /// Frames appended since the last [`SegmentLog::sync`].
+    pending: Vec<u8>,
+    segment_bytes: u64,
+}
+
+impl SegmentLog {
+    /// Opens the log in `dir`, first passing the payload of every intact frame, oldest first,
+    /// to `replay`. The caller makes what it replayed durable in its store and then calls
+    /// [`remove_through`] with the returned segment number; appends go to a new segment.
+    pub fn open(
+        dir: &Path,
+        mut replay: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(Self, Option<u64>), LogError> {
+        let io = |source| LogError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let segments = segments(dir).map_err(io)?;
+        for &n in &segments {
+            let path = segment_path(dir, n);
+            let bytes = fs::read(&path).map_err(|source| LogError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (frames, end) = intact_frames(&bytes);
+            if end < bytes.len() {
+                tracing::warn!(segment = %path.display(), at = end, of = bytes.len(), "log segment ends in a torn or corrupt frame; replaying what precedes it");
+            }
+            for payload in frames {
+                replay(payload).map_err(|message| LogError::Replay {
+                    segment: path.clone(),
+                    message,
+                })?;
+            }
+        }
+        let last = segments.last().copied();
+        let log = Self::create(dir, last.map_or(0, |n| n + 1))?;
+        Ok((log, last))
+    }
+
+    fn create(dir: &Path, segment: u64) -> Result<Self, LogError> {
+        let path = segment_path(dir, segment);
+        let io = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        // The new name must survive a power loss before anything in it is acknowledged.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            segment,
+            file,
+            pending: Vec::new(),
+            segment_bytes: 0,
+        })
+    }
+
+    /// Adds a frame to the next [`SegmentLog::sync`]; `encode` writes its payload.
+    pub fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.pending.len();
+        self.pending.extend_from_slice(&[0; HEADER]);
+        encode(&mut self.pending);
+        let payload = &self.pending[start + HEADER..];
+        let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+        self.pending[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.pending[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Whether anything was appended since the last sync.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes what was appended and waits until it is on disk. After an error the segment
+    /// cannot be trusted to take more (part of a write may have landed): [`SegmentLog::roll`].
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        let io = |source| LogError::Io {
+            path: segment_path(&self.dir, self.segment),
+            source,
+        };
+        let written = self.file.write_all(&self.pending);
+        self.segment_bytes += self.pending.len() as u64;
+        self.pending.clear();
+        written.map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+
+    /// Bytes in the current segment.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// Closes the current segment (after a [`SegmentLog::sync`]) and starts the next; returns
+    /// the closed segment's number.
+    pub fn roll(&mut self) -> Result<u64, LogError> {
+        let closed = self.segment;
+        *self = Self::create(&self.dir, closed + 1)?;
+        Ok(closed)
+    }
+
+    /// Where the segments live (for [`remove_through`]).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Removes the segments numbered `last` and below: call only once the store holds all of
+/// them durably.
+pub fn remove_through(dir: &Path, last: u64) -> Result<(), LogError> {
+    let io = |source| LogError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for n in segments(dir).map_err(io)? {
+        if n <= last {
+            let path = segment_path(dir, n);
+            fs::remove_file(&path).map_err(|source| LogError::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{n:016x}"))
+}
+
+/// Segment numbers in `dir`, ascending.
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        {
+            found.push(n);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// The payloads of the whole, intact frames at the start of `bytes`, and where they end.
+fn intact_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let Some(payload) = bytes.get(at + HEADER..).and_then(|rest| rest.get(..len)) else {
+            break;
+        };
+        if len > MAX_FRAME || crc32fast::hash(payload) != crc {
+            break;
+        }
+        frames.push(payload);
+        at += HEADER + len;
+    }
+    (frames, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replayed(dir: &Path) -> (Vec<Vec<u8>>, Option<u64>) {
+        let mut seen = Vec::new();
+        let (_, last) = SegmentLog::open(dir, |p| {
+            seen.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        (seen, last)
+    }
+
+    fn append(log: &mut SegmentLog, payload: &[u8]) {
+        log.append_with(|buf| buf.extend_from_slice(payload));
+    }
+
+    #[test]
+    fn synced_frames_come_back_in_order_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, last) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        assert_eq!(last, None);
+        append(&mut log, b"one");
+        append(&mut log, b"");
+        assert!(log.has_pending());
+        log.sync().unwrap();
+        assert!(!log.has_pending());
+        assert_eq!(log.segment_bytes(), 2 * 8 + 3);
+        assert_eq!(log.roll().unwrap(), 0);
+        append(&mut log, b"three");
+        log.sync().unwrap();
+        // Appended but never synced: not on disk, not replayed.
+        append(&mut log, b"lost");
+        drop(log);
+
+        let (seen, last) = replayed(dir.path());
+        assert_eq!(last, Some(1));
+        assert_eq!(seen, [&b"one"[..], b"", b"three"]);
+        // Reopening started a new segment after the replayed ones; removing them leaves it.
+        remove_through(dir.path(), 1).unwrap();
+        assert_eq!(segments(dir.path()).unwrap(), [2]);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_ends_the_replay_of_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        append(&mut log, b"first frame");
+        append(&mut log, b"second frame");
+        log.sync().unwrap();
+        drop(log);
+        let path = segment_path(dir.path(), 0);
+        let whole = fs::read(&path).unwrap();
+        let first_frame = HEADER + b"first frame".len();
+        // Every cut inside the second frame, and a flipped bit in it, keep the first only.
+        for cut in first_frame..whole.len() {
+            fs::write(&path, &whole[..cut]).unwrap();
+            let (seen, _) = replayed(dir.path());
+            assert_eq!(seen, [b"first frame"], "cut at {cut}");
+            remove_through(dir.path(), u64::MAX).unwrap();
+        }
+        let mut flipped = whole.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen, [b"first frame"]);
+    }
+
+    #[test]
+    fn a_replay_failure_is_an_error_naming_the_segment_and_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        append(&mut log, b"x");
+        log.sync().unwrap();
+        drop(log);
+        let err = SegmentLog::open(dir.path(), |_| Err("disk full".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("segment-0000000000000000") && err.contains("disk full"));
+    }
+}
