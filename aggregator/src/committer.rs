@@ -12,18 +12,19 @@ use fleet_proto::{Entry, Seq};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{History, IngestOutcome};
-use fleet_wal::Checkpointer;
+use fleet_wal::{CheckpointPolicy, Checkpointer};
 
 use crate::ingest_log::IngestLog;
 use crate::metrics::Metrics;
 
 /// Most requests folded into one commit.
 const MAX_GROUP: usize = 512;
-/// How often the history is flushed and the log behind it trimmed; bounds the replay after a
-/// crash to about this much ingest.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// A segment this large is closed early (a burst), so that replay and disk stay bounded.
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// How often the history is flushed and the log behind it trimmed: after 30 s or 32 MiB of
+/// log, which bounds the replay after a crash (see [`CheckpointPolicy`] for why so long).
+pub const CHECKPOINTS: CheckpointPolicy = CheckpointPolicy {
+    every: Duration::from_secs(30),
+    max_segment_bytes: 32 << 20,
+};
 
 struct Job {
     device: Arc<str>,
@@ -59,11 +60,16 @@ impl CommitterHandle {
 
 /// Starts the committer and its checkpointer. `log` must have been opened (and replayed into
 /// `history`) by the caller.
-pub fn spawn(history: Arc<dyn History>, log: IngestLog, metrics: Arc<Metrics>) -> CommitterHandle {
+pub fn spawn(
+    history: Arc<dyn History>,
+    log: IngestLog,
+    checkpoints: CheckpointPolicy,
+    metrics: Arc<Metrics>,
+) -> CommitterHandle {
     let (tx, rx) = mpsc::channel::<Job>(1024);
     std::thread::Builder::new()
         .name("committer".into())
-        .spawn(move || commit_loop(rx, history, log, metrics))
+        .spawn(move || commit_loop(rx, history, log, checkpoints, metrics))
         .expect("spawning the committer thread");
     CommitterHandle(tx)
 }
@@ -72,6 +78,7 @@ fn commit_loop(
     mut rx: mpsc::Receiver<Job>,
     history: Arc<dyn History>,
     mut log: IngestLog,
+    checkpoints: CheckpointPolicy,
     metrics: Arc<Metrics>,
 ) {
     let mut checkpointer = {
@@ -81,8 +88,7 @@ fn commit_loop(
         Checkpointer::spawn(
             "checkpointer",
             log.dir().to_path_buf(),
-            CHECKPOINT_EVERY,
-            SEGMENT_BYTES,
+            checkpoints,
             move || history.flush().map_err(|e| e.to_string()),
             move |done| match done {
                 Ok(took) => {
@@ -175,7 +181,12 @@ mod tests {
         let log_dir = dir.path().join("log");
         let (log, _) = IngestLog::open(&log_dir, |_| unreachable!()).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let committer = spawn(history.clone(), log, metrics.clone());
+        let every = Duration::from_millis(200);
+        let policy = CheckpointPolicy {
+            every,
+            max_segment_bytes: u64::MAX,
+        };
+        let committer = spawn(history.clone(), log, policy, metrics.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -191,7 +202,7 @@ mod tests {
         };
         assert_eq!(persist(1, 3).stored, 3);
         assert_eq!(metrics.checkpoints.load(Ordering::Relaxed), 0);
-        std::thread::sleep(CHECKPOINT_EVERY);
+        std::thread::sleep(every);
         // The first commit after the interval closes the segment and starts a checkpoint.
         assert_eq!(persist(4, 5).stored, 2);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -52,7 +52,12 @@ impl Shared {
             tracing::info!(batches, elapsed = ?started.elapsed(), "replayed the ingest log");
         }
         let metrics = Arc::new(Metrics::default());
-        let committer = committer::spawn(history.clone(), log, metrics.clone());
+        let committer = committer::spawn(
+            history.clone(),
+            log,
+            committer::CHECKPOINTS,
+            metrics.clone(),
+        );
         Ok(Arc::new(Self {
             history,
             metrics,

@@ -25,6 +25,7 @@ mod thinning;
 mod writes;
 
 pub use store::{
-    Commit, Journal, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR, Recovery,
+    CHECKPOINTS, Commit, Journal, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR,
+    Recovery,
 };
 pub use thinning::ThinPolicy;

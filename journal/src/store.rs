@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use fleet_proto::batch::Entry;
 use fleet_proto::sender::Outbox;
 use fleet_proto::{Record, Seq};
-use fleet_wal::{Checkpointer, SegmentLog};
+use fleet_wal::{CheckpointPolicy, Checkpointer, SegmentLog};
 use thiserror::Error;
 
 use crate::keys::{self, DEDUP, JOURNAL, STATE};
@@ -17,12 +17,14 @@ use crate::writes::{LoggedCommit, Writes};
 type Db = sled::Db<64>;
 type Tree = sled::Tree<64>;
 
-/// sled's background flush interval: the checkpoints below do the regular flushing.
-const BACKGROUND_FLUSH_MS: usize = 10_000;
-/// How often the store is flushed and its log trimmed; bounds the replay after a crash.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// A log segment this large is closed early.
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// sled's background flush interval: the checkpoints do the regular flushing.
+const BACKGROUND_FLUSH_MS: usize = 600_000;
+/// How often the store is flushed and its log trimmed: after 30 s or 16 MiB of log (about
+/// 50,000 entries), which bounds the replay after a crash (see [`CheckpointPolicy`]).
+pub const CHECKPOINTS: CheckpointPolicy = CheckpointPolicy {
+    every: Duration::from_secs(30),
+    max_segment_bytes: 16 << 20,
+};
 /// The write-ahead log's directory inside the store's.
 pub const LOG_DIR: &str = "journal-log";
 
@@ -53,6 +55,9 @@ pub struct JournalConfig {
     pub thin: ThinPolicy,
     /// sled's page cache.
     pub cache_bytes: usize,
+    /// When sled is flushed behind the write-ahead log ([`Journal::open`] only; a
+    /// [`JournalStore`] has its own).
+    pub checkpoints: CheckpointPolicy,
 }
 
 impl JournalConfig {
@@ -62,6 +67,7 @@ impl JournalConfig {
             dedup_capacity: 1_000_000,
             thin: ThinPolicy::default(),
             cache_bytes: 64 << 20,
+            checkpoints: CHECKPOINTS,
         }
     }
 }
@@ -129,6 +135,15 @@ struct StoreLog {
 impl JournalStore {
     /// Opens (or creates) the database at `path`, replaying its log.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Arc<Self>, JournalError> {
+        Self::open_with(path, cache_bytes, CHECKPOINTS)
+    }
+
+    /// [`JournalStore::open`] with its own checkpoint policy.
+    pub fn open_with(
+        path: &Path,
+        cache_bytes: usize,
+        checkpoints: CheckpointPolicy,
+    ) -> Result<Arc<Self>, JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
@@ -157,8 +172,7 @@ impl JournalStore {
         let checkpointer = Checkpointer::spawn(
             "journal-checkpointer",
             log_dir.clone(),
-            CHECKPOINT_EVERY,
-            SEGMENT_BYTES,
+            checkpoints,
             move || flusher.flush().map(drop).map_err(|e| e.to_string()),
             |done| {
                 if let Err(e) = done {
@@ -317,7 +331,7 @@ impl Journal {
     /// Opens (or creates) the journal and checks its counters against its contents.
     pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
         let started = Instant::now();
-        let store = JournalStore::open(&config.path, config.cache_bytes)?;
+        let store = JournalStore::open_with(&config.path, config.cache_bytes, config.checkpoints)?;
         let tree: Tree = (*store.db()).clone();
         Self::on_tree(store, tree, None, config, started)
     }

@@ -190,7 +190,10 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (j, recovery) = Journal::open(JournalConfig::new(dir)).unwrap();
+    let mut config = JournalConfig::new(dir);
+    // Checkpoints within the run, so that kills also land during and after them.
+    config.checkpoints.every = Duration::from_millis(300);
+    let (j, recovery) = Journal::open(config).unwrap();
     let mut n = recovery.last_seq * 10;
     loop {
         let batch: Vec<Record> = (0..64)

@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 
 use crate::segments::{LogError, SegmentLog, remove_through};
 
+/// When a checkpoint is due: whichever comes first.
+///
+/// A checkpoint serializes every leaf dirtied since the last one, once, however often it was
+/// written in between. Keys spread over many leaves (a route index by courier, each courier
+/// pinging every few seconds) are each dirtied about once per interval unless the interval is
+/// longer than the time between their writes, so the interval is long (tens of seconds); the
+/// segment size bounds the log, and so the replay after a crash, during bursts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    pub every: Duration,
+    pub max_segment_bytes: u64,
+}
+
 /// Decides when a checkpoint is due and runs it in the background.
 ///
 /// The owner must apply each commit to the store before appending it to the log: then a
@@ -18,8 +31,7 @@ pub struct Checkpointer {
     idle: Arc<AtomicBool>,
     closed: Option<mpsc::Sender<u64>>,
     thread: Option<JoinHandle<()>>,
-    every: Duration,
-    max_segment_bytes: u64,
+    policy: CheckpointPolicy,
     last: Instant,
 }
 
@@ -30,8 +42,7 @@ impl Checkpointer {
     pub fn spawn(
         name: &str,
         dir: PathBuf,
-        every: Duration,
-        max_segment_bytes: u64,
+        policy: CheckpointPolicy,
         mut flush: impl FnMut() -> Result<(), String> + Send + 'static,
         report: impl Fn(Result<Duration, String>) + Send + 'static,
     ) -> Self {
@@ -54,8 +65,7 @@ impl Checkpointer {
             idle,
             closed: Some(closed),
             thread: Some(thread),
-            every,
-            max_segment_bytes,
+            policy,
             last: Instant::now(),
         }
     }
@@ -64,8 +74,8 @@ impl Checkpointer {
     /// or the segment is large) and none is running, or when the sync failed (the segment
     /// cannot take more), closes the segment and starts a checkpoint through it.
     pub fn after_sync(&mut self, log: &mut SegmentLog, sync_failed: bool) -> Result<(), LogError> {
-        let due =
-            self.last.elapsed() >= self.every || log.segment_bytes() >= self.max_segment_bytes;
+        let due = self.last.elapsed() >= self.policy.every
+            || log.segment_bytes() >= self.policy.max_segment_bytes;
         if sync_failed || (due && self.idle.load(Ordering::Acquire)) {
             let closed = log.roll()?;
             self.idle.store(false, Ordering::Release);
@@ -112,8 +122,10 @@ mod tests {
         let mut checkpointer = Checkpointer::spawn(
             "test-checkpointer",
             dir.path().to_path_buf(),
-            Duration::from_millis(50),
-            u64::MAX,
+            CheckpointPolicy {
+                every: Duration::from_millis(50),
+                max_segment_bytes: u64::MAX,
+            },
             move || {
                 *f.lock().unwrap() += 1;
                 Ok(())
@@ -143,8 +155,10 @@ mod tests {
         let mut checkpointer = Checkpointer::spawn(
             "test-checkpointer",
             dir.path().to_path_buf(),
-            Duration::from_secs(3600),
-            u64::MAX,
+            CheckpointPolicy {
+                every: Duration::from_secs(3600),
+                max_segment_bytes: u64::MAX,
+            },
             || Err("disk full".into()),
             move |done| r.lock().unwrap().push(done.map(drop)),
         );

@@ -16,5 +16,5 @@
 mod checkpoint;
 mod segments;
 
-pub use checkpoint::Checkpointer;
+pub use checkpoint::{CheckpointPolicy, Checkpointer};
 pub use segments::{LogError, SegmentLog, remove_through};

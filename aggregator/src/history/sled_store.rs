@@ -138,7 +138,7 @@ impl SledHistory {
             // atomic), and each flush re-serializes every leaf dirtied since the last, so it is
             // kept rare. With `None`, sled flushes (and fsyncs) on every dropped handle or
             // iterator, i.e. on nearly every read.
-            .flush_every_ms(Some(10_000))
+            .flush_every_ms(Some(600_000))
             .zstd_compression_level(1)
             .open()?;
         let counters = match db.get(COUNTERS)? {
