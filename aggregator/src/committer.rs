@@ -1,9 +1,9 @@
 //! Group commit: one thread takes every persist request waiting, ingests them into the
 //! history (in memory), appends them to the [ingest log](crate::ingest_log) and makes them
 //! durable with one `fdatasync`, and only then answers each. A checkpointer thread flushes the
-//! history about once a second and then removes the log segments that flush covered. The
-//! queue is bounded, so a slow disk slows the connections, which slows the devices (QUIC flow
-//! control): nothing is dropped.
+//! history as often as [`CHECKPOINTS`] says and then removes the log segments that flush
+//! covered. The queue is bounded, so a slow disk slows the connections, which slows the
+//! devices (QUIC flow control): nothing is dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //!
 //! The seam is [`Journal`]: no sled type crosses it. Writes of one commit go into sled as one
 //! atomic batch and into the store's write-ahead log; [`Journal::flush`] is the group-commit
-//! point (one `fdatasync` of the log; sled is flushed behind it about once a second).
+//! point (one `fdatasync` of the log; sled is flushed behind it every 30 s, [`CHECKPOINTS`]).
 //! Acknowledge producers only after it returns.
 //!
 //! Many journals can share one database ([`JournalStore`], one tree per journal) so that one

@@ -19,11 +19,11 @@ type Tree = sled::Tree<64>;
 
 /// sled's background flush interval: the checkpoints do the regular flushing.
 const BACKGROUND_FLUSH_MS: usize = 600_000;
-/// How often the store is flushed and its log trimmed: after 30 s or 16 MiB of log (about
-/// 50,000 entries), which bounds the replay after a crash (see [`CheckpointPolicy`]).
+/// How often the store is flushed and its log trimmed: after 30 s or 8 MiB of log, which
+/// bounds the replay after a crash to well under a second (see [`CheckpointPolicy`]).
 pub const CHECKPOINTS: CheckpointPolicy = CheckpointPolicy {
     every: Duration::from_secs(30),
-    max_segment_bytes: 16 << 20,
+    max_segment_bytes: 8 << 20,
 };
 /// The write-ahead log's directory inside the store's.
 pub const LOG_DIR: &str = "journal-log";
@@ -112,7 +112,7 @@ pub struct Commit {
 /// ([`Journal::flush_all`]).
 ///
 /// Commits are made durable in a write-ahead log (`journal-log/` inside the store's
-/// directory, see [`fleet_wal`]) and sled is flushed behind it about once a second. Each
+/// directory, see [`fleet_wal`]) and sled is flushed behind it every [`CHECKPOINTS`] interval. Each
 /// logged commit carries its journal's commit number, which the same sled batch stores; on
 /// open, commits the store already holds are skipped and the rest applied in order, so the
 /// store ends exactly as it was at the last logged commit (sled may have flushed later,

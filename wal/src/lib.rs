@@ -4,10 +4,10 @@
 //! (tens of microseconds per leaf, 5-100 ms for a group that touched a few thousand), while
 //! an append and an `fdatasync` of the same writes take well under a millisecond. So the
 //! aggregator's history and the device journals both commit to a [`SegmentLog`], acknowledge
-//! after its `fdatasync`, and let a [`Checkpointer`] flush the store about once a second and
-//! remove the segments that flush covered; each leaf is then serialized once per checkpoint
-//! for all the commits that dirtied it. On start, the owner replays the segments still on
-//! disk into the store.
+//! after its `fdatasync`, and let a [`Checkpointer`] flush the store every few tens of
+//! seconds and remove the segments that flush covered; each leaf is then serialized once per
+//! checkpoint for all the commits that dirtied it. On start, the owner replays the segments
+//! still on disk into the store.
 //!
 //! Hand-written because no maintained crate offers exactly this (a WAL beside a store
 //! that already has its own on-disk format, with replay through the owner's code): the
