@@ -112,7 +112,7 @@ pub struct Commit {
 /// ([`Journal::flush_all`]).
 ///
 /// Commits are made durable in a write-ahead log (`journal-log/` inside the store's
-/// directory, see [`fleet_wal`]) and sled is flushed behind it every [`CHECKPOINTS`] interval. Each
+/// directory, see [`fleet_wal`]) and sled is flushed behind it as [`CHECKPOINTS`] says. Each
 /// logged commit carries its journal's commit number, which the same sled batch stores; on
 /// open, commits the store already holds are skipped and the rest applied in order, so the
 /// store ends exactly as it was at the last logged commit (sled may have flushed later,
