@@ -134,7 +134,7 @@ impl SledHistory {
             .path(path)
             .cache_capacity_bytes(256 << 20)
             // Durability comes from the committer's ingest log and its checkpoints (a flush
-            // about once a second); the background flush only writes earlier (batches stay
+            // every 30 s or 32 MiB of log); the background flush only writes earlier (batches stay
             // atomic), and each flush re-serializes every leaf dirtied since the last, so it is
             // kept rare. With `None`, sled flushes (and fsyncs) on every dropped handle or
             // iterator, i.e. on nearly every read.
