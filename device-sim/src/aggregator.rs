@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-
 use fleet_aggregator::{ServeConfig, Shared};
 
 pub enum Aggregator {

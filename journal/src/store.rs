@@ -597,7 +597,7 @@ impl Journal {
         ) {
             let (k, v) = item.map_err(self.io())?;
             freed += v.len() as u64;
-            batch.remove(k);
+            batch.remove(&*k);
         }
         let bytes = inner.stats.unacked_bytes.saturating_sub(freed);
         batch.insert(keys::meta(META_ACKED), through.to_be_bytes());

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
 
 impl Writes {
-    pub(crate) fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.0
-            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    /// Owned keys and values (a record's encoding) are moved in, not copied.
+    pub(crate) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), Some(value.into())));
     }
 
-    pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
-        self.0.push((key.as_ref().to_vec(), None));
+    pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), None));
     }
 
     pub(crate) fn to_batch(&self) -> sled::Batch {
