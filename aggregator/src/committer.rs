@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use fleet_proto::{Entry, Seq};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::history::{History, IngestOutcome};
 use fleet_wal::{CheckpointPolicy, Checkpointer};
 
+use crate::history::{History, IngestOutcome};
 use crate::ingest_log::IngestLog;
 use crate::metrics::Metrics;
 
@@ -179,7 +179,7 @@ mod tests {
         let history: Arc<dyn History> =
             Arc::new(SledHistory::open(&dir.path().join("history")).unwrap());
         let log_dir = dir.path().join("log");
-        let (log, _) = IngestLog::open(&log_dir, |_| unreachable!()).unwrap();
+        let (log, _) = IngestLog::recover(&log_dir, |_| unreachable!(), || Ok(())).unwrap();
         let metrics = Arc::new(Metrics::default());
         let every = Duration::from_millis(200);
         let policy = CheckpointPolicy {

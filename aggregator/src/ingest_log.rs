@@ -1,9 +1,9 @@
 //! The ingest log: a [write-ahead log](fleet_wal) of the batches the committer accepts. A
 //! group is acknowledged once its batches are appended here and made durable with one
 //! `fdatasync`; the history indexes them in memory at once and is flushed in the background
-//! (see [`crate::committer`]). After a crash, [`IngestLog::open`] replays every segment still
-//! on disk into the history: ingest is idempotent per (device, sequence), so replaying what
-//! the history already holds changes nothing.
+//! (see [`crate::committer`]). After a crash, [`IngestLog::recover`] replays every segment
+//! still on disk into the history: ingest is idempotent per (device, sequence), so replaying
+//! what the history already holds changes nothing.
 //!
 //! Each frame's payload is one [`LoggedBatch`] in postcard.
 
@@ -37,20 +37,25 @@ struct LoggedBatchRef<'a> {
 pub struct IngestLog(SegmentLog);
 
 impl IngestLog {
-    /// Opens the log in `dir`, first passing every logged batch, oldest first, to `replay`.
-    /// The caller makes what it replayed durable and then calls [`fleet_wal::remove_through`]
-    /// with the returned segment number.
-    pub fn open(
+    /// Opens the log in `dir`, first passing every logged batch, oldest first, to `replay`,
+    /// then `make_durable` (see [`SegmentLog::recover`]). Returns the log and the number of
+    /// batches replayed.
+    pub fn recover(
         dir: &Path,
         mut replay: impl FnMut(LoggedBatch) -> Result<(), String>,
-    ) -> Result<(Self, Option<u64>), LogError> {
-        let (log, last) = SegmentLog::open(dir, |payload| {
-            let batch: LoggedBatch = postcard::from_bytes(payload)
-                .map_err(|e| format!("an intact frame does not decode as a batch: {e}"))?;
-            let device = batch.device.clone();
-            replay(batch).map_err(|message| format!("a batch of device {device}: {message}"))
-        })?;
-        Ok((Self(log), last))
+        make_durable: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(Self, u64), LogError> {
+        let (log, batches) = SegmentLog::recover(
+            dir,
+            |payload| {
+                let batch: LoggedBatch = postcard::from_bytes(payload)
+                    .map_err(|e| format!("an intact frame does not decode as a batch: {e}"))?;
+                let device = batch.device.clone();
+                replay(batch).map_err(|message| format!("a batch of device {device}: {message}"))
+            },
+            make_durable,
+        )?;
+        Ok((Self(log), batches))
     }
 
     /// Adds a batch to the next sync.
@@ -102,18 +107,22 @@ mod tests {
     #[test]
     fn logged_batches_come_back_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = IngestLog::open(dir.path(), |_| unreachable!()).unwrap();
+        let (mut log, _) = IngestLog::recover(dir.path(), |_| unreachable!(), || Ok(())).unwrap();
         log.append("d1", 3, 10, &entries(1, 3));
         log.append("d2", 1, 11, &entries(1, 1));
         log.sync().unwrap();
         drop(log);
         let mut seen = Vec::new();
-        let (_, last) = IngestLog::open(dir.path(), |b| {
-            seen.push(b);
-            Ok(())
-        })
+        let (_, batches) = IngestLog::recover(
+            dir.path(),
+            |b| {
+                seen.push(b);
+                Ok(())
+            },
+            || Ok(()),
+        )
         .unwrap();
-        assert_eq!(last, Some(0));
+        assert_eq!(batches, 2);
         assert_eq!(
             seen,
             [
@@ -136,11 +145,11 @@ mod tests {
     #[test]
     fn a_replay_failure_is_an_error_naming_the_device() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = IngestLog::open(dir.path(), |_| unreachable!()).unwrap();
+        let (mut log, _) = IngestLog::recover(dir.path(), |_| unreachable!(), || Ok(())).unwrap();
         log.append("d7", 1, 10, &entries(1, 1));
         log.sync().unwrap();
         drop(log);
-        let err = IngestLog::open(dir.path(), |_| Err("disk full".into()))
+        let err = IngestLog::recover(dir.path(), |_| Err("disk full".into()), || Ok(()))
             .err()
             .unwrap();
         assert!(err.to_string().contains("d7") && err.to_string().contains("disk full"));

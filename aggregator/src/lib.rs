@@ -36,19 +36,17 @@ impl Shared {
     /// history may not have made durable).
     pub fn open(history: Arc<dyn History>, log_dir: &Path) -> anyhow::Result<Arc<Self>> {
         let started = std::time::Instant::now();
-        let mut batches = 0u64;
-        let (log, replayed) = IngestLog::open(log_dir, |b| {
-            batches += 1;
-            history
-                .ingest(&b.device, b.through, &b.entries, b.now_ms)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })?;
-        if let Some(last) = replayed {
-            history
-                .flush()
-                .context("making the replayed ingest log durable in history")?;
-            fleet_wal::remove_through(log_dir, last)?;
+        let (log, batches) = IngestLog::recover(
+            log_dir,
+            |b| {
+                history
+                    .ingest(&b.device, b.through, &b.entries, b.now_ms)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+            || history.flush().map_err(|e| e.to_string()),
+        )?;
+        if batches > 0 {
             tracing::info!(batches, elapsed = ?started.elapsed(), "replayed the ingest log");
         }
         let metrics = Arc::new(Metrics::default());

@@ -1,5 +1,6 @@
 //! [`Journal`]: the sled-backed device store behind our own seam.
 
+use std::collections::{HashMap, hash_map};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -163,11 +164,10 @@ impl JournalStore {
             path: log_dir.clone(),
             source,
         };
-        let (log, replayed) = SegmentLog::open(&log_dir, replayer(&db)).map_err(log_error)?;
-        if let Some(last) = replayed {
-            db.flush().map_err(io)?;
-            fleet_wal::remove_through(&log_dir, last).map_err(log_error)?;
-        }
+        let (log, _) = SegmentLog::recover(&log_dir, replayer(&db), || {
+            db.flush().map(drop).map_err(|e| e.to_string())
+        })
+        .map_err(log_error)?;
         let flusher = db.clone();
         let checkpointer = Checkpointer::spawn(
             "journal-checkpointer",
@@ -250,30 +250,33 @@ impl JournalStore {
 
 /// Applies logged commits the store does not hold yet, per journal in commit order.
 fn replayer(db: &Db) -> impl FnMut(&[u8]) -> Result<(), String> + '_ {
-    let mut held: std::collections::HashMap<Option<String>, u64> = Default::default();
+    // Per journal (`None`: the default tree): its tree and the last commit it holds.
+    let mut journals: HashMap<Option<String>, (Tree, u64)> = HashMap::new();
     move |payload| {
         let commit = LoggedCommit::decode(payload)?;
-        let tree = match commit.tree {
-            Some(name) => db.open_tree(name.as_bytes()).map_err(|e| e.to_string())?,
-            None => (**db).clone(),
+        let (tree, held) = match journals.entry(commit.tree.map(str::to_owned)) {
+            hash_map::Entry::Occupied(slot) => slot.into_mut(),
+            hash_map::Entry::Vacant(slot) => {
+                let tree = match commit.tree {
+                    Some(name) => db.open_tree(name.as_bytes()).map_err(|e| e.to_string())?,
+                    None => (**db).clone(),
+                };
+                let held = meta_u64(&tree, META_COMMIT).map_err(|e| e.to_string())?;
+                slot.insert((tree, held))
+            }
         };
-        let name = commit.tree.map(str::to_owned);
-        let current = match held.get(&name) {
-            Some(&n) => n,
-            None => meta_u64(&tree, META_COMMIT).map_err(|e| e.to_string())?,
-        };
-        if commit.number <= current {
+        if commit.number <= *held {
             return Ok(()); // the store holds it already
         }
-        if commit.number != current + 1 {
+        if commit.number != *held + 1 {
             return Err(format!(
-                "journal {name:?}: logged commit {} follows {current}: commits are missing",
-                commit.number
+                "journal {:?}: logged commit {} follows {held}: commits are missing",
+                commit.tree, commit.number
             ));
         }
         tree.apply_batch(commit.writes.to_batch())
             .map_err(|e| e.to_string())?;
-        held.insert(name, commit.number);
+        *held = commit.number;
         Ok(())
     }
 }
@@ -440,8 +443,8 @@ impl Journal {
             thinned: 0,
         };
         // Marks written by this commit are not in the tree yet: evicting them looks here.
-        let mut marks_here: std::collections::HashMap<u64, String> = Default::default();
-        let mut latest_here: std::collections::HashMap<String, u64> = Default::default();
+        let mut marks_here: HashMap<u64, String> = Default::default();
+        let mut latest_here: HashMap<String, u64> = Default::default();
         for record in records {
             if let Record::Event(e) = &record {
                 batch.insert(keys::prefixed_str(DEDUP, &e.event_id), head.to_be_bytes());

@@ -103,6 +103,33 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    type Reports = Arc<Mutex<Vec<Result<(), String>>>>;
+
+    /// A fresh log in `dir`, one synced frame in it, and a checkpointer flushing with `flush`
+    /// every `every`; what each checkpoint reports is collected.
+    fn started(
+        dir: &std::path::Path,
+        every: Duration,
+        flush: impl FnMut() -> Result<(), String> + Send + 'static,
+    ) -> (SegmentLog, Checkpointer, Reports) {
+        let (mut log, _) = SegmentLog::recover(dir, |_| unreachable!(), || Ok(())).unwrap();
+        log.append_with(|b| b.push(1));
+        log.sync().unwrap();
+        let reports = Reports::default();
+        let r = reports.clone();
+        let checkpointer = Checkpointer::spawn(
+            "test-checkpointer",
+            dir.to_path_buf(),
+            CheckpointPolicy {
+                every,
+                max_segment_bytes: u64::MAX,
+            },
+            flush,
+            move |done| r.lock().unwrap().push(done.map(drop)),
+        );
+        (log, checkpointer, reports)
+    }
+
     fn segment_names(dir: &std::path::Path) -> Vec<String> {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -115,25 +142,13 @@ mod tests {
     #[test]
     fn a_due_checkpoint_flushes_then_removes_the_closed_segments_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
         let flushes = Arc::new(Mutex::new(0));
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let (f, r) = (flushes.clone(), reports.clone());
-        let mut checkpointer = Checkpointer::spawn(
-            "test-checkpointer",
-            dir.path().to_path_buf(),
-            CheckpointPolicy {
-                every: Duration::from_millis(50),
-                max_segment_bytes: u64::MAX,
-            },
-            move || {
+        let f = flushes.clone();
+        let (mut log, mut checkpointer, reports) =
+            started(dir.path(), Duration::from_millis(50), move || {
                 *f.lock().unwrap() += 1;
                 Ok(())
-            },
-            move |done| r.lock().unwrap().push(done.is_ok()),
-        );
-        log.append_with(|b| b.push(1));
-        log.sync().unwrap();
+            });
         checkpointer.after_sync(&mut log, false).unwrap();
         assert_eq!(*flushes.lock().unwrap(), 0, "not due yet");
         std::thread::sleep(Duration::from_millis(60));
@@ -142,28 +157,17 @@ mod tests {
         checkpointer.after_sync(&mut log, false).unwrap();
         drop(checkpointer); // waits for the checkpoint
         assert_eq!(*flushes.lock().unwrap(), 1);
-        assert_eq!(*reports.lock().unwrap(), [true]);
+        assert_eq!(*reports.lock().unwrap(), [Ok(())]);
         assert_eq!(segment_names(dir.path()), ["segment-0000000000000001"]);
     }
 
     #[test]
     fn a_failed_flush_keeps_the_segments_and_a_failed_sync_rolls_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let r = reports.clone();
-        let mut checkpointer = Checkpointer::spawn(
-            "test-checkpointer",
-            dir.path().to_path_buf(),
-            CheckpointPolicy {
-                every: Duration::from_secs(3600),
-                max_segment_bytes: u64::MAX,
-            },
-            || Err("disk full".into()),
-            move |done| r.lock().unwrap().push(done.map(drop)),
-        );
-        log.append_with(|b| b.push(1));
-        log.sync().unwrap();
+        let (mut log, mut checkpointer, reports) =
+            started(dir.path(), Duration::from_secs(3600), || {
+                Err("disk full".into())
+            });
         checkpointer.after_sync(&mut log, true).unwrap();
         drop(checkpointer);
         assert_eq!(*reports.lock().unwrap(), [Err("disk full".to_string())]);

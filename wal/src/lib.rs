@@ -17,4 +17,4 @@ mod checkpoint;
 mod segments;
 
 pub use checkpoint::{CheckpointPolicy, Checkpointer};
-pub use segments::{LogError, SegmentLog, remove_through};
+pub use segments::{LogError, SegmentLog};

@@ -21,6 +21,8 @@ pub enum LogError {
     Io { path: PathBuf, source: io::Error },
     #[error("write-ahead log {segment}: replaying a frame: {message}")]
     Replay { segment: PathBuf, message: String },
+    #[error("write-ahead log {dir}: making the replayed frames durable in the store: {message}")]
+    Store { dir: PathBuf, message: String },
 }
 
 /// The open log: appends go to the newest segment.
@@ -34,10 +36,33 @@ pub struct SegmentLog {
 }
 
 impl SegmentLog {
+    /// Opens the log in `dir` after a stop or a crash, in the only safe order: the payload of
+    /// every intact frame, oldest first, to `replay`; then `make_durable` (the store's flush);
+    /// only then are the replayed segments removed. Appends go to a new segment. Returns the
+    /// log and the number of frames replayed.
+    pub fn recover(
+        dir: &Path,
+        mut replay: impl FnMut(&[u8]) -> Result<(), String>,
+        make_durable: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(Self, u64), LogError> {
+        let mut frames = 0;
+        let (log, last) = Self::open(dir, |payload| {
+            frames += 1;
+            replay(payload)
+        })?;
+        if let Some(last) = last {
+            make_durable().map_err(|message| LogError::Store {
+                dir: dir.to_path_buf(),
+                message,
+            })?;
+            remove_through(dir, last)?;
+        }
+        Ok((log, frames))
+    }
+
     /// Opens the log in `dir`, first passing the payload of every intact frame, oldest first,
-    /// to `replay`. The caller makes what it replayed durable in its store and then calls
-    /// [`remove_through`] with the returned segment number; appends go to a new segment.
-    pub fn open(
+    /// to `replay`; returns the last segment replayed, which is left on disk.
+    fn open(
         dir: &Path,
         mut replay: impl FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(Self, Option<u64>), LogError> {
@@ -134,7 +159,7 @@ impl SegmentLog {
         Ok(closed)
     }
 
-    /// Where the segments live (for [`remove_through`]).
+    /// Where the segments live (for a [`Checkpointer`](crate::Checkpointer)).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -142,7 +167,7 @@ impl SegmentLog {
 
 /// Removes the segments numbered `last` and below: call only once the store holds all of
 /// them durably.
-pub fn remove_through(dir: &Path, last: u64) -> Result<(), LogError> {
+pub(crate) fn remove_through(dir: &Path, last: u64) -> Result<(), LogError> {
     let io = |source| LogError::Io {
         path: dir.to_path_buf(),
         source,
@@ -264,6 +289,45 @@ mod tests {
         fs::write(&path, &flipped).unwrap();
         let (seen, _) = replayed(dir.path());
         assert_eq!(seen, [b"first frame"]);
+    }
+
+    #[test]
+    fn recovery_removes_the_replayed_segments_only_once_the_store_made_them_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        append(&mut log, b"a");
+        append(&mut log, b"b");
+        log.sync().unwrap();
+        drop(log);
+        let err = SegmentLog::recover(dir.path(), |_| Ok(()), || Err("disk full".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("durable") && err.contains("disk full"),
+            "{err}"
+        );
+        assert_eq!(
+            segments(dir.path()).unwrap(),
+            [0, 1],
+            "kept for the next try"
+        );
+        let mut seen = Vec::new();
+        let (_, frames) = SegmentLog::recover(
+            dir.path(),
+            |p| {
+                seen.push(p.to_vec());
+                Ok(())
+            },
+            || Ok(()),
+        )
+        .unwrap();
+        assert_eq!((frames, seen), (2, vec![b"a".to_vec(), b"b".to_vec()]));
+        assert_eq!(
+            segments(dir.path()).unwrap(),
+            [2],
+            "only the new segment stays"
+        );
     }
 
     #[test]
