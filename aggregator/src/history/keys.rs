@@ -12,6 +12,8 @@ pub(crate) const LATEST_TASK: u8 = b'L';
 pub(crate) const LATEST_COURIER: u8 = b'M';
 pub(crate) const SCHEMA: u8 = b'S';
 pub(crate) const COUNTER: u8 = b'G';
+pub(crate) const STATE: u8 = b'K';
+pub(crate) const LAYOUT: u8 = b'V';
 
 pub(crate) struct Key(pub(crate) Vec<u8>);
 
@@ -34,8 +36,21 @@ impl Key {
         self.0.extend_from_slice(&n.to_be_bytes());
         self
     }
+    /// Records no index holds (decisions without a task).
     pub(crate) fn record(device: &str, seq: Seq) -> Self {
         Self::new(RECORD).str(device).u64(seq)
+    }
+    /// A courier's event at `time_ms`: the route index, and where events are stored.
+    pub(crate) fn route(courier: &str, time_ms: i64, device: &str, seq: Seq) -> Self {
+        Self::new(ROUTE)
+            .str(courier)
+            .time(time_ms)
+            .str(device)
+            .u64(seq)
+    }
+    /// A task's event or decision at `time_ms`.
+    pub(crate) fn task(task: &str, time_ms: i64, device: &str, seq: Seq) -> Self {
+        Self::new(TASK).str(task).time(time_ms).str(device).u64(seq)
     }
 }
 

@@ -6,7 +6,9 @@ mod sled_store;
 mod views;
 
 pub use sled_store::SledHistory;
-pub use views::{Alert, DeviceStatus, Latest, RoutePoint, Stats, TaskTimeline, TimelineItem};
+pub use views::{
+    Alert, DeviceStatus, Latest, RoutePoint, StateSummary, Stats, TaskTimeline, TimelineItem,
+};
 
 use fleet_proto::record::Severity;
 use fleet_proto::{Entry, Seq};
@@ -16,6 +18,14 @@ use thiserror::Error;
 pub enum HistoryError {
     #[error("history storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "history in {path} has layout version {found}, this aggregator reads version {expected}: start it with a new --data directory"
+    )]
+    Layout {
+        path: String,
+        found: u8,
+        expected: u8,
+    },
     #[error("history entry {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
 }

@@ -2,6 +2,7 @@
 //! prefixes so that one ingest is one atomic batch. One writer (the committer); readers
 //! anywhere.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -11,7 +12,7 @@ use fleet_proto::{Entry, Record, Seq};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, Key};
-use super::views::{self, AlertRow, RouteRow};
+use super::views::{self, AlertRow, StateRow, TaskItem};
 use super::{
     Alert, DeviceStatus, History, HistoryError, IngestOutcome, Latest, RoutePoint, Stats,
     TaskTimeline, TimelineItem,
@@ -98,6 +99,32 @@ pub struct SledHistory {
 }
 
 const COUNTERS: &[u8] = &[keys::COUNTER];
+const LAYOUT: &[u8] = &[keys::LAYOUT];
+/// Bumped whenever what is stored under a key changes meaning. 2: events stored once, under
+/// the route index; the task index holds decisions; states compacted per key.
+const LAYOUT_VERSION: u8 = 2;
+
+/// Stamps a new history with [`LAYOUT_VERSION`] and refuses one written in another layout
+/// (an unstamped history with data in it is layout 1).
+fn check_layout(db: &Db, path: &Path) -> Result<(), HistoryError> {
+    let found = match db.get(LAYOUT)? {
+        Some(v) => v.first().copied().unwrap_or_default(),
+        None if db.is_empty()? => {
+            db.insert(LAYOUT, [LAYOUT_VERSION])?;
+            db.flush()?;
+            LAYOUT_VERSION
+        }
+        None => 1,
+    };
+    if found != LAYOUT_VERSION {
+        return Err(HistoryError::Layout {
+            path: path.display().to_string(),
+            found,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, HistoryError> {
     postcard::from_bytes(bytes).map_err(|e| HistoryError::Corrupt {
@@ -141,6 +168,7 @@ impl SledHistory {
             .flush_every_ms(Some(600_000))
             .zstd_compression_level(1)
             .open()?;
+        check_layout(&db, path)?;
         let counters = match db.get(COUNTERS)? {
             Some(v) => decode(COUNTERS, &v)?,
             None => Counters::default(),
@@ -204,8 +232,10 @@ impl History for SledHistory {
         let mut row = self.device_row(device)?.unwrap_or_default();
         let mut outcome = IngestOutcome::default();
         let mut batch = sled::Batch::default();
+        // Rows overwritten per key: folded here so that a batch writes each once.
         let mut latest: HashMap<Vec<u8>, LatestRow> = HashMap::new();
-        let mut states = 0;
+        let mut states: HashMap<&str, StateRow> = HashMap::new();
+        let mut states_stored = 0;
         let mut fold_latest = |this: &Self,
                                key: Vec<u8>,
                                f: &mut dyn FnMut(&mut LatestRow)|
@@ -223,40 +253,21 @@ impl History for SledHistory {
                 continue;
             }
             let seq = entry.seq;
-            batch.insert(Key::record(device, seq).0, encode(&entry.record));
             outcome.stored += 1;
             match &entry.record {
                 Record::Event(e) => {
                     outcome.events += 1;
                     row.last_event_ms =
                         Some(row.last_event_ms.map_or(e.time_ms, |t| t.max(e.time_ms)));
-                    let route = RouteRow {
-                        lat_e7: e.position.lat,
-                        lon_e7: e.position.lon,
-                        kind: e.event_type,
-                        event_id: e.event_id.clone(),
-                        task_id: e.task_id.clone(),
-                        speed_kmh: e.speed_kmh,
-                    };
                     batch.insert(
-                        Key::new(keys::ROUTE)
-                            .str(&e.courier_id)
-                            .time(e.time_ms)
-                            .str(device)
-                            .u64(seq)
-                            .0,
-                        encode(&route),
+                        Key::route(&e.courier_id, e.time_ms, device, seq).0,
+                        encode(e),
                     );
                     if let Some(task) = &e.task_id {
-                        batch.insert(
-                            Key::new(keys::TASK)
-                                .str(task)
-                                .time(e.time_ms)
-                                .str(device)
-                                .u64(seq)
-                                .0,
-                            [],
-                        );
+                        let item = TaskItem::Event {
+                            courier_id: Cow::Borrowed(&e.courier_id),
+                        };
+                        batch.insert(Key::task(task, e.time_ms, device, seq).0, encode(&item));
                         fold_latest(self, Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
                             l.fold_event(device, e)
                         })?;
@@ -270,18 +281,13 @@ impl History for SledHistory {
                 Record::Decision(d) => {
                     outcome.decisions += 1;
                     if let Some(task) = &d.task_id {
-                        batch.insert(
-                            Key::new(keys::TASK)
-                                .str(task)
-                                .time(d.time_ms)
-                                .str(device)
-                                .u64(seq)
-                                .0,
-                            [],
-                        );
+                        let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
+                        batch.insert(Key::task(task, d.time_ms, device, seq).0, encode(&item));
                         fold_latest(self, Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
                             l.fold_decision(d)
                         })?;
+                    } else {
+                        batch.insert(Key::record(device, seq).0, encode(&entry.record));
                     }
                     fold_latest(
                         self,
@@ -305,7 +311,18 @@ impl History for SledHistory {
                         );
                     }
                 }
-                Record::State(_) => states += 1,
+                Record::State(s) => {
+                    states_stored += 1;
+                    states.insert(
+                        &s.key,
+                        StateRow {
+                            device: Cow::Borrowed(device),
+                            seq,
+                            module: Cow::Borrowed(&s.module),
+                            bytes: Cow::Borrowed(&s.bytes),
+                        },
+                    );
+                }
                 Record::Schema(s) => {
                     batch.insert(Key::new(keys::SCHEMA).u64(s.id).0, encode(s));
                 }
@@ -313,6 +330,9 @@ impl History for SledHistory {
         }
         for (key, value) in latest {
             batch.insert(key, encode(&value));
+        }
+        for (key, state) in states {
+            batch.insert(Key::new(keys::STATE).str(key).0, encode(&state));
         }
         row.cursor = row.cursor.max(through);
         row.last_seen_ms = now_ms;
@@ -327,7 +347,7 @@ impl History for SledHistory {
         next.events += outcome.events;
         next.decisions += outcome.decisions;
         next.alerts += outcome.alerts;
-        next.states += states;
+        next.states += states_stored;
         next.duplicates += outcome.duplicates;
         batch.insert(COUNTERS, encode(&next));
         self.db().apply_batch(batch)?;
@@ -366,25 +386,16 @@ impl History for SledHistory {
         let mut out = Vec::new();
         for item in fleet_sled_range::inclusive(&self.db(), &lo, &hi).take(limit) {
             let (k, v) = item?;
-            let row: RouteRow = decode(&k, &v)?;
-            let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
+            let e: EventRecord = decode(&k, &v)?;
             let device = str_at(&k, at_time + 8).map(|(d, _)| d).unwrap_or_default();
             out.push(RoutePoint {
-                time: views::rfc3339(time_ms),
-                lat: GeoE7 {
-                    lat: row.lat_e7,
-                    lon: row.lon_e7,
-                }
-                .lat_deg(),
-                lon: GeoE7 {
-                    lat: row.lat_e7,
-                    lon: row.lon_e7,
-                }
-                .lon_deg(),
-                event_type: row.kind.as_str().into(),
-                event_id: row.event_id,
-                task_id: row.task_id,
-                speed_kmh: row.speed_kmh,
+                time: views::rfc3339(e.time_ms),
+                lat: e.position.lat_deg(),
+                lon: e.position.lon_deg(),
+                event_type: e.event_type.as_str().into(),
+                event_id: e.event_id,
+                task_id: e.task_id,
+                speed_kmh: e.speed_kmh,
                 device,
             });
         }
@@ -397,7 +408,7 @@ impl History for SledHistory {
         let mut schemas = HashMap::new();
         let mut items = Vec::new();
         for item in fleet_sled_range::prefix(&self.db(), &prefix).take(limit) {
-            let (k, _) = item?;
+            let (k, v) = item?;
             let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
             let Some((device, after)) = str_at(&k, at_time + 8) else {
                 continue;
@@ -405,17 +416,19 @@ impl History for SledHistory {
             let Some(seq) = u64_at(&k, after) else {
                 continue;
             };
-            let rkey = Key::record(&device, seq).0;
-            let Some(bytes) = self.db().get(&rkey)? else {
-                continue;
-            };
-            let (kind, data) = match decode::<Record>(&rkey, &bytes)? {
-                Record::Event(e) => ("event", views::event_json(&e)),
-                Record::Decision(d) => {
+            let item: TaskItem = decode(&k, &v)?;
+            let (kind, data) = match item {
+                TaskItem::Event { courier_id } => {
+                    let key = Key::route(&courier_id, time_ms, &device, seq).0;
+                    let Some(bytes) = self.db().get(&key)? else {
+                        continue;
+                    };
+                    ("event", views::event_json(&decode(&key, &bytes)?))
+                }
+                TaskItem::Decision(d) => {
                     let schema = self.schema(d.schema, &mut schemas)?;
                     ("decision", views::decision_json(&d, schema.as_ref()))
                 }
-                _ => continue,
             };
             items.push(TimelineItem {
                 kind,
@@ -428,12 +441,18 @@ impl History for SledHistory {
         let latest = self
             .latest_row(&Key::new(keys::LATEST_TASK).str(task).0)?
             .map(|l| l.view());
+        let state_key = Key::new(keys::STATE).str(task).0;
+        let state = match self.db().get(&state_key)? {
+            Some(bytes) => Some(decode::<StateRow>(&state_key, &bytes)?.summary()),
+            None => None,
+        };
         if items.is_empty() && latest.is_none() {
             return Ok(None);
         }
         Ok(Some(TaskTimeline {
             task_id: task.into(),
             latest,
+            state,
             items,
         }))
     }
@@ -513,5 +532,133 @@ impl History for SledHistory {
             devices: fleet_sled_range::prefix(&self.db(), &[keys::DEVICE]).count() as u64,
             duplicates_absorbed: c.duplicates,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::record::{EventKind, StateRecord};
+
+    fn event(seq: Seq, task: Option<&str>) -> Entry {
+        Entry {
+            seq,
+            record: Record::Event(EventRecord {
+                event_id: format!("e{seq}"),
+                courier_id: "C-1".into(),
+                task_id: task.map(Into::into),
+                event_type: EventKind::Location,
+                time_ms: 1_000 * seq as i64,
+                utc_offset_s: 0,
+                position: GeoE7::from_degrees(12.9, 77.6),
+                speed_kmh: Some(18.0),
+                accuracy_m: None,
+                context: None,
+            }),
+        }
+    }
+
+    fn decision(seq: Seq, task: Option<&str>, severity: Severity) -> Entry {
+        Entry {
+            seq,
+            record: Record::Decision(DecisionRecord {
+                event_id: format!("e{}", seq - 1),
+                prediction_id: format!("p{seq}"),
+                courier_id: "C-1".into(),
+                task_id: task.map(Into::into),
+                time_ms: 1_000 * (seq as i64 - 1),
+                score: 0.9,
+                severity,
+                actions: vec![],
+                model: "late_risk@1".into(),
+                modules: ["f@1".into(), "s@1".into(), "p@1".into()],
+                schema: 7,
+                features: vec![1.0],
+                top_factors: vec![],
+            }),
+        }
+    }
+
+    fn state(seq: Seq, key: &str, bytes: &[u8]) -> Entry {
+        Entry {
+            seq,
+            record: Record::State(StateRecord {
+                key: key.into(),
+                module: "f@1".into(),
+                bytes: bytes.to_vec(),
+            }),
+        }
+    }
+
+    #[test]
+    fn each_record_is_stored_once_and_every_index_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = SledHistory::open(&dir.path().join("h")).unwrap();
+        let entries = [
+            event(1, Some("T-1")),
+            decision(2, Some("T-1"), Severity::Critical),
+            state(3, "T-1", b"old"),
+            event(4, None),
+            decision(5, None, Severity::Info),
+            state(6, "T-1", b"newest"),
+        ];
+        let outcome = history.ingest("d1", 6, &entries, 0).unwrap();
+        assert_eq!(
+            (outcome.events, outcome.decisions, outcome.alerts),
+            (2, 2, 1)
+        );
+
+        let route = history.route("C-1", 0, 10_000, 100).unwrap();
+        let ids: Vec<_> = route.iter().map(|p| p.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e4"]);
+        assert_eq!(route[0].task_id.as_deref(), Some("T-1"));
+
+        let task = history.task("T-1", 100).unwrap().unwrap();
+        let kinds: Vec<_> = task.items.iter().map(|i| (i.kind, i.seq)).collect();
+        assert_eq!(kinds, [("event", 1), ("decision", 2)]);
+        assert_eq!(task.items[0].data["event_id"], "e1");
+        assert_eq!(task.items[1].data["prediction_id"], "p2");
+        let state = task.state.unwrap();
+        assert_eq!((state.seq, state.bytes), (6, b"newest".len()), "compacted");
+
+        // The decision without a task is kept under its record key, nowhere else.
+        let untasked = history.db().get(Key::record("d1", 5).0).unwrap().unwrap();
+        assert!(matches!(
+            decode::<Record>(b"R", &untasked).unwrap(),
+            Record::Decision(d) if d.prediction_id == "p5"
+        ));
+        assert!(history.db().get(Key::record("d1", 1).0).unwrap().is_none());
+        let latest = history.latest_courier("C-1").unwrap().unwrap();
+        assert_eq!(latest.time_ms, 4_000);
+        assert_eq!(history.alerts(0, Severity::Warning, 10).unwrap().len(), 1);
+        assert_eq!(history.stats().unwrap().states, 2);
+    }
+
+    #[test]
+    fn a_history_in_another_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        drop(SledHistory::open(&path).unwrap());
+        SledHistory::open(&path).expect("its own layout opens again");
+
+        let old = dir.path().join("old");
+        {
+            let db: Db = sled::Config::new().path(&old).open().unwrap();
+            db.insert(Key::record("d1", 1).0, &[1u8][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledHistory::open(&old).err().expect("layout 1 refused");
+        assert!(
+            matches!(
+                err,
+                HistoryError::Layout {
+                    found: 1,
+                    expected: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--data"), "{err}");
     }
 }

@@ -1,6 +1,8 @@
 //! What history answers with (JSON over the API), and the rows stored for the indexes.
 
-use fleet_proto::record::{ActionRecord, DecisionRecord, EventKind, EventRecord, Schema, Severity};
+use std::borrow::Cow;
+
+use fleet_proto::record::{ActionRecord, DecisionRecord, EventRecord, Schema, Severity};
 use serde::{Deserialize, Serialize};
 
 pub(crate) fn rfc3339(ms: i64) -> String {
@@ -22,15 +24,42 @@ pub struct RoutePoint {
     pub device: String,
 }
 
-/// Stored under the route index.
+/// Stored under the task index: the event's courier (the event itself is stored once, under
+/// the route index, at the same time, device and sequence), or the decision itself.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct RouteRow {
-    pub(crate) lat_e7: i32,
-    pub(crate) lon_e7: i32,
-    pub(crate) kind: EventKind,
-    pub(crate) event_id: String,
-    pub(crate) task_id: Option<String>,
-    pub(crate) speed_kmh: Option<f32>,
+pub(crate) enum TaskItem<'a> {
+    Event { courier_id: Cow<'a, str> },
+    Decision(Box<Cow<'a, DecisionRecord>>),
+}
+
+/// The latest feature state of a key (task, or courier without a task), compacted: each
+/// newer state overwrites the one before.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StateRow<'a> {
+    pub(crate) device: Cow<'a, str>,
+    pub(crate) seq: u64,
+    pub(crate) module: Cow<'a, str>,
+    pub(crate) bytes: Cow<'a, [u8]>,
+}
+
+/// What history holds of a key's feature state (the bytes are the module's own).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StateSummary {
+    pub module: String,
+    pub device: String,
+    pub seq: u64,
+    pub bytes: usize,
+}
+
+impl StateRow<'_> {
+    pub(crate) fn summary(&self) -> StateSummary {
+        StateSummary {
+            module: self.module.to_string(),
+            device: self.device.to_string(),
+            seq: self.seq,
+            bytes: self.bytes.len(),
+        }
+    }
 }
 
 /// An alert raised by a decision.
@@ -79,6 +108,8 @@ pub struct Latest {
 pub struct TaskTimeline {
     pub task_id: String,
     pub latest: Option<Latest>,
+    /// The task's latest feature state, as the device last synced it.
+    pub state: Option<StateSummary>,
     pub items: Vec<TimelineItem>,
 }
 
