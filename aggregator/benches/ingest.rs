@@ -14,6 +14,10 @@ use fleet_proto::batch::{BatchBody, Codec, Entry};
 use fleet_proto::record::{EventKind, EventRecord, GeoE7, Record};
 use fleet_proto::{Frame, PROTOCOL_VERSION};
 
+/// As in the `aggregator` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn entries(device: usize, from: u64, n: usize) -> Vec<Entry> {
     (0..n as u64)
         .map(|i| {

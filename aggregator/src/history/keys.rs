@@ -14,6 +14,7 @@ pub(crate) const SCHEMA: u8 = b'S';
 pub(crate) const COUNTER: u8 = b'G';
 pub(crate) const STATE: u8 = b'K';
 pub(crate) const LAYOUT: u8 = b'V';
+pub(crate) const SEEN: u8 = b'E';
 
 pub(crate) struct Key(pub(crate) Vec<u8>);
 

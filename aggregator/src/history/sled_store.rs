@@ -3,7 +3,7 @@
 //! anywhere.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -95,8 +95,21 @@ struct Counters {
 pub struct SledHistory {
     /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
     db_handle: Mutex<Db>,
-    counters: Mutex<Counters>,
+    written: Mutex<Written>,
 }
+
+/// Rows every ingest rewrites, as the last successful ingest wrote them: ingest is the only
+/// writer of these keys, so it need not read them back from sled (a lookup and a decode per
+/// courier, task and device in each batch).
+struct Written {
+    counters: Counters,
+    devices: HashMap<String, DeviceRow>,
+    /// Latest rows of tasks and couriers; emptied when it holds [`MAX_WRITTEN_LATEST`].
+    latest: HashMap<Vec<u8>, LatestRow>,
+}
+
+/// About three times the tasks and couriers of a 10,000-courier city at once.
+const MAX_WRITTEN_LATEST: usize = 65_536;
 
 const COUNTERS: &[u8] = &[keys::COUNTER];
 const LAYOUT: &[u8] = &[keys::LAYOUT];
@@ -131,6 +144,10 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, H
         key: String::from_utf8_lossy(key).into_owned(),
         message: e.to_string(),
     })
+}
+
+fn read<T: for<'de> Deserialize<'de>>(db: &Db, key: &[u8]) -> Result<Option<T>, HistoryError> {
+    db.get(key)?.map(|v| decode(key, &v)).transpose()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -175,17 +192,39 @@ impl SledHistory {
         };
         Ok(Self {
             db_handle: Mutex::new(db),
-            counters: Mutex::new(counters),
+            written: Mutex::new(Written {
+                counters,
+                devices: HashMap::new(),
+                latest: HashMap::new(),
+            }),
         })
     }
 
-    fn device_row(&self, device: &str) -> Result<Option<DeviceRow>, HistoryError> {
-        let key = Key::new(keys::DEVICE).str(device).0;
-        self.db().get(&key)?.map(|v| decode(&key, &v)).transpose()
+    fn written(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn latest_row(&self, key: &[u8]) -> Result<Option<LatestRow>, HistoryError> {
-        self.db().get(key)?.map(|v| decode(key, &v)).transpose()
+        read(&self.db(), key)
+    }
+
+    /// Device rows with the time each device last connected, by device id.
+    fn device_rows(&self) -> Result<BTreeMap<String, DeviceRow>, HistoryError> {
+        let db = self.db();
+        let mut rows = BTreeMap::new();
+        for item in fleet_sled_range::prefix(&db, &[keys::DEVICE]) {
+            let (k, v) = item?;
+            let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
+            rows.insert(device, decode::<DeviceRow>(&k, &v)?);
+        }
+        for item in fleet_sled_range::prefix(&db, &[keys::SEEN]) {
+            let (k, v) = item?;
+            let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
+            let seen: i64 = decode(&k, &v)?;
+            let row = rows.entry(device).or_default();
+            row.last_seen_ms = row.last_seen_ms.max(seen);
+        }
+        Ok(rows)
     }
 
     fn schema(
@@ -219,7 +258,11 @@ fn alert_message(d: &DecisionRecord) -> String {
 
 impl History for SledHistory {
     fn cursor(&self, device: &str) -> Result<Seq, HistoryError> {
-        Ok(self.device_row(device)?.map_or(0, |r| r.cursor))
+        if let Some(row) = self.written().devices.get(device) {
+            return Ok(row.cursor);
+        }
+        let key = Key::new(keys::DEVICE).str(device).0;
+        Ok(read::<DeviceRow>(&self.db(), &key)?.map_or(0, |r| r.cursor))
     }
 
     fn ingest(
@@ -229,24 +272,31 @@ impl History for SledHistory {
         entries: &[Entry],
         now_ms: i64,
     ) -> Result<IngestOutcome, HistoryError> {
-        let mut row = self.device_row(device)?.unwrap_or_default();
+        let db = self.db();
+        let mut written = self.written();
+        let device_key = Key::new(keys::DEVICE).str(device).0;
+        let mut row = match written.devices.get(device) {
+            Some(row) => row.clone(),
+            None => read(&db, &device_key)?.unwrap_or_default(),
+        };
         let mut outcome = IngestOutcome::default();
         let mut batch = sled::Batch::default();
         // Rows overwritten per key: folded here so that a batch writes each once.
         let mut latest: HashMap<Vec<u8>, LatestRow> = HashMap::new();
         let mut states: HashMap<&str, StateRow> = HashMap::new();
         let mut states_stored = 0;
-        let mut fold_latest = |this: &Self,
-                               key: Vec<u8>,
-                               f: &mut dyn FnMut(&mut LatestRow)|
-         -> Result<(), HistoryError> {
-            if !latest.contains_key(&key) {
-                let existing = this.latest_row(&key)?.unwrap_or_default();
-                latest.insert(key.clone(), existing);
-            }
-            f(latest.get_mut(&key).expect("inserted above"));
-            Ok(())
-        };
+        let mut fold_latest =
+            |key: Vec<u8>, f: &mut dyn FnMut(&mut LatestRow)| -> Result<(), HistoryError> {
+                if !latest.contains_key(&key) {
+                    let existing = match written.latest.get(&key) {
+                        Some(row) => row.clone(),
+                        None => read(&db, &key)?.unwrap_or_default(),
+                    };
+                    latest.insert(key.clone(), existing);
+                }
+                f(latest.get_mut(&key).expect("inserted above"));
+                Ok(())
+            };
         for entry in entries {
             if entry.seq <= row.cursor {
                 outcome.duplicates += 1;
@@ -268,12 +318,11 @@ impl History for SledHistory {
                             courier_id: Cow::Borrowed(&e.courier_id),
                         };
                         batch.insert(Key::task(task, e.time_ms, device, seq).0, encode(&item));
-                        fold_latest(self, Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
+                        fold_latest(Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
                             l.fold_event(device, e)
                         })?;
                     }
                     fold_latest(
-                        self,
                         Key::new(keys::LATEST_COURIER).str(&e.courier_id).0,
                         &mut |l| l.fold_event(device, e),
                     )?;
@@ -283,14 +332,13 @@ impl History for SledHistory {
                     if let Some(task) = &d.task_id {
                         let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
                         batch.insert(Key::task(task, d.time_ms, device, seq).0, encode(&item));
-                        fold_latest(self, Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
+                        fold_latest(Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
                             l.fold_decision(d)
                         })?;
                     } else {
                         batch.insert(Key::record(device, seq).0, encode(&entry.record));
                     }
                     fold_latest(
-                        self,
                         Key::new(keys::LATEST_COURIER).str(&d.courier_id).0,
                         &mut |l| l.fold_decision(d),
                     )?;
@@ -328,8 +376,8 @@ impl History for SledHistory {
                 }
             }
         }
-        for (key, value) in latest {
-            batch.insert(key, encode(&value));
+        for (key, value) in &latest {
+            batch.insert(key.clone(), encode(value));
         }
         for (key, state) in states {
             batch.insert(Key::new(keys::STATE).str(key).0, encode(&state));
@@ -341,17 +389,21 @@ impl History for SledHistory {
         if outcome.events > 0 {
             row.last_ingest_ms = Some(now_ms);
         }
-        batch.insert(Key::new(keys::DEVICE).str(device).0, encode(&row));
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = counters.clone();
+        batch.insert(device_key, encode(&row));
+        let mut next = written.counters.clone();
         next.events += outcome.events;
         next.decisions += outcome.decisions;
         next.alerts += outcome.alerts;
         next.states += states_stored;
         next.duplicates += outcome.duplicates;
         batch.insert(COUNTERS, encode(&next));
-        self.db().apply_batch(batch)?;
-        *counters = next;
+        db.apply_batch(batch)?;
+        written.counters = next;
+        written.devices.insert(device.into(), row);
+        if written.latest.len() + latest.len() > MAX_WRITTEN_LATEST {
+            written.latest.clear();
+        }
+        written.latest.extend(latest);
         Ok(outcome)
     }
 
@@ -360,11 +412,11 @@ impl History for SledHistory {
         Ok(())
     }
 
+    /// Under its own key: the device row is ingest's alone (a read-modify-write of it here
+    /// could put back a cursor from before an ingest that ran in between).
     fn seen(&self, device: &str, now_ms: i64) -> Result<(), HistoryError> {
-        let mut row = self.device_row(device)?.unwrap_or_default();
-        row.last_seen_ms = now_ms;
         self.db()
-            .insert(Key::new(keys::DEVICE).str(device).0, encode(&row))?;
+            .insert(Key::new(keys::SEEN).str(device).0, encode(&now_ms))?;
         Ok(())
     }
 
@@ -498,10 +550,7 @@ impl History for SledHistory {
 
     fn devices(&self) -> Result<Vec<DeviceStatus>, HistoryError> {
         let mut out = Vec::new();
-        for item in fleet_sled_range::prefix(&self.db(), &[keys::DEVICE]) {
-            let (k, v) = item?;
-            let row: DeviceRow = decode(&k, &v)?;
-            let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
+        for (device, row) in self.device_rows()? {
             out.push(DeviceStatus {
                 device,
                 last_seq: row.cursor,
@@ -519,17 +568,13 @@ impl History for SledHistory {
     }
 
     fn stats(&self) -> Result<Stats, HistoryError> {
-        let c = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let c = self.written().counters.clone();
         Ok(Stats {
             events: c.events,
             decisions: c.decisions,
             alerts: c.alerts,
             states: c.states,
-            devices: fleet_sled_range::prefix(&self.db(), &[keys::DEVICE]).count() as u64,
+            devices: self.device_rows()?.len() as u64,
             duplicates_absorbed: c.duplicates,
         })
     }
@@ -632,6 +677,64 @@ mod tests {
         assert_eq!(latest.time_ms, 4_000);
         assert_eq!(history.alerts(0, Severity::Warning, 10).unwrap().len(), 1);
         assert_eq!(history.stats().unwrap().states, 2);
+    }
+
+    #[test]
+    fn rows_kept_by_the_writer_match_what_a_reopened_history_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        let task_time = |h: &SledHistory| h.task("T-1", 10).unwrap().unwrap().latest.unwrap();
+        {
+            let history = SledHistory::open(&path).unwrap();
+            history
+                .ingest("d1", 5, &[event(5, Some("T-1"))], 0)
+                .unwrap();
+            // An older event, later: the latest row keeps the newer one.
+            let mut older = event(6, Some("T-1"));
+            if let Record::Event(e) = &mut older.record {
+                e.time_ms = 2_000;
+            }
+            history.ingest("d1", 6, &[older], 0).unwrap();
+            assert_eq!(task_time(&history).time_ms, 5_000);
+            let again = history
+                .ingest("d1", 5, &[event(5, Some("T-1"))], 0)
+                .unwrap();
+            assert_eq!(again.duplicates, 1);
+            assert_eq!(history.cursor("d1").unwrap(), 6);
+            history.flush().unwrap();
+        }
+        let history = SledHistory::open(&path).unwrap();
+        assert_eq!(history.cursor("d1").unwrap(), 6);
+        assert_eq!(task_time(&history).time_ms, 5_000);
+        history
+            .ingest("d1", 7, &[event(7, Some("T-1"))], 0)
+            .unwrap();
+        assert_eq!(task_time(&history).time_ms, 7_000);
+        let stats = history.stats().unwrap();
+        assert_eq!((stats.events, stats.duplicates_absorbed), (3, 1));
+    }
+
+    #[test]
+    fn a_connection_is_recorded_apart_from_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = SledHistory::open(&dir.path().join("h")).unwrap();
+        history.ingest("d1", 4, &[event(4, None)], 1_000).unwrap();
+        history.seen("d1", 5_000).unwrap();
+        history.seen("d2", 6_000).unwrap();
+        let devices = history.devices().unwrap();
+        let d1 = &devices[0];
+        assert_eq!(
+            (d1.device.as_str(), d1.last_seq, d1.last_seen_ms),
+            ("d1", 4, 5_000)
+        );
+        let d2 = &devices[1];
+        assert_eq!(
+            (d2.device.as_str(), d2.last_seq, d2.last_seen_ms),
+            ("d2", 0, 6_000)
+        );
+        assert_eq!(history.stats().unwrap().devices, 2);
+        history.ingest("d1", 6, &[event(6, None)], 7_000).unwrap();
+        assert_eq!(history.devices().unwrap()[0].last_seen_ms, 7_000);
     }
 
     #[test]
