@@ -570,7 +570,7 @@ impl Journal {
     }
 
     /// The aggregator made everything through `through` durable: drop it from the outbox.
-    /// Written in runs ([`ACK_WRITE_EVERY`]) and not flushed by itself: losing it only
+    /// Written in runs of 256 entries and not flushed by itself: losing it only
     /// means sending again, which history absorbs.
     pub fn acknowledge(&self, through: Seq) -> Result<(), JournalError> {
         let mut inner = self.inner();
