@@ -20,6 +20,10 @@ fn main() {
     println!("cargo:rerun-if-changed={}", guests_dir.display());
     println!(
         "cargo:rerun-if-changed={}",
+        manifest_dir.join("guest-alloc").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
         manifest_dir.join("../wit").display()
     );
     println!("cargo:rerun-if-env-changed=RUSTFLAGS");

@@ -21,6 +21,12 @@ use fleet_host::pipeline::{DedupWindow, Pipeline, group_by_key};
 use guest_features::native as gf;
 use guest_policy::native as gp;
 
+/// The host's allocator, as in the `edge-host` binary. It matters to the ratio: the native
+/// pipeline allocates everything here, the sandboxed one only the host's share (its guests
+/// allocate with their own allocator inside their linear memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keys active at once in the event stream (a busy handset batch or a small edge node).
 const ACTIVE_TASKS: usize = 64;
 const BATCH: usize = 256;
@@ -122,6 +128,7 @@ fn bench_stages(c: &mut Criterion) {
             at = (at + size) % (vectors.len() - size);
             vectors[at..at + size].to_vec()
         };
+        let width = names.len() as u32;
         group.bench_function(BenchmarkId::new("scorer/wasm", name), |b| {
             b.iter_custom(|iters| {
                 timed(iters, &mut next_vectors, |v| {
@@ -131,8 +138,12 @@ fn bench_stages(c: &mut Criterion) {
                     scorer
                         .store
                         .set_epoch_deadline(registry.engine().deadline_ticks());
+                    let batch = wit::FeatureMatrix {
+                        width,
+                        values: v.concat(),
+                    };
                     s.fleet_edge_scoring()
-                        .call_score_batch(&mut scorer.store, &v)
+                        .call_score_batch(&mut scorer.store, &batch)
                         .unwrap()
                         .unwrap()
                         .len()
@@ -310,18 +321,7 @@ impl NativePipeline {
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let (p, c) = self.model.explained(&flat, vectors.len()).unwrap();
         (0..vectors.len())
-            .map(|r| {
-                let row = &c[r * width..(r + 1) * width];
-                let mut idx: Vec<usize> = (0..width).collect();
-                idx.sort_by(|&a, &b| row[b].abs().total_cmp(&row[a].abs()));
-                (
-                    p[r * 2 + 1],
-                    idx.into_iter()
-                        .take(3)
-                        .map(|i| (i as u32, row[i]))
-                        .collect(),
-                )
-            })
+            .map(|r| (p[r * 2 + 1], top_factors(&c[r * width..(r + 1) * width], 3)))
             .collect()
     }
 
@@ -386,6 +386,22 @@ impl NativePipeline {
             })
             .collect()
     }
+}
+
+/// The scorer module's selection of the largest contributions, natively.
+fn top_factors(contributions: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &c) in contributions.iter().enumerate() {
+        if c == 0.0 || c.is_nan() {
+            continue;
+        }
+        let at = top.partition_point(|f| f.1.abs() >= c.abs());
+        if at < k {
+            top.insert(at, (i as u32, c));
+            top.truncate(k);
+        }
+    }
+    top
 }
 
 fn to_guest(e: &Event) -> gf::Event {

@@ -302,6 +302,10 @@ fn run_batch(
     }
 
     let (index, vectors): (Vec<usize>, Vec<Vec<f32>>) = scored.into_iter().unzip();
+    let matrix = wit::FeatureMatrix {
+        width: live.decisions.feature_names.len() as u32,
+        values: vectors.concat(),
+    };
     let scores = call(
         &mut live.scorer,
         &live.set.scorer,
@@ -309,7 +313,7 @@ fn run_batch(
         models,
         Stage::Scorer,
         |exports, store| match exports {
-            Exports::Scorer(s) => s.fleet_edge_scoring().call_score_batch(store, &vectors),
+            Exports::Scorer(s) => s.fleet_edge_scoring().call_score_batch(store, &matrix),
             _ => unreachable!("scorer slot holds a scorer instance"),
         },
     )?;

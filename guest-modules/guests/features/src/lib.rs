@@ -8,6 +8,9 @@ mod fold;
 mod geo;
 mod state;
 
+// Our allocator and `cabi_realloc` (see the crate).
+use guest_alloc as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "features",

@@ -9,6 +9,8 @@ pub(crate) const MAX_FIXES: usize = 6;
 /// Recent event ids remembered for duplicate suppression inside the module. The host keeps the
 /// long-horizon dedup index; this catches duplicates inside and across nearby batches.
 pub(crate) const MAX_SEEN: usize = 32;
+/// Room for the encoding of a state with every list full.
+const ENCODED_CAPACITY: usize = 512;
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 pub(crate) struct TaskState {
@@ -62,9 +64,10 @@ impl TaskState {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = vec![STATE_VERSION];
+        // One allocation that fits a full state (under 500 bytes) instead of a growing one.
+        let mut out = Vec::with_capacity(ENCODED_CAPACITY);
+        out.push(STATE_VERSION);
         // Serializing plain owned data into a Vec cannot fail.
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
-        out
+        postcard::to_extend(self, out).unwrap_or_else(|_| vec![STATE_VERSION])
     }
 }

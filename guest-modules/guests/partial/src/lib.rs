@@ -6,7 +6,7 @@ wit_bindgen::generate!({
     inline: "
         package fleet:partial;
         world partial {
-            export fleet:edge/module@0.1.0;
+            export fleet:edge/module@0.2.0;
         }
     ",
     world: "fleet:partial/partial",

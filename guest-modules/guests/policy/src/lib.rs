@@ -11,6 +11,9 @@
 
 use std::cell::Cell;
 
+// Our allocator and `cabi_realloc` (see the crate).
+use guest_alloc as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "policy",
@@ -125,7 +128,8 @@ fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Ac
         message.push_str(if f.contribution < 0.0 { " -" } else { " +" });
         decimal::push_hundredths(&mut message, f.contribution.abs());
     }
-    let mut actions = vec![Action::Alert(Alert { severity, message })];
+    let mut actions = Vec::with_capacity(3);
+    actions.push(Action::Alert(Alert { severity, message }));
     if t.notify_courier && matches!(severity, Severity::Critical) {
         actions.push(Action::NotifyCourier(
             [
