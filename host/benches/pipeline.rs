@@ -32,6 +32,9 @@ const ACTIVE_TASKS: usize = 64;
 const BATCH: usize = 256;
 
 fn bench_pipeline(c: &mut Criterion) {
+    // As `edge-host` does at start (see its `main`).
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let registry = common::registry();
     let pool = common::fleet_events(ACTIVE_TASKS, 50_000);
     let mut group = c.benchmark_group("pipeline");
