@@ -179,12 +179,22 @@ impl wit::Host for crate::sandbox::HostState {
                     tensor: wit::Tensor {
                         dimensions: vec![rows as u32, width as u32],
                         ty: wit::TensorType::Fp32,
-                        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        data: le_bytes(&data),
                     },
                 })
             })
             .collect()
     }
+}
+
+/// Tensor data for `values`: little-endian fp32, sized once (a `flat_map` collect grows the
+/// vector a dozen times for a batch's contributions).
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    data
 }
 
 /// Checks an fp32 `[rows, width]` tensor and decodes its values.
