@@ -164,9 +164,12 @@ fn bench_stages(c: &mut Criterion) {
         let inputs: Vec<_> = native
             .score(&vectors[..size])
             .into_iter()
-            .zip(&vectors[..size])
-            .map(|((p, factors), v)| wit_input(p, factors, v))
+            .map(|(p, factors)| wit_input(p, factors))
             .collect();
+        let matrix = wit::FeatureMatrix {
+            width,
+            values: vectors[..size].concat(),
+        };
         group.bench_function(BenchmarkId::new("policy/wasm", name), |b| {
             b.iter(|| {
                 let Exports::Policy(p) = &policy.exports else {
@@ -176,7 +179,7 @@ fn bench_stages(c: &mut Criterion) {
                     .store
                     .set_epoch_deadline(registry.engine().deadline_ticks());
                 p.fleet_edge_decide()
-                    .call_decide(&mut policy.store, &names, &inputs)
+                    .call_decide(&mut policy.store, &names, &matrix, &inputs)
                     .unwrap()
                     .len()
             })
@@ -184,13 +187,20 @@ fn bench_stages(c: &mut Criterion) {
         let native_inputs: Vec<_> = native
             .score(&vectors[..size])
             .into_iter()
-            .zip(&vectors[..size])
-            .map(|((p, factors), v)| guest_input(p, factors, v))
+            .map(|(p, factors)| guest_input(p, factors))
             .collect();
         group.bench_function(BenchmarkId::new("policy/native", name), |b| {
             b.iter(|| {
-                <guest_policy::Policy as gp::Decide>::decide(names.clone(), native_inputs.clone())
-                    .len()
+                let features = gp::FeatureMatrix {
+                    width,
+                    values: matrix.values.clone(),
+                };
+                <guest_policy::Policy as gp::Decide>::decide(
+                    names.clone(),
+                    features,
+                    native_inputs.clone(),
+                )
+                .len()
             })
         });
     }
@@ -212,7 +222,6 @@ fn timed<I, O>(iters: u64, mut input: impl FnMut() -> I, mut work: impl FnMut(I)
 fn wit_input(
     p: f32,
     factors: Vec<(u32, f32)>,
-    v: &[f32],
 ) -> fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
     fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
         score: wit::Score {
@@ -225,9 +234,7 @@ fn wit_input(
                 })
                 .collect(),
         },
-        features: v.to_vec(),
         context: fleet_host::bindings::policy::exports::fleet::edge::decide::Context {
-            event_id: "e".into(),
             courier_id: "c".into(),
             task_id: Some("T".into()),
             event_type: wit::EventType::Location,
@@ -236,7 +243,7 @@ fn wit_input(
     }
 }
 
-fn guest_input(p: f32, factors: Vec<(u32, f32)>, v: &[f32]) -> gp::DecisionInput {
+fn guest_input(p: f32, factors: Vec<(u32, f32)>) -> gp::DecisionInput {
     gp::DecisionInput {
         score: gp::Score {
             probability: p,
@@ -248,9 +255,7 @@ fn guest_input(p: f32, factors: Vec<(u32, f32)>, v: &[f32]) -> gp::DecisionInput
                 })
                 .collect(),
         },
-        features: v.to_vec(),
         context: gp::Context {
-            event_id: "e".into(),
             courier_id: "c".into(),
             task_id: Some("T".into()),
             event_type: gp::EventType::Location,
@@ -320,10 +325,14 @@ impl NativePipeline {
     }
 
     fn score(&self, vectors: &[Vec<f32>]) -> Vec<(f32, Vec<(u32, f32)>)> {
+        self.score_rows(&vectors.concat(), vectors.len())
+    }
+
+    /// Scores `rows` feature vectors stored row after row in `flat`.
+    fn score_rows(&self, flat: &[f32], rows: usize) -> Vec<(f32, Vec<(u32, f32)>)> {
         let width = self.names.len();
-        let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
-        let (p, c) = self.model.explained(&flat, vectors.len()).unwrap();
-        (0..vectors.len())
+        let (p, c) = self.model.explained(flat, rows).unwrap();
+        (0..rows)
             .map(|r| (p[r * 2 + 1], top_factors(&c[r * width..(r + 1) * width], 3)))
             .collect()
     }
@@ -338,15 +347,15 @@ impl NativePipeline {
             self.dedup.insert(&e.event_id);
         }
         let vectors: Vec<Vec<f32>> = scored.iter().map(|(_, v)| v.clone()).collect();
-        let scores = self.score(&vectors);
+        let features = vectors.concat();
+        let scores = self.score_rows(&features, vectors.len());
         let inputs: Vec<gp::DecisionInput> = scored
             .iter()
             .zip(&scores)
-            .map(|((i, v), (p, f))| {
+            .map(|((i, _), (p, f))| {
                 let e = &events[*i];
-                let mut input = guest_input(*p, f.clone(), v);
+                let mut input = guest_input(*p, f.clone());
                 input.context = gp::Context {
-                    event_id: e.event_id.clone(),
                     courier_id: e.courier_id.clone(),
                     task_id: e.task_id.clone(),
                     event_type: gp::EventType::Location,
@@ -355,7 +364,12 @@ impl NativePipeline {
                 input
             })
             .collect();
-        let actions = <guest_policy::Policy as gp::Decide>::decide(self.names.to_vec(), inputs);
+        let features = gp::FeatureMatrix {
+            width: self.names.len() as u32,
+            values: features,
+        };
+        let actions =
+            <guest_policy::Policy as gp::Decide>::decide(self.names.to_vec(), features, inputs);
         scored
             .into_iter()
             .zip(scores)

@@ -330,15 +330,12 @@ fn run_batch(
 
     let inputs: Vec<DecisionInput> = index
         .iter()
-        .zip(vectors)
         .zip(scores)
-        .map(|((&i, features), score)| {
+        .map(|(&i, score)| {
             let e = &events[i];
             DecisionInput {
                 score,
-                features,
                 context: Context {
-                    event_id: e.event_id.clone(),
                     courier_id: e.courier_id.clone(),
                     task_id: e.task_id.clone(),
                     event_type: e.event_type.into(),
@@ -357,7 +354,7 @@ fn run_batch(
         |exports, store| match exports {
             Exports::Policy(p) => p
                 .fleet_edge_decide()
-                .call_decide(store, &names, &inputs)
+                .call_decide(store, &names, &matrix, &inputs)
                 .map(Ok),
             _ => unreachable!("policy slot holds a policy instance"),
         },
@@ -375,10 +372,11 @@ fn run_batch(
 
     let decisions = index
         .into_iter()
+        .zip(vectors)
         .zip(inputs)
         .zip(actions)
-        .map(|((i, input), actions)| {
-            decision(live, &events[i], input.features, input.score, actions)
+        .map(|(((i, values), input), actions)| {
+            decision(live, &events[i], values, input.score, actions)
         })
         .collect();
     Ok((decisions, new_states, unscored))

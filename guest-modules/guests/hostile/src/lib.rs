@@ -13,7 +13,7 @@ wit_bindgen::generate!({
 
 use exports::fleet::edge::decide::{DecisionInput, Guest as Decide};
 use exports::fleet::edge::module::Guest as Module;
-use fleet::edge::types::{Action, Config};
+use fleet::edge::types::{Action, Config, FeatureMatrix};
 
 struct Hostile;
 
@@ -41,7 +41,11 @@ impl Module for Hostile {
 }
 
 impl Decide for Hostile {
-    fn decide(_feature_names: Vec<String>, inputs: Vec<DecisionInput>) -> Vec<Vec<Action>> {
+    fn decide(
+        _feature_names: Vec<String>,
+        _features: FeatureMatrix,
+        inputs: Vec<DecisionInput>,
+    ) -> Vec<Vec<Action>> {
         let (mode, trigger) = SETUP.with(|s| s.borrow().clone());
         let triggered = inputs.iter().any(|i| {
             i.context

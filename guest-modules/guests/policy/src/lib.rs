@@ -21,7 +21,7 @@ wit_bindgen::generate!({
 
 use exports::fleet::edge::decide::{DecisionInput, Guest as Decide};
 use exports::fleet::edge::module::Guest as Module;
-use fleet::edge::types::{Action, Alert, Config, Severity};
+use fleet::edge::types::{Action, Alert, Config, FeatureMatrix, Severity};
 
 pub struct Policy;
 
@@ -82,7 +82,11 @@ impl Module for Policy {
 }
 
 impl Decide for Policy {
-    fn decide(feature_names: Vec<String>, inputs: Vec<DecisionInput>) -> Vec<Vec<Action>> {
+    fn decide(
+        feature_names: Vec<String>,
+        _features: FeatureMatrix,
+        inputs: Vec<DecisionInput>,
+    ) -> Vec<Vec<Action>> {
         let t = THRESHOLDS.with(Cell::get);
         inputs
             .iter()
@@ -252,5 +256,7 @@ export!(Policy);
 pub mod native {
     pub use crate::exports::fleet::edge::decide::{Context, DecisionInput, Guest as Decide};
     pub use crate::exports::fleet::edge::module::Guest as Module;
-    pub use crate::fleet::edge::types::{Action, EventType, Factor, Score, Severity};
+    pub use crate::fleet::edge::types::{
+        Action, EventType, Factor, FeatureMatrix, Score, Severity,
+    };
 }
