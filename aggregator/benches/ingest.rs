@@ -14,9 +14,8 @@ use fleet_proto::batch::{BatchBody, Codec, Entry};
 use fleet_proto::record::{EventKind, EventRecord, GeoE7, Record};
 use fleet_proto::{Frame, PROTOCOL_VERSION};
 
-/// As in the `aggregator` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `aggregator` binary's allocator (transparent huge pages as the system sets them).
+use fleet_process as _;
 
 fn entries(device: usize, from: u64, n: usize) -> Vec<Entry> {
     (0..n as u64)

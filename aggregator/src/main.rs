@@ -5,13 +5,6 @@ use fleet_net::pki::Pki;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// glibc's allocator was 11-15 % of the CPU of a fleet run (sled allocates per key and per
-/// leaf); mimalloc does the same work in less. `main` turns transparent huge pages off first:
-/// they back mimalloc's eagerly committed regions in 2 MiB pages (0.6 GiB more resident on a
-/// 10,000-courier run).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -81,8 +74,7 @@ enum CertsCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    fleet_process::prepare();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -4,13 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// glibc's allocator was 11-15 % of the CPU of a fleet run (sled allocates per key and per
-/// leaf); mimalloc does the same work in less. `main` turns transparent huge pages off first:
-/// they back mimalloc's eagerly committed regions in 2 MiB pages (0.6 GiB more resident on a
-/// 10,000-courier run).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context as _;
 use chrono::{DateTime, FixedOffset};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -196,8 +189,7 @@ fn parse_burst(s: &str) -> Result<fleet::Burst, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    fleet_process::prepare();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

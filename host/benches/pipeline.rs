@@ -21,20 +21,15 @@ use fleet_host::pipeline::{DedupWindow, Pipeline, group_by_key};
 use guest_features::native as gf;
 use guest_policy::native as gp;
 
-/// The host's allocator, as in the `edge-host` binary. It matters to the ratio: the native
-/// pipeline allocates everything here, the sandboxed one only the host's share (its guests
-/// allocate with their own allocator inside their linear memory).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Keys active at once in the event stream (a busy handset batch or a small edge node).
 const ACTIVE_TASKS: usize = 64;
 const BATCH: usize = 256;
 
 fn bench_pipeline(c: &mut Criterion) {
-    // As `edge-host` does at start (see its `main`).
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    // The process set up as `edge-host`'s: mimalloc, transparent huge pages off. The allocator
+    // matters to the ratio: the native pipeline allocates everything there, the sandboxed one
+    // only the host's share (its guests allocate with their own inside linear memory).
+    fleet_process::prepare();
     let registry = common::registry();
     let pool = common::fleet_events(ACTIVE_TASKS, 50_000);
     let mut group = c.benchmark_group("pipeline");
