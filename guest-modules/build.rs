@@ -1,9 +1,10 @@
 //! Builds every crate in `guests/` for wasm32-wasip2 and writes `gen.rs`: one constant per guest
 //! with the component's path and bytes, `path(name)`, and the `foreach_guest!` macro.
 //!
-//! When the wasm32-wasip2 target is missing, the build still succeeds (so `cargo check` and
-//! clippy work anywhere): every guest then has empty bytes and `MISSING_TARGET` says how to fix
-//! it, which the tests that load a guest report.
+//! When the wasm32-wasip2 target is missing, this script adds it with rustup (rustup installs
+//! a `rust-toolchain.toml` target only with the toolchain, not into a toolchain already
+//! installed). When it cannot, the build fails with the command that fixes it: a binary
+//! without its guest modules cannot do its job, so none is produced.
 
 use std::env;
 use std::fmt::Write as _;
@@ -28,39 +29,23 @@ fn main() {
     );
     println!("cargo:rerun-if-env-changed=RUSTFLAGS");
 
-    let names = guest_names(&guests_dir);
-    let built = if target_installed() {
-        build_guests(&guests_dir, &out_dir.join("guests-target"));
-        true
-    } else {
-        println!(
-            "cargo:warning=the {TARGET} target is not installed; guest modules are not built \
-             (rustup target add {TARGET})"
+    if let Err(why) = ensure_target() {
+        panic!(
+            "\n\nthe guest modules need the {TARGET} target, which is not installed and could not \
+             be added: {why}\nrun `rustup target add {TARGET}` and build again\n\n"
         );
-        false
-    };
-
+    }
+    let names = guest_names(&guests_dir);
+    build_guests(&guests_dir, &out_dir.join("guests-target"));
     let release = out_dir.join("guests-target").join(TARGET).join("release");
-    let empty = out_dir.join("empty.wasm");
-    fs::write(&empty, b"").expect("write sentinel");
+    fs::write(out_dir.join("gen.rs"), generated(&names, &release)).expect("write gen.rs");
+}
+
+/// The generated constants, `path` and `foreach_guest!`.
+fn generated(names: &[String], release: &Path) -> String {
     let mut code = String::new();
-    writeln!(
-        code,
-        "/// Set when the guests could not be built, with the command that fixes it.\n\
-         pub const MISSING_TARGET: Option<&str> = {};",
-        if built {
-            "None".to_string()
-        } else {
-            format!("Some(\"rustup target add {TARGET}\")")
-        }
-    )
-    .unwrap();
-    for name in &names {
-        let path = if built {
-            release.join(format!("{name}.wasm"))
-        } else {
-            empty.clone()
-        };
+    for name in names {
+        let path = release.join(format!("{name}.wasm"));
         let upper = name.to_uppercase();
         writeln!(
             code,
@@ -76,7 +61,7 @@ fn main() {
         "pub fn path(name: &str) -> Option<&'static str> {{\n    match name {{"
     )
     .unwrap();
-    for name in &names {
+    for name in names {
         writeln!(code, "        {name:?} => Some({}),", name.to_uppercase()).unwrap();
     }
     writeln!(code, "        _ => None,\n    }}\n}}").unwrap();
@@ -86,11 +71,11 @@ fn main() {
          #[macro_export]\nmacro_rules! foreach_guest {{\n    ($m:ident) => {{"
     )
     .unwrap();
-    for name in &names {
+    for name in names {
         writeln!(code, "        $m!({name});").unwrap();
     }
     writeln!(code, "    }};\n}}").unwrap();
-    fs::write(out_dir.join("gen.rs"), code).expect("write gen.rs");
+    code
 }
 
 fn guest_names(guests_dir: &Path) -> Vec<String> {
@@ -102,6 +87,34 @@ fn guest_names(guests_dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Makes sure the target's standard library is installed, adding it with rustup if not.
+fn ensure_target() -> Result<(), String> {
+    if target_installed() {
+        return Ok(());
+    }
+    // Set by rustup's proxies for the processes they start: the toolchain this build runs on.
+    let toolchain = env::var("RUSTUP_TOOLCHAIN")
+        .map_err(|_| "this build does not run under rustup (RUSTUP_TOOLCHAIN is not set)")?;
+
+    let output = Command::new("rustup")
+        .args(["target", "add", TARGET, "--toolchain", &toolchain])
+        .output()
+        .map_err(|e| format!("running rustup: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`rustup target add {TARGET} --toolchain {toolchain}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    if !target_installed() {
+        return Err(format!(
+            "rustup reported success but rustc still has no {TARGET} standard library"
+        ));
+    }
+    println!("cargo:warning=added the {TARGET} target to toolchain {toolchain} with rustup");
+    Ok(())
 }
 
 fn target_installed() -> bool {

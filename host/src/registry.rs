@@ -247,14 +247,6 @@ pub fn embedded(
     kind: ModuleKind,
     bytes: &[u8],
 ) -> Result<LoadedModule, RegistryError> {
-    if let Some(fix) = fleet_guest_modules::MISSING_TARGET {
-        return Err(RegistryError::Layout {
-            dir: PathBuf::from("<embedded>"),
-            reason: format!(
-                "this binary was built without its guest modules; run `{fix}` and rebuild"
-            ),
-        });
-    }
     Ok(LoadedModule::from_bytes(
         engine,
         models,
