@@ -127,6 +127,9 @@ pub struct LoadedModule {
     pub manifest: Arc<Manifest>,
     /// `sha256:` and the hex digest of the component bytes.
     pub digest: String,
+    /// `sha256:` and the hex digest of what decides the module's behaviour: the component's
+    /// digest and its configuration. Two modules differing only in a threshold differ here.
+    pub identity: String,
     pre: Pre,
 }
 
@@ -164,7 +167,7 @@ impl LoadedModule {
         let mut manifest: Manifest =
             toml::from_str(&text).map_err(|e| manifest_error(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        manifest.component = dir.join(&manifest.component);
+        manifest.component = confined(dir, &manifest.component).map_err(manifest_error)?;
         let bytes = std::fs::read(&manifest.component).map_err(|error| LoadError::Read {
             module: manifest.name.clone(),
             path: manifest.component.clone(),
@@ -223,9 +226,11 @@ impl LoadedModule {
                 Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(exports_error)?)
             }
         };
+        let identity = identity_digest(&digest, &manifest.config_pairs());
         let loaded = Self {
             manifest: Arc::new(manifest),
             digest,
+            identity,
             pre,
         };
         loaded
@@ -234,9 +239,13 @@ impl LoadedModule {
         Ok(loaded)
     }
 
-    /// `name@version` and a short digest, as decisions and logs record it.
+    /// `name@version` and a short digest of component and configuration ([`Self::identity`]),
+    /// as decisions and logs record it.
     pub fn label(&self) -> String {
-        let short = self.digest.strip_prefix("sha256:").unwrap_or(&self.digest);
+        let short = self
+            .identity
+            .strip_prefix("sha256:")
+            .unwrap_or(&self.identity);
         format!(
             "{}@{}+{}",
             self.manifest.name,
@@ -289,6 +298,18 @@ impl LoadedModule {
     }
 }
 
+/// The digest of a component digest and a configuration (pairs in key order, as
+/// [`Manifest::config_pairs`] gives them): lengths are written before each string, so no two
+/// configurations encode alike.
+fn identity_digest(component: &str, config: &[(String, String)]) -> String {
+    let mut hash = Sha256::new();
+    for part in std::iter::once(component).chain(config.iter().flat_map(|(k, v)| [&**k, &**v])) {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    format!("sha256:{:x}", hash.finalize())
+}
+
 /// Loads the one module of `kind` from a directory of manifests.
 pub fn load_kind_from_dir(
     engine: &SandboxEngine,
@@ -307,6 +328,24 @@ pub fn load_kind_from_dir(
         }
     }
     Err(no_module(format!("no {kind} module")))
+}
+
+/// `component` inside `dir`: a relative path that stays in the module directory (no `..`,
+/// no absolute path), so a manifest cannot make the host read files elsewhere.
+pub(crate) fn confined(dir: &Path, component: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let inside = component.components().count() > 0
+        && component
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if inside {
+        Ok(dir.join(component))
+    } else {
+        Err(format!(
+            "component {:?} must be a path inside the module directory (no `..`, not absolute)",
+            component.display().to_string()
+        ))
+    }
 }
 
 /// The `*.toml` files in `dir`, sorted.
@@ -335,4 +374,47 @@ fn linker_for(engine: &SandboxEngine, kind: ModuleKind) -> wasmtime::Result<Link
         )?;
     }
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn configuration_is_part_of_a_modules_identity() {
+        let a = identity_digest("sha256:c", &pairs(&[("critical_threshold", "0.95")]));
+        let b = identity_digest("sha256:c", &pairs(&[("critical_threshold", "0.6")]));
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            identity_digest("sha256:c", &pairs(&[("critical_threshold", "0.95")]))
+        );
+        assert_ne!(a, identity_digest("sha256:d", &pairs(&[("critical_threshold", "0.95")])));
+        // Lengths are hashed too: moving a boundary between key and value changes it.
+        assert_ne!(
+            identity_digest("c", &pairs(&[("ab", "c")])),
+            identity_digest("c", &pairs(&[("a", "bc")]))
+        );
+    }
+
+    #[test]
+    fn a_component_path_must_stay_inside_the_module_directory() {
+        let dir = Path::new("/modules");
+        assert_eq!(
+            confined(dir, Path::new("policy.wasm")).unwrap(),
+            Path::new("/modules/policy.wasm")
+        );
+        assert_eq!(
+            confined(dir, Path::new("./build/policy.wasm")).unwrap(),
+            Path::new("/modules/./build/policy.wasm")
+        );
+        for bad in ["../policy.wasm", "/etc/passwd", "a/../../b.wasm", ""] {
+            let err = confined(dir, Path::new(bad)).unwrap_err();
+            assert!(err.contains("inside the module directory"), "{bad}: {err}");
+        }
+    }
 }

@@ -150,7 +150,7 @@ impl ModuleRegistry {
                         std::fs::read_to_string(m)
                             .ok()
                             .and_then(|t| toml::from_str::<Manifest>(&t).ok())
-                            .map(|man| dir.join(man.component))
+                            .and_then(|man| crate::module::confined(dir, &man.component).ok())
                     })
                     .collect();
                 files.extend(components);
