@@ -11,6 +11,19 @@ use crate::bindings::types as wit;
 /// Longest accepted id (event, courier, task), in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Longest accepted JSON line, in bytes (an event is well under 1 KiB).
+pub const MAX_LINE: usize = 64 << 10;
+
+/// Event times (and promises) must fall in `[EARLIEST_MS, LATEST_MS)`: 2000-01-01 to
+/// 2100-01-01 UTC. Anything outside is a broken clock or a corrupt field, not an event.
+pub const EARLIEST_MS: i64 = 946_684_800_000;
+/// See [`EARLIEST_MS`].
+pub const LATEST_MS: i64 = 4_102_444_800_000;
+
+/// How far an event may be ahead of the clock of the device that takes it in
+/// ([`Event::check_clock`]): handset clocks drift, but not by a day.
+pub const MAX_AHEAD_OF_CLOCK_MS: i64 = 24 * 3_600_000;
+
 /// The lifecycle of a task, plus free-running location pings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +78,20 @@ pub struct Event {
     pub courier_rating: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub courier_age: Option<f32>,
+    /// Read and ignored: what `--dead-letters` writes beside a failed event, so that the
+    /// file can be fed back as input.
+    #[serde(default, skip_serializing)]
+    dead_letter: Ignored,
+}
+
+/// A field whose value is read and thrown away.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Ignored;
+
+impl<'de> Deserialize<'de> for Ignored {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Self)
+    }
 }
 
 /// Why an event was refused; names the offending field.
@@ -115,6 +142,7 @@ impl Event {
             vehicle_type: None,
             courier_rating: None,
             courier_age: None,
+            dead_letter: Ignored,
         }
     }
 
@@ -158,6 +186,10 @@ impl Event {
             }
         }
         check_position("lat", "lon", self.lat, self.lon)?;
+        check_time("event_time", self.event_time_ms())?;
+        if let Some(promised) = self.promised_at {
+            check_time("promised_at", promised.timestamp_millis())?;
+        }
         for (field, value, max) in [
             ("speed_kmh", self.speed_kmh, 500.0),
             ("accuracy_m", self.accuracy_m, 1e6),
@@ -193,6 +225,25 @@ impl Event {
             if self.promised_at.is_none() {
                 return Err(EventError::new("promised_at", "required on task_assigned"));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses an event more than [`MAX_AHEAD_OF_CLOCK_MS`] ahead of `now_ms`, the clock of
+    /// the device taking it in (late events are normal; events from the future are not).
+    pub fn check_clock(&self, now_ms: i64) -> Result<(), EventError> {
+        let ahead = self.event_time_ms() - now_ms;
+        if ahead > MAX_AHEAD_OF_CLOCK_MS {
+            return Err(EventError::new(
+                "event_time",
+                format!(
+                    "{} is {:.1} h ahead of this device's clock ({}); at most {} h is accepted",
+                    self.event_time.to_rfc3339(),
+                    ahead as f64 / 3.6e6,
+                    format_time(now_ms, FixedOffset::east_opt(0).expect("UTC")),
+                    MAX_AHEAD_OF_CLOCK_MS / 3_600_000
+                ),
+            ));
         }
         Ok(())
     }
@@ -280,6 +331,19 @@ fn check_position(lat_field: &str, lon_field: &str, lat: f64, lon: f64) -> Resul
     Ok(())
 }
 
+fn check_time(field: &str, ms: i64) -> Result<(), EventError> {
+    if (EARLIEST_MS..LATEST_MS).contains(&ms) {
+        return Ok(());
+    }
+    Err(EventError::new(
+        field,
+        format!(
+            "{} is outside the accepted years 2000-2099",
+            format_time(ms, FixedOffset::east_opt(0).expect("UTC"))
+        ),
+    ))
+}
+
 /// For errors about the object itself ("missing field `x`"), the field is in the message.
 fn top_level_field(err: &serde_json::Error) -> String {
     let text = err.to_string();
@@ -356,6 +420,18 @@ mod tests {
                 "event_id",
             ),
             (GOOD.replace(r#""order_type""#, r#""colour""#), "colour"),
+            (
+                GOOD.replace("2026-11-22T10:00:00+05:30", "9999-01-01T00:00:00Z"),
+                "event_time",
+            ),
+            (
+                GOOD.replace("2026-11-22T10:00:00+05:30", "0000-01-01T00:00:00Z"),
+                "event_time",
+            ),
+            (
+                GOOD.replace("2026-11-22T10:30:00+05:30", "2207-01-01T00:00:00Z"),
+                "promised_at",
+            ),
         ];
         for (line, field) in cases {
             let err = Event::from_json(&line).unwrap_err();
@@ -363,5 +439,28 @@ mod tests {
         }
         assert_eq!(Event::from_json("[1,2]").unwrap_err().field, ".");
         assert!(Event::from_json("{not json").is_err());
+    }
+
+    #[test]
+    fn an_event_far_ahead_of_the_devices_clock_is_refused() {
+        let e = Event::from_json(GOOD).unwrap();
+        let t = e.event_time_ms();
+        assert!(e.check_clock(t).is_ok());
+        assert!(e.check_clock(t - MAX_AHEAD_OF_CLOCK_MS).is_ok());
+        assert!(e.check_clock(t + 365 * 86_400_000).is_ok(), "late is fine");
+        let err = e.check_clock(t - MAX_AHEAD_OF_CLOCK_MS - 1).unwrap_err();
+        assert_eq!(err.field, "event_time");
+        assert!(err.message.contains("ahead of this device's clock"), "{err}");
+    }
+
+    #[test]
+    fn a_dead_letter_note_is_read_and_ignored() {
+        let noted = GOOD.replace(
+            r#""event_id":"e1","#,
+            r#""event_id":"e1","dead_letter":{"stage":"policy","error":"panic"},"#,
+        );
+        assert_eq!(Event::from_json(&noted).unwrap(), Event::from_json(GOOD).unwrap());
+        let written = serde_json::to_string(&Event::from_json(&noted).unwrap()).unwrap();
+        assert!(!written.contains("dead_letter"), "{written}");
     }
 }

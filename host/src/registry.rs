@@ -138,6 +138,11 @@ impl ModuleRegistry {
         Ok(set)
     }
 
+    /// Whether the source can change on disk (a directory).
+    pub fn is_watchable(&self) -> bool {
+        matches!(self.source, ModuleSource::Dir(_))
+    }
+
     /// The manifest files a directory source is made of (for change detection).
     pub fn watched_files(&self) -> Vec<PathBuf> {
         match &self.source {

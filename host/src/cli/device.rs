@@ -70,6 +70,7 @@ pub(crate) struct DeviceArgs {
 
 pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let registry = args.runtime.registry()?;
+    let _reloads = args.runtime.reload_triggers(&registry)?;
     let path = args
         .journal
         .clone()
@@ -137,7 +138,9 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut stderr = std::io::stderr();
     let quiet = args.quiet;
-    let stats = lines::for_each_batch(input, args.batch, |batch| {
+    // Events far ahead of this device's clock are refused like malformed lines.
+    let clock = |e: &fleet_host::event::Event| e.check_clock(chrono::Utc::now().timestamp_millis());
+    let stats = lines::for_each_batch(input, args.batch, clock, |batch| {
         match handle.submit_blocking(batch) {
             Ok(accepted) if !quiet => write_outcome(
                 &mut out,

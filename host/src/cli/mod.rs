@@ -100,6 +100,15 @@ impl RuntimeArgs {
         Ok(Arc::new(registry))
     }
 
+    /// Reloads `registry` when its directory changes or on SIGHUP, until dropped.
+    pub(crate) fn reload_triggers(
+        &self,
+        registry: &Arc<ModuleRegistry>,
+    ) -> anyhow::Result<fleet_host::watch::ReloadTriggers> {
+        fleet_host::watch::reload_triggers(registry.clone(), Duration::from_millis(500))
+            .context("installing the SIGHUP handler")
+    }
+
     /// Just the features module (no model needed), for feature extraction.
     pub(crate) fn feature_extractor(&self) -> anyhow::Result<FeatureExtractor> {
         let engine = self.engine()?;

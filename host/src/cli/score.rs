@@ -3,9 +3,6 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -31,14 +28,7 @@ pub(crate) struct ScoreArgs {
 
 pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let registry = args.runtime.registry()?;
-    let _watcher = args
-        .runtime
-        .modules
-        .as_ref()
-        .map(|_| fleet_host::watch::watch(registry.clone(), Duration::from_millis(500)));
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .context("installing the SIGHUP handler")?;
+    let _reloads = args.runtime.reload_triggers(&registry)?;
     let mut pipeline = Pipeline::new(registry.clone());
 
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -50,12 +40,7 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     };
     let mut stats = Stats::default();
     let input = lines::open(args.input.as_deref())?;
-    let line_stats = lines::for_each_batch(input, args.batch, |batch| {
-        if reload.swap(false, Ordering::Relaxed)
-            && let Err(e) = registry.reload()
-        {
-            tracing::error!(error = %e, "reload on SIGHUP failed; keeping the current modules");
-        }
+    let line_stats = lines::for_each_batch(input, args.batch, |_| Ok(()), |batch| {
         let outcome = pipeline.process(batch);
         stats.decisions += outcome.decisions.len();
         stats.duplicates += outcome.duplicates;

@@ -1,6 +1,7 @@
 //! Host integration tests: real guest components, the real model, real sandbox limits.
 
 mod cli;
+mod device_swap;
 mod features;
 mod fleet;
 mod guests;
