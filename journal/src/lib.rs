@@ -19,13 +19,14 @@
 //! | `o` mark (u64 BE) | event id: dedup marks, oldest first |
 //! | `m` name | meta counters (u64 BE), the commit number among them |
 
+mod journal;
 mod keys;
 mod store;
 mod thinning;
 mod writes;
 
+pub use journal::Journal;
 pub use store::{
-    CHECKPOINTS, Commit, Journal, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR,
-    Recovery,
+    CHECKPOINTS, Commit, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR, Recovery,
 };
 pub use thinning::ThinPolicy;
