@@ -321,7 +321,7 @@ impl Journal {
         }
         let mut batch = Writes::default();
         let mut freed = 0u64;
-        for item in fleet_sled_range::inclusive(
+        for item in fleet_sled::range::inclusive(
             &self.db(),
             &keys::journal(inner.acked_written + 1),
             &keys::journal(through),
@@ -344,7 +344,7 @@ impl Journal {
         // Acknowledged entries not deleted yet are gone all the same.
         let after = after.max(self.inner().stats.acked);
         let mut out = Vec::new();
-        for item in fleet_sled_range::inclusive(
+        for item in fleet_sled::range::inclusive(
             &self.db(),
             &keys::journal(after + 1),
             &keys::journal(Seq::MAX),

@@ -212,12 +212,12 @@ impl SledHistory {
     fn device_rows(&self) -> Result<BTreeMap<String, DeviceRow>, HistoryError> {
         let db = self.db();
         let mut rows = BTreeMap::new();
-        for item in fleet_sled_range::prefix(&db, &[keys::DEVICE]) {
+        for item in fleet_sled::range::prefix(&db, &[keys::DEVICE]) {
             let (k, v) = item?;
             let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
             rows.insert(device, decode::<DeviceRow>(&k, &v)?);
         }
-        for item in fleet_sled_range::prefix(&db, &[keys::SEEN]) {
+        for item in fleet_sled::range::prefix(&db, &[keys::SEEN]) {
             let (k, v) = item?;
             let device = str_at(&k, 1).map(|(d, _)| d).unwrap_or_default();
             let seen: i64 = decode(&k, &v)?;
@@ -436,7 +436,7 @@ impl History for SledHistory {
             .u64(u64::MAX)
             .0;
         let mut out = Vec::new();
-        for item in fleet_sled_range::inclusive(&self.db(), &lo, &hi).take(limit) {
+        for item in fleet_sled::range::inclusive(&self.db(), &lo, &hi).take(limit) {
             let (k, v) = item?;
             let e: EventRecord = decode(&k, &v)?;
             let device = str_at(&k, at_time + 8).map(|(d, _)| d).unwrap_or_default();
@@ -459,7 +459,7 @@ impl History for SledHistory {
         let at_time = prefix.len();
         let mut schemas = HashMap::new();
         let mut items = Vec::new();
-        for item in fleet_sled_range::prefix(&self.db(), &prefix).take(limit) {
+        for item in fleet_sled::range::prefix(&self.db(), &prefix).take(limit) {
             let (k, v) = item?;
             let time_ms = keys::time_at(&k, at_time).unwrap_or_default();
             let Some((device, after)) = str_at(&k, at_time + 8) else {
@@ -518,7 +518,7 @@ impl History for SledHistory {
         let lo = Key::new(keys::ALERT).time(since_ms).0;
         let hi = vec![keys::ALERT + 1];
         let mut out = Vec::new();
-        for item in fleet_sled_range::exclusive(&self.db(), &lo, &hi) {
+        for item in fleet_sled::range::exclusive(&self.db(), &lo, &hi) {
             if out.len() >= limit {
                 break;
             }

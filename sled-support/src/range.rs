@@ -1,4 +1,4 @@
-//! Range and prefix scans over sled 1.0.0-alpha.124 that stop at their upper bound.
+//! Range and prefix scans that stop at their upper bound.
 //!
 //! sled's `Tree::range` (and `scan_prefix`, built on it) filters each leaf by the range but
 //! never stops at the upper bound: once the range is exhausted, the next `next()` call walks
