@@ -450,7 +450,10 @@ mod tests {
         assert!(e.check_clock(t + 365 * 86_400_000).is_ok(), "late is fine");
         let err = e.check_clock(t - MAX_AHEAD_OF_CLOCK_MS - 1).unwrap_err();
         assert_eq!(err.field, "event_time");
-        assert!(err.message.contains("ahead of this device's clock"), "{err}");
+        assert!(
+            err.message.contains("ahead of this device's clock"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -459,7 +462,10 @@ mod tests {
             r#""event_id":"e1","#,
             r#""event_id":"e1","dead_letter":{"stage":"policy","error":"panic"},"#,
         );
-        assert_eq!(Event::from_json(&noted).unwrap(), Event::from_json(GOOD).unwrap());
+        assert_eq!(
+            Event::from_json(&noted).unwrap(),
+            Event::from_json(GOOD).unwrap()
+        );
         let written = serde_json::to_string(&Event::from_json(&noted).unwrap()).unwrap();
         assert!(!written.contains("dead_letter"), "{written}");
     }

@@ -381,7 +381,9 @@ mod tests {
     use super::*;
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -393,7 +395,10 @@ mod tests {
             a,
             identity_digest("sha256:c", &pairs(&[("critical_threshold", "0.95")]))
         );
-        assert_ne!(a, identity_digest("sha256:d", &pairs(&[("critical_threshold", "0.95")])));
+        assert_ne!(
+            a,
+            identity_digest("sha256:d", &pairs(&[("critical_threshold", "0.95")]))
+        );
         // Lengths are hashed too: moving a boundary between key and value changes it.
         assert_ne!(
             identity_digest("c", &pairs(&[("ab", "c")])),

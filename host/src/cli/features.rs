@@ -25,28 +25,33 @@ pub(crate) fn run(args: FeaturesArgs) -> anyhow::Result<()> {
     let input = lines::open(args.input.as_deref())?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     writeln!(out, "event_id,task_id,{}", extractor.names().join(","))?;
-    let stats = lines::for_each_batch(input, args.batch, |_| Ok(()), |batch| {
-        for (event, values) in extractor.extract(batch)? {
-            let row: Vec<String> = values
-                .iter()
-                .map(|v| {
-                    if v.is_finite() {
-                        v.to_string()
-                    } else {
-                        String::new()
-                    }
-                })
-                .collect();
-            writeln!(
-                out,
-                "{},{},{}",
-                event.event_id,
-                event.task_id.as_deref().unwrap_or(""),
-                row.join(",")
-            )?;
-        }
-        Ok(())
-    })?;
+    let stats = lines::for_each_batch(
+        input,
+        args.batch,
+        |_| Ok(()),
+        |batch| {
+            for (event, values) in extractor.extract(batch)? {
+                let row: Vec<String> = values
+                    .iter()
+                    .map(|v| {
+                        if v.is_finite() {
+                            v.to_string()
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{},{},{}",
+                    event.event_id,
+                    event.task_id.as_deref().unwrap_or(""),
+                    row.join(",")
+                )?;
+            }
+            Ok(())
+        },
+    )?;
     out.flush()?;
     if stats.malformed > 0 {
         bail!("{} malformed lines", stats.malformed);

@@ -178,7 +178,9 @@ mod tests {
         let got = lines(input, 12);
         assert_eq!(got.len(), 4);
         assert_eq!(got[0], Line::Text("{\"a\":1}".into()));
-        assert!(matches!(&got[1], Line::Unreadable(w) if w.contains("UTF-8") && w.contains("byte 4")));
+        assert!(
+            matches!(&got[1], Line::Unreadable(w) if w.contains("UTF-8") && w.contains("byte 4"))
+        );
         assert!(
             matches!(&got[2], Line::Unreadable(w) if w.contains("16 bytes") && w.contains("12-byte"))
         );

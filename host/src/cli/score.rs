@@ -40,18 +40,23 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     };
     let mut stats = Stats::default();
     let input = lines::open(args.input.as_deref())?;
-    let line_stats = lines::for_each_batch(input, args.batch, |_| Ok(()), |batch| {
-        let outcome = pipeline.process(batch);
-        stats.decisions += outcome.decisions.len();
-        stats.duplicates += outcome.duplicates;
-        stats.dead += outcome.dead_letters.len();
-        write_outcome(
-            &mut out,
-            &mut dead,
-            &outcome.decisions,
-            &outcome.dead_letters,
-        )
-    })?;
+    let line_stats = lines::for_each_batch(
+        input,
+        args.batch,
+        |_| Ok(()),
+        |batch| {
+            let outcome = pipeline.process(batch);
+            stats.decisions += outcome.decisions.len();
+            stats.duplicates += outcome.duplicates;
+            stats.dead += outcome.dead_letters.len();
+            write_outcome(
+                &mut out,
+                &mut dead,
+                &outcome.decisions,
+                &outcome.dead_letters,
+            )
+        },
+    )?;
     tracing::info!(
         lines = line_stats.lines,
         decisions = stats.decisions,

@@ -86,7 +86,11 @@ impl Device {
                     .unwrap_or_else(|_| {
                         panic!("decision {i} of {task} never came; stderr:\n{}", self.log())
                     });
-                assert_eq!(d["task_id"], task.as_str(), "decisions in order, none dropped");
+                assert_eq!(
+                    d["task_id"],
+                    task.as_str(),
+                    "decisions in order, none dropped"
+                );
                 d["modules"]["policy"].as_str().unwrap().to_string()
             })
             .collect()
@@ -136,13 +140,24 @@ fn the_device_swaps_modules_on_a_file_change_and_on_sighup_without_dropping_an_e
     let dir = tempfile::tempdir().unwrap();
     let modules = dir.path().join("modules");
     std::fs::create_dir(&modules).unwrap();
-    util::module_dir(&modules, "policy", "1.0.0", &[("critical_threshold", "0.95")]);
+    util::module_dir(
+        &modules,
+        "policy",
+        "1.0.0",
+        &[("critical_threshold", "0.95")],
+    );
     let mut device = Device::start(dir.path());
     let first = device.task()[0].clone();
     assert!(first.starts_with("policy@1.0.0+"), "{first}");
 
     // The same version with another threshold is another module: its label says so.
-    util::write_manifest(&modules, "policy", "policy", "1.0.0", &[("critical_threshold", "0.60")]);
+    util::write_manifest(
+        &modules,
+        "policy",
+        "policy",
+        "1.0.0",
+        &[("critical_threshold", "0.60")],
+    );
     let second = device.until_swapped_from(&first);
     assert!(second.starts_with("policy@1.0.0+") && second != first);
 
@@ -150,7 +165,13 @@ fn the_device_swaps_modules_on_a_file_change_and_on_sighup_without_dropping_an_e
     // brings it in, and SIGHUP does not end the process.
     let manifest = modules.join("policy.toml");
     let mtime = std::fs::metadata(&manifest).unwrap().modified().unwrap();
-    util::write_manifest(&modules, "policy", "policy", "1.0.0", &[("critical_threshold", "0.70")]);
+    util::write_manifest(
+        &modules,
+        "policy",
+        "policy",
+        "1.0.0",
+        &[("critical_threshold", "0.70")],
+    );
     std::fs::File::options()
         .write(true)
         .open(&manifest)
@@ -158,7 +179,11 @@ fn the_device_swaps_modules_on_a_file_change_and_on_sighup_without_dropping_an_e
         .set_modified(mtime)
         .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(device.task()[0], second, "the watcher saw nothing to reload");
+    assert_eq!(
+        device.task()[0],
+        second,
+        "the watcher saw nothing to reload"
+    );
     device.signal("HUP");
     let third = device.until_swapped_from(&second);
     assert!(third != first && third != second);
