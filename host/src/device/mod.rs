@@ -2,12 +2,14 @@
 //! durably before they are acknowledged, and synced to the aggregator over QUIC.
 //!
 //! - [`records`]: pipeline types -> journal/wire records.
-//! - [`writer`]: the one thread that runs the pipeline and writes the journal, group-committing
+//! - [`runtime`]: the pipeline run for one journal at a time, and what a batch journals.
+//! - [`writer`]: the one thread that runs the runtime and writes the journal, group-committing
 //!   whatever producers submitted meanwhile.
 //! - [`sync`]: the QUIC client driving the sans-IO [`fleet_proto::sender::Sender`].
 //! - [`http`]: the loopback endpoint for the handset app.
 
 pub mod http;
 pub mod records;
+pub mod runtime;
 pub mod sync;
 pub mod writer;
