@@ -2,6 +2,8 @@
 //! beside the embedded sled one.
 
 mod keys;
+mod plan;
+mod rows;
 mod sled_store;
 mod views;
 

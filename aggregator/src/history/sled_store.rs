@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use fleet_proto::record::{ActionRecord, DecisionRecord, EventRecord, GeoE7, Schema, Severity};
+use fleet_proto::record::{ActionRecord, DecisionRecord, EventRecord, Schema, Severity};
 use fleet_proto::{Entry, Record, Seq};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, Key};
+use super::plan::{self, LatestOf};
+use super::rows::{Counters, DeviceRow, LatestRow};
 use super::views::{self, AlertRow, StateRow, TaskItem};
 use super::{
     Alert, DeviceStatus, History, HistoryError, IngestOutcome, Latest, RoutePoint, Stats,
@@ -19,77 +21,6 @@ use super::{
 };
 
 type Db = sled::Db<64>;
-
-/// Stored per device.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct DeviceRow {
-    cursor: Seq,
-    last_seen_ms: i64,
-    last_event_ms: Option<i64>,
-    last_ingest_ms: Option<i64>,
-    events: u64,
-    decisions: u64,
-}
-
-/// Stored per task and per courier.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct LatestRow {
-    time_ms: i64,
-    event_type: String,
-    position: Option<GeoE7>,
-    courier_id: String,
-    task_id: Option<String>,
-    score_time_ms: i64,
-    score: Option<f32>,
-    severity: Option<Severity>,
-    device: String,
-}
-
-impl LatestRow {
-    fn fold_event(&mut self, device: &str, e: &EventRecord) {
-        if e.time_ms >= self.time_ms || self.event_type.is_empty() {
-            self.time_ms = e.time_ms;
-            self.event_type = e.event_type.as_str().into();
-            self.position = Some(e.position);
-            self.courier_id.clone_from(&e.courier_id);
-            self.task_id.clone_from(&e.task_id);
-            self.device = device.into();
-        }
-    }
-
-    fn fold_decision(&mut self, d: &DecisionRecord) {
-        if d.time_ms >= self.score_time_ms || self.score.is_none() {
-            self.score_time_ms = d.time_ms;
-            self.score = Some(d.score);
-            self.severity = Some(d.severity);
-        }
-    }
-
-    fn view(&self) -> Latest {
-        let p = self.position.unwrap_or(GeoE7 { lat: 0, lon: 0 });
-        Latest {
-            time: views::rfc3339(self.time_ms),
-            time_ms: self.time_ms,
-            event_type: self.event_type.clone(),
-            lat: p.lat_deg(),
-            lon: p.lon_deg(),
-            courier_id: self.courier_id.clone(),
-            task_id: self.task_id.clone(),
-            score: self.score,
-            severity: self.severity.map(|s| s.as_str().into()),
-            device: self.device.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Counters {
-    events: u64,
-    decisions: u64,
-    alerts: u64,
-    states: u64,
-    duplicates: u64,
-}
 
 /// sled-backed [`History`].
 pub struct SledHistory {
@@ -279,108 +210,84 @@ impl History for SledHistory {
             Some(row) => row.clone(),
             None => read(&db, &device_key)?.unwrap_or_default(),
         };
-        let mut outcome = IngestOutcome::default();
+        let plan = plan::plan(row.cursor, entries);
         let mut batch = sled::Batch::default();
+        for &(seq, e) in &plan.events {
+            batch.insert(
+                Key::route(&e.courier_id, e.time_ms, device, seq).0,
+                encode(e),
+            );
+            if let Some(task) = &e.task_id {
+                let item = TaskItem::Event {
+                    courier_id: Cow::Borrowed(&e.courier_id),
+                };
+                batch.insert(Key::task(task, e.time_ms, device, seq).0, encode(&item));
+            }
+        }
+        for &(seq, d) in &plan.decisions {
+            match &d.task_id {
+                Some(task) => {
+                    let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
+                    batch.insert(Key::task(task, d.time_ms, device, seq).0, encode(&item));
+                }
+                None => batch.insert(
+                    Key::record(device, seq).0,
+                    encode(&Record::Decision(d.clone())),
+                ),
+            }
+        }
+        for &(seq, d) in &plan.alerts {
+            let alert = AlertRow {
+                severity: d.severity,
+                message: alert_message(d),
+                score: d.score,
+                task_id: d.task_id.clone(),
+                courier_id: d.courier_id.clone(),
+                event_id: d.event_id.clone(),
+                prediction_id: d.prediction_id.clone(),
+            };
+            batch.insert(
+                Key::new(keys::ALERT).time(d.time_ms).str(device).u64(seq).0,
+                encode(&alert),
+            );
+        }
         // Rows overwritten per key: folded here so that a batch writes each once.
         let mut latest: HashMap<Vec<u8>, LatestRow> = HashMap::new();
-        let mut states: HashMap<&str, StateRow> = HashMap::new();
-        let mut states_stored = 0;
-        let mut fold_latest =
-            |key: Vec<u8>, f: &mut dyn FnMut(&mut LatestRow)| -> Result<(), HistoryError> {
-                if !latest.contains_key(&key) {
-                    let existing = match written.latest.get(&key) {
-                        Some(row) => row.clone(),
-                        None => read(&db, &key)?.unwrap_or_default(),
-                    };
-                    latest.insert(key.clone(), existing);
-                }
-                f(latest.get_mut(&key).expect("inserted above"));
-                Ok(())
+        for &(of, fold) in &plan.folds {
+            let key = match of {
+                LatestOf::Task(task) => Key::new(keys::LATEST_TASK).str(task).0,
+                LatestOf::Courier(courier) => Key::new(keys::LATEST_COURIER).str(courier).0,
             };
-        for entry in entries {
-            if entry.seq <= row.cursor {
-                outcome.duplicates += 1;
-                continue;
+            if !latest.contains_key(&key) {
+                let existing = match written.latest.get(&key) {
+                    Some(row) => row.clone(),
+                    None => read(&db, &key)?.unwrap_or_default(),
+                };
+                latest.insert(key.clone(), existing);
             }
-            let seq = entry.seq;
-            outcome.stored += 1;
-            match &entry.record {
-                Record::Event(e) => {
-                    outcome.events += 1;
-                    row.last_event_ms =
-                        Some(row.last_event_ms.map_or(e.time_ms, |t| t.max(e.time_ms)));
-                    batch.insert(
-                        Key::route(&e.courier_id, e.time_ms, device, seq).0,
-                        encode(e),
-                    );
-                    if let Some(task) = &e.task_id {
-                        let item = TaskItem::Event {
-                            courier_id: Cow::Borrowed(&e.courier_id),
-                        };
-                        batch.insert(Key::task(task, e.time_ms, device, seq).0, encode(&item));
-                        fold_latest(Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
-                            l.fold_event(device, e)
-                        })?;
-                    }
-                    fold_latest(
-                        Key::new(keys::LATEST_COURIER).str(&e.courier_id).0,
-                        &mut |l| l.fold_event(device, e),
-                    )?;
-                }
-                Record::Decision(d) => {
-                    outcome.decisions += 1;
-                    if let Some(task) = &d.task_id {
-                        let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
-                        batch.insert(Key::task(task, d.time_ms, device, seq).0, encode(&item));
-                        fold_latest(Key::new(keys::LATEST_TASK).str(task).0, &mut |l| {
-                            l.fold_decision(d)
-                        })?;
-                    } else {
-                        batch.insert(Key::record(device, seq).0, encode(&entry.record));
-                    }
-                    fold_latest(
-                        Key::new(keys::LATEST_COURIER).str(&d.courier_id).0,
-                        &mut |l| l.fold_decision(d),
-                    )?;
-                    if d.severity >= Severity::Warning {
-                        outcome.alerts += 1;
-                        let alert = AlertRow {
-                            severity: d.severity,
-                            message: alert_message(d),
-                            score: d.score,
-                            task_id: d.task_id.clone(),
-                            courier_id: d.courier_id.clone(),
-                            event_id: d.event_id.clone(),
-                            prediction_id: d.prediction_id.clone(),
-                        };
-                        batch.insert(
-                            Key::new(keys::ALERT).time(d.time_ms).str(device).u64(seq).0,
-                            encode(&alert),
-                        );
-                    }
-                }
-                Record::State(s) => {
-                    states_stored += 1;
-                    states.insert(
-                        &s.key,
-                        StateRow {
-                            device: Cow::Borrowed(device),
-                            seq,
-                            module: Cow::Borrowed(&s.module),
-                            bytes: Cow::Borrowed(&s.bytes),
-                        },
-                    );
-                }
-                Record::Schema(s) => {
-                    batch.insert(Key::new(keys::SCHEMA).u64(s.id).0, encode(s));
-                }
-            }
+            latest
+                .get_mut(&key)
+                .expect("inserted above")
+                .fold(device, fold);
         }
         for (key, value) in &latest {
             batch.insert(key.clone(), encode(value));
         }
-        for (key, state) in states {
-            batch.insert(Key::new(keys::STATE).str(key).0, encode(&state));
+        for &(seq, s) in &plan.states {
+            let state = StateRow {
+                device: Cow::Borrowed(device),
+                seq,
+                module: Cow::Borrowed(&s.module),
+                bytes: Cow::Borrowed(&s.bytes),
+            };
+            batch.insert(Key::new(keys::STATE).str(&s.key).0, encode(&state));
+        }
+        for s in &plan.schemas {
+            batch.insert(Key::new(keys::SCHEMA).u64(s.id).0, encode(s));
+        }
+        let outcome = plan.outcome;
+        if let Some(t) = plan.newest_event_ms {
+            row.last_event_ms = Some(row.last_event_ms.map_or(t, |l| l.max(t)));
         }
         row.cursor = row.cursor.max(through);
         row.last_seen_ms = now_ms;
@@ -394,7 +301,7 @@ impl History for SledHistory {
         next.events += outcome.events;
         next.decisions += outcome.decisions;
         next.alerts += outcome.alerts;
-        next.states += states_stored;
+        next.states += plan.states_received;
         next.duplicates += outcome.duplicates;
         batch.insert(COUNTERS, encode(&next));
         db.apply_batch(batch)?;
@@ -583,7 +490,7 @@ impl History for SledHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::record::{EventKind, StateRecord};
+    use fleet_proto::record::{EventKind, GeoE7, StateRecord};
 
     fn event(seq: Seq, task: Option<&str>) -> Entry {
         Entry {
