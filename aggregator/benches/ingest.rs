@@ -73,7 +73,7 @@ fn main() {
                     pending.push(
                         shared
                             .committer
-                            .persist(device.clone(), through, entries(d, from, batch))
+                            .persist(device.clone(), 1, through, through, entries(d, from, batch))
                             .await,
                     );
                 }
@@ -125,6 +125,7 @@ fn main() {
                     Frame::Batch {
                         from: c[0].seq,
                         through: c.last().unwrap().seq,
+                        journaled: c.last().unwrap().seq,
                         codec,
                         body,
                     }
@@ -169,6 +170,7 @@ async fn run_device(server: SocketAddr, client: quinn::ClientConfig, frames: Vec
         &mut send,
         &Frame::Hello {
             version: PROTOCOL_VERSION,
+            journal: 1,
             acked_through: 0,
             device: None,
             agent: "bench".into(),

@@ -1,5 +1,8 @@
 //! The HTTP JSON API (loopback by default). Bad queries get a 400 with a JSON error naming
-//! the parameter; unknown things get a 404.
+//! the parameter (unknown, repeated or malformed); unknown things get a 404. Every list is
+//! paged: `limit` (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]) and `cursor` (the
+//! `next_cursor` of the previous page; absent on the last). Queries run on the blocking pool,
+//! never on the threads that serve ingest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,21 +16,27 @@ use fleet_proto::record::Severity;
 use serde_json::json;
 
 use crate::Shared;
-use crate::history::HistoryError;
+use crate::history::{
+    DeadLetterFilter, DeadLetterState, DeviceStatus, History, HistoryError, PageRequest,
+};
 
-const DEFAULT_LIMIT: usize = 10_000;
+/// Items per page when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Most items per page.
+pub const MAX_PAGE: usize = 10_000;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/couriers/{id}", get(courier))
         .route("/api/v1/couriers/{id}/route", get(route))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,tasks/ID,couriers/ID,couriers/ID/route}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,dead-letters,tasks/ID,couriers/ID,couriers/ID/route}") })
         .with_state(shared)
 }
 
@@ -45,6 +54,9 @@ impl ApiError {
 
 impl From<HistoryError> for ApiError {
     fn from(e: HistoryError) -> Self {
+        if let HistoryError::BadCursor(_) = e {
+            return Self::bad(e.to_string());
+        }
         tracing::error!(error = %e, "history query failed");
         Self(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }
@@ -58,7 +70,19 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Parses a query string, refusing parameters the endpoint does not know.
+/// Runs a query on the blocking pool.
+async fn query<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&dyn History) -> Result<T, HistoryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let history = shared.history.clone();
+    tokio::task::spawn_blocking(move || f(&*history))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// Parses a query string, refusing parameters the endpoint does not know, and repeats.
 fn params(raw: Option<String>, known: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
@@ -73,11 +97,17 @@ fn params(raw: Option<String>, known: &[&str]) -> Result<HashMap<String, String>
         };
         let (k, v) = (decode(k)?, decode(v)?);
         if !known.contains(&k.as_str()) {
+            return Err(ApiError::bad(if known.is_empty() {
+                format!("unknown query parameter {k:?}; this endpoint takes none")
+            } else {
+                format!("unknown query parameter {k:?}; this endpoint takes {known:?}")
+            }));
+        }
+        if out.insert(k.clone(), v).is_some() {
             return Err(ApiError::bad(format!(
-                "unknown query parameter {k:?}; this endpoint takes {known:?}"
+                "query parameter {k:?} is given more than once"
             )));
         }
-        out.insert(k, v);
     }
     Ok(out)
 }
@@ -116,36 +146,94 @@ fn time_param(params: &HashMap<String, String>, name: &str, default: i64) -> Res
         })
 }
 
-fn limit_param(params: &HashMap<String, String>) -> Result<usize, ApiError> {
-    match params.get("limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| ApiError::bad(format!("limit={v:?}: expected a positive integer"))),
+/// `limit` and `cursor`.
+fn page_param(params: &HashMap<String, String>) -> Result<PageRequest, ApiError> {
+    let limit = match params.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            Ok(n) if n > MAX_PAGE => {
+                return Err(ApiError::bad(format!(
+                    "limit={n}: at most {MAX_PAGE} per page; follow next_cursor for more"
+                )));
+            }
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "limit={v:?}: expected a whole number from 1 to {MAX_PAGE}"
+                )));
+            }
+        },
+    };
+    Ok(PageRequest {
+        limit,
+        after: params.get("cursor").cloned(),
+    })
+}
+
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    match s.storage_problem() {
+        None => "ok".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": reason})),
+        )
+            .into_response(),
     }
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> ApiResult {
-    let devices = s.history.devices()?;
+/// Every device, page by page.
+pub fn all_devices(history: &dyn History, now_ms: i64) -> Result<Vec<DeviceStatus>, HistoryError> {
+    let mut all = Vec::new();
+    let mut page = PageRequest {
+        limit: MAX_PAGE,
+        after: None,
+    };
+    loop {
+        let p = history.devices(now_ms, &page)?;
+        all.extend(p.items);
+        match p.next {
+            Some(next) => page.after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    params(q, &[])?;
+    let now = crate::now_ms();
+    let (devices, dead) = query(&s, move |h| {
+        let summary = PageRequest {
+            limit: 0,
+            after: None,
+        };
+        Ok((
+            all_devices(h, now)?,
+            h.dead_letters(&DeadLetterFilter::default(), &summary)?,
+        ))
+    })
+    .await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&devices),
+        s.metrics.render(&devices, &dead),
     )
         .into_response())
 }
 
-async fn stats(State(s): State<Arc<Shared>>) -> ApiResult {
-    Ok(Json(s.history.stats()?).into_response())
+async fn stats(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    params(q, &[])?;
+    Ok(Json(query(&s, |h| h.stats()).await?).into_response())
 }
 
-async fn devices(State(s): State<Arc<Shared>>) -> ApiResult {
-    Ok(Json(s.history.devices()?).into_response())
+async fn devices(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = params(q, &["limit", "cursor"])?;
+    let page = page_param(&p)?;
+    let now = crate::now_ms();
+    let devices = query(&s, move |h| h.devices(now, &page)).await?;
+    Ok(Json(json!({"devices": devices.items, "next_cursor": devices.next})).into_response())
 }
 
 async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
-    let p = params(q, &["since", "severity", "limit"])?;
+    let p = params(q, &["since", "severity", "limit", "cursor"])?;
     let since = time_param(&p, "since", i64::MIN)?;
     let min = match p.get("severity") {
         None => Severity::Warning,
@@ -155,7 +243,29 @@ async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResul
             ))
         })?,
     };
-    Ok(Json(s.history.alerts(since, min, limit_param(&p)?)?).into_response())
+    let page = page_param(&p)?;
+    let alerts = query(&s, move |h| h.alerts(since, min, &page)).await?;
+    Ok(Json(json!({"alerts": alerts.items, "next_cursor": alerts.next})).into_response())
+}
+
+async fn dead_letters(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = params(q, &["state", "device", "limit", "cursor"])?;
+    let state = match p.get("state").map(String::as_str) {
+        None | Some("all") => None,
+        Some("open") => Some(DeadLetterState::Open),
+        Some("rescored") => Some(DeadLetterState::Rescored),
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "state={v:?}: expected open, rescored or all"
+            )));
+        }
+    };
+    let filter = DeadLetterFilter {
+        state,
+        device: p.get("device").cloned(),
+    };
+    let page = page_param(&p)?;
+    Ok(Json(query(&s, move |h| h.dead_letters(&filter, &page)).await?).into_response())
 }
 
 async fn task(
@@ -163,15 +273,23 @@ async fn task(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let p = params(q, &["limit"])?;
-    match s.history.task(&id, limit_param(&p)?)? {
+    let p = params(q, &["limit", "cursor"])?;
+    let page = page_param(&p)?;
+    let task = id.clone();
+    match query(&s, move |h| h.task(&task, &page)).await? {
         Some(t) => Ok(Json(t).into_response()),
         None => Err(ApiError::not_found(format!("no history for task {id:?}"))),
     }
 }
 
-async fn courier(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
-    match s.history.latest_courier(&id)? {
+async fn courier(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    params(q, &[])?;
+    let courier = id.clone();
+    match query(&s, move |h| h.latest_courier(&courier)).await? {
         Some(l) => Ok(Json(json!({ "courier_id": id, "latest": l })).into_response()),
         None => Err(ApiError::not_found(format!(
             "no history for courier {id:?}"
@@ -184,12 +302,17 @@ async fn route(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let p = params(q, &["from", "to", "limit"])?;
+    let p = params(q, &["from", "to", "limit", "cursor"])?;
     let from = time_param(&p, "from", i64::MIN)?;
     let to = time_param(&p, "to", i64::MAX)?;
     if from > to {
         return Err(ApiError::bad("from is after to"));
     }
-    let points = s.history.route(&id, from, to, limit_param(&p)?)?;
-    Ok(Json(json!({ "courier_id": id, "points": points })).into_response())
+    let page = page_param(&p)?;
+    let courier = id.clone();
+    let points = query(&s, move |h| h.route(&courier, from, to, &page)).await?;
+    Ok(
+        Json(json!({ "courier_id": id, "points": points.items, "next_cursor": points.next }))
+            .into_response(),
+    )
 }

@@ -1,19 +1,29 @@
-//! Group commit: one thread takes every persist request waiting, ingests them into the
+//! Group commit: one thread takes every request waiting, ingests the persists into the
 //! history (in memory), appends them to the [ingest log](crate::ingest_log) and makes them
 //! durable with one `fdatasync`, and only then answers each. A checkpointer thread flushes the
-//! history as often as [`CHECKPOINTS`] says and then removes the log segments that flush
-//! covered. The queue is bounded, so a slow disk slows the connections, which slows the
-//! devices (QUIC flow control): nothing is dropped.
+//! history as often as [`CHECKPOINTS`] says (when the disk has room for it) and then removes
+//! the log segments that flush covered. The queue is bounded, so a slow disk slows the
+//! connections, which slows the devices (QUIC flow control): nothing is dropped.
+//!
+//! The committer also opens journals for new connections, answering with what is *durable*:
+//! after a failed sync the history holds more in memory than the log has on disk, and a
+//! device told about that would drop from its journal what a crash could still lose. While
+//! the log cannot be written (a full disk), persists are refused at once with
+//! [`CommitError::Unavailable`] and each new group first tries the kept frames again: the
+//! aggregator recovers by itself when space returns.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_proto::{Entry, Seq};
+use fleet_proto::{Entry, JournalId, Seq};
+use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use fleet_wal::{CheckpointPolicy, Checkpointer};
 
-use crate::history::{History, IngestOutcome};
+use crate::history::{Batch, History, HistoryError, IngestOutcome};
 use crate::ingest_log::IngestLog;
 use crate::metrics::Metrics;
 
@@ -26,35 +36,121 @@ pub const CHECKPOINTS: CheckpointPolicy = CheckpointPolicy {
     max_segment_bytes: 32 << 20,
 };
 
-struct Job {
-    device: Arc<str>,
-    through: Seq,
-    entries: Vec<Entry>,
-    done: oneshot::Sender<Result<IngestOutcome, String>>,
+/// Why a request was not done. Nothing of a refused persist is stored or acknowledged.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// Storage cannot take writes now (a full disk, a history that must be reopened); the
+    /// aggregator takes them again by itself once it can.
+    #[error("storage unavailable, nothing stored; send it again later: {0}")]
+    Unavailable(String),
+    /// The device sent from a journal it has replaced.
+    #[error("{0}")]
+    StaleJournal(String),
+    /// The history refused the request otherwise.
+    #[error("history: {0}")]
+    History(String),
+    /// The committer thread has stopped.
+    #[error("the committer has stopped")]
+    Stopped,
+}
+
+impl From<HistoryError> for CommitError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::StaleJournal { .. } => Self::StaleJournal(e.to_string()),
+            e => Self::History(e.to_string()),
+        }
+    }
+}
+
+/// What the storage can do now, for health checks and the restart watch.
+#[derive(Default)]
+pub struct StorageHealth {
+    log_failing: AtomicBool,
+    broken: Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    /// Why storage cannot take writes now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(why) = self.broken() {
+            return Some(format!("the history must be reopened: {why}"));
+        }
+        self.log_failing
+            .load(Ordering::Relaxed)
+            .then(|| "the ingest log cannot be written (is the disk full?)".to_string())
+    }
+
+    /// Set when a checkpoint's flush failed: sled then refuses reads and never completes
+    /// another flush, so only a new process can open the history again (the log holds
+    /// everything acknowledged).
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+type Done<T> = oneshot::Sender<Result<T, CommitError>>;
+
+enum Job {
+    Persist {
+        device: Arc<str>,
+        journal: JournalId,
+        through: Seq,
+        journaled: Seq,
+        entries: Vec<Entry>,
+        done: Done<IngestOutcome>,
+    },
+    Open {
+        device: Arc<str>,
+        journal: JournalId,
+        done: Done<Seq>,
+    },
 }
 
 #[derive(Clone)]
 pub struct CommitterHandle(mpsc::Sender<Job>);
 
 impl CommitterHandle {
-    /// Queues a persist; the receiver resolves once it is durable (or failed).
+    /// Queues a persist of a journal's entries through `through`; the receiver resolves once
+    /// they are durable (or refused).
     pub async fn persist(
         &self,
         device: Arc<str>,
+        journal: JournalId,
         through: Seq,
+        journaled: Seq,
         entries: Vec<Entry>,
-    ) -> oneshot::Receiver<Result<IngestOutcome, String>> {
+    ) -> oneshot::Receiver<Result<IngestOutcome, CommitError>> {
         let (done, rx) = oneshot::channel();
-        let job = Job {
+        let job = Job::Persist {
             device,
+            journal,
             through,
+            journaled,
             entries,
             done,
         };
-        if let Err(mpsc::error::SendError(job)) = self.0.send(job).await {
-            let _ = job.done.send(Err("the committer has stopped".into()));
+        if let Err(mpsc::error::SendError(Job::Persist { done, .. })) = self.0.send(job).await {
+            let _ = done.send(Err(CommitError::Stopped));
         }
         rx
+    }
+
+    /// Opens `journal` of `device` for a new connection: what history durably holds of it,
+    /// in the journal's own numbering.
+    pub async fn open(&self, device: Arc<str>, journal: JournalId) -> Result<Seq, CommitError> {
+        let (done, rx) = oneshot::channel();
+        let job = Job::Open {
+            device,
+            journal,
+            done,
+        };
+        self.0.send(job).await.map_err(|_| CommitError::Stopped)?;
+        rx.await.unwrap_or(Err(CommitError::Stopped))
     }
 }
 
@@ -62,94 +158,248 @@ impl CommitterHandle {
 /// `history`) by the caller.
 pub fn spawn(
     history: Arc<dyn History>,
-    log: IngestLog,
-    checkpoints: CheckpointPolicy,
-    metrics: Arc<Metrics>,
-) -> CommitterHandle {
-    let (tx, rx) = mpsc::channel::<Job>(1024);
-    std::thread::Builder::new()
-        .name("committer".into())
-        .spawn(move || commit_loop(rx, history, log, checkpoints, metrics))
-        .expect("spawning the committer thread");
-    CommitterHandle(tx)
-}
-
-fn commit_loop(
-    mut rx: mpsc::Receiver<Job>,
-    history: Arc<dyn History>,
     mut log: IngestLog,
     checkpoints: CheckpointPolicy,
     metrics: Arc<Metrics>,
-) {
-    let mut checkpointer = {
-        let (history, metrics) = (history.clone(), metrics.clone());
-        // Everything in the closed segments was ingested before they were closed, so a
-        // flush started now covers it.
-        Checkpointer::spawn(
-            "checkpointer",
-            log.dir().to_path_buf(),
-            checkpoints,
-            move || history.flush().map_err(|e| e.to_string()),
-            move |done| match done {
-                Ok(took) => {
-                    Metrics::add(&metrics.checkpoints, 1);
-                    Metrics::add(&metrics.checkpoint_micros, took.as_micros() as u64);
-                }
-                Err(e) => {
-                    Metrics::add(&metrics.storage_errors, 1);
-                    tracing::error!(error = %e, "checkpoint failed; the log keeps its segments");
-                }
-            },
-        )
+) -> (CommitterHandle, Arc<StorageHealth>) {
+    let (tx, rx) = mpsc::channel::<Job>(1024);
+    let health = Arc::new(StorageHealth::default());
+    // Appends to a reserved segment do not compete with a checkpoint for the disk.
+    log.preallocate(checkpoints.max_segment_bytes);
+    let committer = Committer {
+        checkpointer: checkpointer(&history, &log, checkpoints, &metrics, &health),
+        history,
+        log,
+        metrics,
+        health: health.clone(),
+        durable: HashMap::new(),
+        unsynced: HashSet::new(),
     };
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    std::thread::Builder::new()
+        .name("committer".into())
+        .spawn(move || committer.run(rx))
+        .expect("spawning the committer thread");
+    (CommitterHandle(tx), health)
+}
+
+fn checkpointer(
+    history: &Arc<dyn History>,
+    log: &IngestLog,
+    checkpoints: CheckpointPolicy,
+    metrics: &Arc<Metrics>,
+    health: &Arc<StorageHealth>,
+) -> Checkpointer {
+    let (history, metrics, health) = (history.clone(), metrics.clone(), health.clone());
+    // Everything in the closed segments was ingested before they were closed, so a flush
+    // started now covers it.
+    Checkpointer::spawn(
+        "checkpointer",
+        log.dir().to_path_buf(),
+        checkpoints,
+        move || history.flush().map_err(|e| e.to_string()),
+        move |done| match done {
+            Ok(took) => {
+                Metrics::add(&metrics.checkpoints, 1);
+                Metrics::add(&metrics.checkpoint_micros, took.as_micros() as u64);
+            }
+            Err(e) => {
+                Metrics::add(&metrics.storage_errors, 1);
+                tracing::error!(error = %e, "checkpoint failed; the log keeps everything, and the history must be reopened");
+                *health.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        },
+    )
+}
+
+struct Committer {
+    history: Arc<dyn History>,
+    log: IngestLog,
+    checkpointer: Checkpointer,
+    metrics: Arc<Metrics>,
+    health: Arc<StorageHealth>,
+    /// Per device touched since start: its cursor (history's numbering) as of the last
+    /// successful sync. Devices not here have never been ingested by this process, so
+    /// history's cursor is durable for them.
+    durable: HashMap<Arc<str>, Seq>,
+    /// Devices ingested since the last successful sync.
+    unsynced: HashSet<Arc<str>>,
+}
+
+/// A persist that went into history and awaits the sync.
+struct Ingested {
+    device: Arc<str>,
+    through: Seq,
+    result: Result<IngestOutcome, CommitError>,
+    done: Done<IngestOutcome>,
+}
+
+impl Committer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.group(jobs);
+        }
+    }
+
+    fn group(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        // Frames kept from a failed sync go first; while they cannot, nothing new goes in.
+        let refused = self.refusal();
+        let now = crate::now_ms();
+        let mut ingested = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Open {
+                    device,
+                    journal,
+                    done,
+                } => {
+                    let _ = done.send(self.open(&device, journal, now));
+                }
+                Job::Persist { done, .. } if refused.is_some() => {
+                    let _ = done.send(Err(refused.clone().expect("checked")));
+                }
+                Job::Persist {
+                    device,
+                    journal,
+                    through,
+                    journaled,
+                    entries,
+                    done,
+                } => {
+                    let batch = Batch {
+                        device: &device,
+                        journal,
+                        through,
+                        journaled,
+                        entries: &entries,
+                        now_ms: now,
+                    };
+                    let result = self.ingest(&batch);
+                    ingested.push(Ingested {
+                        device,
+                        through,
+                        result,
+                        done,
+                    });
+                }
             }
         }
-        let started = Instant::now();
-        let now = crate::now_ms();
-        let results: Vec<_> = jobs
-            .iter()
-            .map(|j| {
-                let outcome = history.ingest(&j.device, j.through, &j.entries, now)?;
-                // The whole batch, duplicates too: a resend after a failed sync is what makes
-                // its entries durable.
-                log.append(&j.device, j.through, now, &j.entries);
-                Ok(outcome)
-            })
-            .collect();
-        let synced = log.sync();
-        Metrics::add(&metrics.commits, 1);
-        Metrics::add(&metrics.commit_micros, started.elapsed().as_micros() as u64);
-        let log_failed = synced.is_err();
-        for (job, result) in jobs.into_iter().zip(results) {
-            let result = match (
-                synced.as_ref().map_err(ToString::to_string),
-                result.map_err(|e: crate::history::HistoryError| e.to_string()),
-            ) {
+        if ingested.is_empty() {
+            return;
+        }
+        let synced = self.sync();
+        Metrics::add(&self.metrics.commits, 1);
+        Metrics::add(
+            &self.metrics.commit_micros,
+            started.elapsed().as_micros() as u64,
+        );
+        for i in ingested {
+            let result = match (synced.clone(), i.result) {
                 (Ok(()), Ok(outcome)) => {
-                    Metrics::add(&metrics.events, outcome.events);
-                    Metrics::add(&metrics.decisions, outcome.decisions);
-                    Metrics::add(&metrics.duplicates, outcome.duplicates);
-                    Metrics::add(&metrics.batches, 1);
+                    Metrics::add(&self.metrics.events, outcome.events);
+                    Metrics::add(&self.metrics.decisions, outcome.decisions);
+                    Metrics::add(&self.metrics.duplicates, outcome.duplicates);
+                    Metrics::add(&self.metrics.batches, 1);
                     Ok(outcome)
                 }
                 (Err(e), _) | (_, Err(e)) => {
-                    Metrics::add(&metrics.storage_errors, 1);
-                    tracing::error!(device = %job.device, through = job.through, error = %e, "batch not persisted");
-                    Err(e)
+                    Metrics::add(&self.metrics.storage_errors, 1);
+                    tracing::warn!(device = %i.device, through = i.through, error = %e, "batch not persisted");
+                    Err(e.clone())
                 }
             };
-            let _ = job.done.send(result);
+            let _ = i.done.send(result);
         }
-        if let Err(e) = checkpointer.after_sync(&mut log, log_failed) {
-            Metrics::add(&metrics.storage_errors, 1);
+    }
+
+    /// Why persists are refused now: the history must be reopened, or the log still cannot
+    /// take the frames a failed sync kept (tried again here).
+    fn refusal(&mut self) -> Option<CommitError> {
+        if let Some(why) = self.health.broken() {
+            return Some(CommitError::Unavailable(format!(
+                "the history must be reopened ({why}); the aggregator restarts itself once the disk has room"
+            )));
+        }
+        if self.log.failing() {
+            if let Err(e) = self.sync() {
+                return Some(e);
+            }
+            tracing::info!("the ingest log can be written again");
+        }
+        None
+    }
+
+    fn open(
+        &mut self,
+        device: &Arc<str>,
+        journal: JournalId,
+        now: i64,
+    ) -> Result<Seq, CommitError> {
+        let view = self
+            .history
+            .open_journal(device, journal, now)
+            .inspect_err(|e| {
+                if matches!(e, HistoryError::StaleJournal { .. }) {
+                    Metrics::add(&self.metrics.stale_journals, 1);
+                }
+            })?;
+        if view.replaced.is_some() {
+            Metrics::add(&self.metrics.journal_resets, 1);
+        }
+        let durable = match self.durable.get(device) {
+            Some(&c) => c,
+            None => self.history.cursor(device)?,
+        };
+        Ok(durable.saturating_sub(view.base).min(view.cursor))
+    }
+
+    fn ingest(&mut self, batch: &Batch<'_>) -> Result<IngestOutcome, CommitError> {
+        if !self.durable.contains_key(batch.device) {
+            let cursor = self.history.cursor(batch.device)?;
+            self.durable.insert(batch.device.into(), cursor);
+        }
+        let outcome = self.history.ingest(batch).inspect_err(|e| {
+            if matches!(e, HistoryError::StaleJournal { .. }) {
+                Metrics::add(&self.metrics.stale_journals, 1);
+            }
+        })?;
+        // The whole batch, duplicates too: a resend after a failed sync is what makes its
+        // entries durable.
+        self.log.append(batch);
+        self.unsynced.insert(batch.device.into());
+        Ok(outcome)
+    }
+
+    /// Makes everything logged durable; on success, what history holds of every device
+    /// ingested since becomes its durable cursor.
+    fn sync(&mut self) -> Result<(), CommitError> {
+        let synced = self.log.sync();
+        self.health
+            .log_failing
+            .store(synced.is_err(), Ordering::Relaxed);
+        if let Err(e) = synced {
+            return Err(CommitError::Unavailable(e.to_string()));
+        }
+        for device in std::mem::take(&mut self.unsynced) {
+            match self.history.cursor(&device) {
+                Ok(c) => {
+                    self.durable.insert(device, c);
+                }
+                Err(e) => tracing::error!(%device, error = %e, "reading a cursor back"),
+            }
+        }
+        if let Err(e) = self.checkpointer.after_sync(&mut self.log) {
+            Metrics::add(&self.metrics.storage_errors, 1);
             tracing::error!(error = %e, "cannot start a new ingest log segment");
         }
+        Ok(())
     }
 }
 
@@ -186,14 +436,14 @@ mod tests {
             every,
             max_segment_bytes: u64::MAX,
         };
-        let committer = spawn(history.clone(), log, policy, metrics.clone());
+        let (committer, _) = spawn(history.clone(), log, policy, metrics.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let persist = |from, through| {
             rt.block_on(async {
                 committer
-                    .persist("d1".into(), through, entries(from, through))
+                    .persist("d1".into(), 7, through, through, entries(from, through))
                     .await
                     .await
                     .unwrap()

@@ -5,6 +5,7 @@
 //! A peer that sends a malformed, oversized or out-of-place frame gets an `error` frame and
 //! its connection is closed; nothing else is affected.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use fleet_proto::{Frame, ProtocolError, Seq};
 use tokio::sync::mpsc;
 
 use crate::Shared;
+use crate::committer::CommitError;
 use crate::metrics::Metrics;
 
 /// Most batches a device may have in flight (sent, not yet acknowledged).
@@ -50,10 +52,38 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     }
 }
 
-struct ConnectedGuard(Arc<Shared>);
+/// The open connections, by quinn's stable id, with the certificate serial each was
+/// verified with.
+#[derive(Default)]
+pub struct Connections(Mutex<HashMap<usize, (fleet_net::identity::Peer, quinn::Connection)>>);
+
+impl Connections {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<usize, (fleet_net::identity::Peer, quinn::Connection)>>
+    {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes every connection whose certificate serial is in `revoked`; returns the devices.
+    pub fn close_revoked(&self, revoked: &HashSet<Vec<u8>>) -> Vec<String> {
+        let mut closed = Vec::new();
+        for (peer, conn) in self.lock().values() {
+            if revoked.contains(&peer.serial) {
+                conn.close(close::UNAUTHORIZED.into(), b"certificate revoked");
+                closed.push(peer.device.clone());
+            }
+        }
+        closed
+    }
+}
+
+/// Keeps a connection in [`Connections`] and the connected gauge while it lives.
+struct ConnectedGuard(Arc<Shared>, usize);
 
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
+        self.0.connections.lock().remove(&self.1);
         self.0
             .metrics
             .connected
@@ -63,17 +93,22 @@ impl Drop for ConnectedGuard {
 
 async fn connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
-    let device: Arc<str> = match fleet_net::identity::device_id(&conn) {
-        Ok(id) => id.into(),
+    let peer = match fleet_net::identity::peer(&conn) {
+        Ok(peer) => peer,
         Err(e) => {
             tracing::warn!(%remote, error = %e, "no device identity");
             conn.close(close::UNAUTHORIZED.into(), e.to_string().as_bytes());
             return;
         }
     };
+    let device: Arc<str> = peer.device.clone().into();
     Metrics::add(&shared.metrics.connections, 1);
     Metrics::add(&shared.metrics.connected, 1);
-    let _guard = ConnectedGuard(shared.clone());
+    shared
+        .connections
+        .lock()
+        .insert(conn.stable_id(), (peer, conn.clone()));
+    let _guard = ConnectedGuard(shared.clone(), conn.stable_id());
     if let Err(e) = shared.history.seen(&device, crate::now_ms()) {
         tracing::error!(%device, error = %e, "recording the device");
     }
@@ -197,16 +232,12 @@ async fn bulk(
     shared: &Arc<Shared>,
     device: &Arc<str>,
 ) -> Result<(), StreamEnd> {
-    let cursor = shared
-        .history
-        .cursor(device)
-        .map_err(|e| StreamEnd::Storage(e.to_string()))?;
-    let receiver = Arc::new(Mutex::new(Receiver::new(cursor, WINDOW)));
+    let receiver = Arc::new(Mutex::new(Receiver::new(WINDOW)));
     let (out_tx, out_rx) = mpsc::channel::<Frame>(64);
     let writer = tokio::spawn(writer(send, out_rx));
     let (ack_tx, mut ack_rx) = mpsc::channel::<(
         Seq,
-        tokio::sync::oneshot::Receiver<Result<_, String>>,
+        tokio::sync::oneshot::Receiver<Result<_, CommitError>>,
     )>(WINDOW as usize * 2);
     let acker = {
         let (receiver, out_tx, conn, shared, device) = (
@@ -218,9 +249,7 @@ async fn bulk(
         );
         tokio::spawn(async move {
             while let Some((through, done)) = ack_rx.recv().await {
-                let result = done
-                    .await
-                    .unwrap_or_else(|_| Err("the committer dropped the request".into()));
+                let result = done.await.unwrap_or(Err(CommitError::Stopped));
                 match result {
                     Ok(_) => {
                         let ack = receiver
@@ -232,7 +261,7 @@ async fn bulk(
                         }
                     }
                     Err(e) => {
-                        close_for(&conn, &shared, &device, StreamEnd::Storage(e));
+                        close_for(&conn, &shared, &device, StreamEnd::Storage(e.to_string()));
                         return;
                     }
                 }
@@ -259,10 +288,46 @@ async fn bulk(
                     break Ok(());
                 }
             }
-            Ok(ReceiverAction::Persist { through, entries }) => {
+            Ok(ReceiverAction::Open { journal }) => {
+                match shared.committer.open(device.clone(), journal).await {
+                    Ok(durable) => {
+                        let welcome = receiver
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .opened(durable);
+                        if out_tx.send(welcome).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        let (code, end) = match &e {
+                            CommitError::StaleJournal(m) => {
+                                (ErrorCode::StaleJournal, StreamEnd::Unauthorized(m.clone()))
+                            }
+                            other => (
+                                ErrorCode::Unavailable,
+                                StreamEnd::Storage(other.to_string()),
+                            ),
+                        };
+                        let _ = out_tx
+                            .send(Frame::Error {
+                                code,
+                                message: e.to_string(),
+                            })
+                            .await;
+                        break Err(end);
+                    }
+                }
+            }
+            Ok(ReceiverAction::Persist {
+                journal,
+                through,
+                journaled,
+                entries,
+            }) => {
                 let done = shared
                     .committer
-                    .persist(device.clone(), through, entries)
+                    .persist(device.clone(), journal, through, journaled, entries)
                     .await;
                 if ack_tx.send((through, done)).await.is_err() {
                     break Ok(());

@@ -10,25 +10,45 @@
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
-use fleet_proto::{Entry, Seq};
+use fleet_proto::{Entry, JournalId, Seq};
 use fleet_wal::{LogError, SegmentLog};
 use serde::{Deserialize, Serialize};
+
+use crate::history::Batch;
 
 /// One accepted batch, as logged.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoggedBatch {
     pub device: String,
+    pub journal: JournalId,
     pub through: Seq,
+    pub journaled: Seq,
     /// Arrival time, so that a replay stores what the first ingest stored.
     pub now_ms: i64,
     pub entries: Vec<Entry>,
+}
+
+impl LoggedBatch {
+    /// The batch as history ingests it.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            device: &self.device,
+            journal: self.journal,
+            through: self.through,
+            journaled: self.journaled,
+            entries: &self.entries,
+            now_ms: self.now_ms,
+        }
+    }
 }
 
 /// The same, borrowed, for appending without copying (same encoding).
 #[derive(Serialize)]
 struct LoggedBatchRef<'a> {
     device: &'a str,
+    journal: JournalId,
     through: Seq,
+    journaled: Seq,
     now_ms: i64,
     entries: &'a [Entry],
 }
@@ -59,12 +79,14 @@ impl IngestLog {
     }
 
     /// Adds a batch to the next sync.
-    pub fn append(&mut self, device: &str, through: Seq, now_ms: i64, entries: &[Entry]) {
+    pub fn append(&mut self, batch: &Batch<'_>) {
         let batch = LoggedBatchRef {
-            device,
-            through,
-            now_ms,
-            entries,
+            device: batch.device,
+            journal: batch.journal,
+            through: batch.through,
+            journaled: batch.journaled,
+            now_ms: batch.now_ms,
+            entries: batch.entries,
         };
         // Writing into a Vec cannot fail.
         self.0.append_with(|buf| {
@@ -104,12 +126,24 @@ mod tests {
             .collect()
     }
 
+    fn batch<'a>(device: &'a str, through: Seq, now_ms: i64, entries: &'a [Entry]) -> Batch<'a> {
+        Batch {
+            device,
+            journal: 7,
+            through,
+            journaled: through,
+            entries,
+            now_ms,
+        }
+    }
+
     #[test]
     fn logged_batches_come_back_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = IngestLog::recover(dir.path(), |_| unreachable!(), || Ok(())).unwrap();
-        log.append("d1", 3, 10, &entries(1, 3));
-        log.append("d2", 1, 11, &entries(1, 1));
+        let (e1, e2) = (entries(1, 3), entries(1, 1));
+        log.append(&batch("d1", 3, 10, &e1));
+        log.append(&batch("d2", 1, 11, &e2));
         log.sync().unwrap();
         drop(log);
         let mut seen = Vec::new();
@@ -128,13 +162,17 @@ mod tests {
             [
                 LoggedBatch {
                     device: "d1".into(),
+                    journal: 7,
                     through: 3,
+                    journaled: 3,
                     now_ms: 10,
                     entries: entries(1, 3)
                 },
                 LoggedBatch {
                     device: "d2".into(),
+                    journal: 7,
                     through: 1,
+                    journaled: 1,
                     now_ms: 11,
                     entries: entries(1, 1)
                 }
@@ -146,7 +184,8 @@ mod tests {
     fn a_replay_failure_is_an_error_naming_the_device() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = IngestLog::recover(dir.path(), |_| unreachable!(), || Ok(())).unwrap();
-        log.append("d7", 1, 10, &entries(1, 1));
+        let e = entries(1, 1);
+        log.append(&batch("d7", 1, 10, &e));
         log.sync().unwrap();
         drop(log);
         let err = IngestLog::recover(dir.path(), |_| Err("disk full".into()), || Ok(()))

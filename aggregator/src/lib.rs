@@ -12,6 +12,7 @@ pub mod history;
 pub mod ingest;
 pub mod ingest_log;
 pub mod metrics;
+pub mod revocation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct Shared {
     pub history: Arc<dyn History>,
     pub metrics: Arc<Metrics>,
     pub committer: committer::CommitterHandle,
+    pub storage: Arc<committer::StorageHealth>,
+    /// Open device connections, to close those of a device whose certificate is revoked.
+    pub connections: ingest::Connections,
 }
 
 impl Shared {
@@ -40,7 +44,7 @@ impl Shared {
             log_dir,
             |b| {
                 history
-                    .ingest(&b.device, b.through, &b.entries, b.now_ms)
+                    .ingest(&b.batch())
                     .map(drop)
                     .map_err(|e| e.to_string())
             },
@@ -50,7 +54,7 @@ impl Shared {
             tracing::info!(batches, elapsed = ?started.elapsed(), "replayed the ingest log");
         }
         let metrics = Arc::new(Metrics::default());
-        let committer = committer::spawn(
+        let (committer, storage) = committer::spawn(
             history.clone(),
             log,
             committer::CHECKPOINTS,
@@ -60,7 +64,14 @@ impl Shared {
             history,
             metrics,
             committer,
+            storage,
+            connections: ingest::Connections::default(),
         }))
+    }
+
+    /// Why storage cannot take writes now, if it cannot (for `/healthz`).
+    pub fn storage_problem(&self) -> Option<String> {
+        self.storage.problem()
     }
 
     /// History in sled at `data` and the ingest log beside it (the embedded default).
@@ -121,15 +132,29 @@ pub async fn start(
     let (quic_addr, http_addr) = (endpoint.local_addr()?, http.local_addr()?);
     let serving = async move {
         let api = axum::serve(http, api::router(shared.clone()));
+        let revocations = revocation::watch(pki, endpoint.clone(), shared.clone());
         tokio::select! {
             () = ingest::serve(endpoint, shared) => Ok(()),
             r = api => r.context("HTTP server"),
+            () = revocations => Ok(()),
         }
     };
     Ok((quic_addr, http_addr, serving))
 }
 
-/// Runs the aggregator until Ctrl-C: creates the PKI on first start, opens history, serves.
+/// Restarts the process when the history broke on a failed flush (only a new process can
+/// reopen it) and the disk has room again; the ingest log holds everything acknowledged.
+fn watch_storage(shared: &Arc<Shared>, data: &Path) {
+    let storage = shared.storage.clone();
+    let dir = data.to_path_buf();
+    fleet_process::restart_when(
+        "the history",
+        move || storage.broken(),
+        move || fleet_wal::free_bytes(&dir).is_ok_and(|free| free >= 2 * fleet_wal::MIN_FLUSH_ROOM),
+    );
+}
+
+/// Runs the aggregator until Ctrl-C or SIGTERM: creates the PKI on first start, opens history, serves.
 /// Prints `quic=ADDR http=ADDR` on stdout once listening.
 pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
     let pki = Pki::at(&config.certs);
@@ -139,15 +164,22 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
         tracing::info!(dir = %config.certs.display(), "created a fleet CA; issue device certificates with `aggregator certs issue --device ID`");
     }
     let shared = Shared::open_sled(&config.data)?;
+    watch_storage(&shared, &config.data);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (quic, http, serving) = start(config, shared).await?;
         tracing::info!(%quic, %http, "aggregator listening");
         println!("quic={quic} http={http}");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = serving => r,
             _ = tokio::signal::ctrl_c() => {
-                tracing::info!("shutting down");
+                tracing::info!("interrupted; shutting down");
+                Ok(())
+            }
+            _ = terminate.recv() => {
+                tracing::info!("terminated; shutting down");
                 Ok(())
             }
         }

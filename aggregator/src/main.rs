@@ -64,7 +64,8 @@ enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
-    /// Revokes a device certificate (the aggregator reads the list when it starts).
+    /// Revokes a device certificate: a running aggregator reads the list again within a
+    /// second (or on SIGHUP) and closes the device's open connections.
     Revoke {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
@@ -105,7 +106,7 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
         CertsCommand::Revoke { dir, device } => {
             Pki::at(&dir).revoke(&device)?;
             println!(
-                "{device} revoked; restart the aggregator to load {}",
+                "{device} revoked in {}; a running aggregator applies it within a second and closes the device's connections",
                 Pki::at(&dir).crl().display()
             );
         }

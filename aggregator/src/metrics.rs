@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::history::DeviceStatus;
+use crate::history::{DeadLetters, DeviceStatus};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -21,6 +21,10 @@ pub struct Metrics {
     pub handshake_failures: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub storage_errors: AtomicU64,
+    pub journal_resets: AtomicU64,
+    pub stale_journals: AtomicU64,
+    pub revoked_closed: AtomicU64,
+    pub crl_reloads: AtomicU64,
 }
 
 impl Metrics {
@@ -28,8 +32,9 @@ impl Metrics {
         counter.fetch_add(n, Relaxed);
     }
 
-    /// The exposition text, with per-device lag from `devices`.
-    pub fn render(&self, devices: &[DeviceStatus]) -> String {
+    /// The exposition text, with per-device lag from `devices` and dead letters from
+    /// `dead_letters`.
+    pub fn render(&self, devices: &[DeviceStatus], dead_letters: &DeadLetters) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
             let _ = writeln!(
@@ -115,18 +120,80 @@ impl Metrics {
             "counter",
             self.storage_errors.load(Relaxed),
         );
+        counter(
+            "fleet_journal_resets_total",
+            "Devices that started over with a new journal (a new sequence range each).",
+            "counter",
+            self.journal_resets.load(Relaxed),
+        );
+        counter(
+            "fleet_stale_journals_total",
+            "Connections refused for sending from a journal the device replaced.",
+            "counter",
+            self.stale_journals.load(Relaxed),
+        );
+        counter(
+            "fleet_revoked_connections_closed_total",
+            "Open connections closed because their certificate was revoked.",
+            "counter",
+            self.revoked_closed.load(Relaxed),
+        );
+        counter(
+            "fleet_crl_reloads_total",
+            "Times the revocation list was read again while running.",
+            "counter",
+            self.crl_reloads.load(Relaxed),
+        );
+        counter(
+            "fleet_dead_letters_open",
+            "Events a device's modules failed on that no retry has scored yet.",
+            "gauge",
+            dead_letters.open,
+        );
+        counter(
+            "fleet_dead_letters_rescored_total",
+            "Dead letters a later retry scored.",
+            "counter",
+            dead_letters.rescored,
+        );
+        let label = |s: &str| s.replace(['"', '\\', '\n'], "_");
         let _ = writeln!(
             out,
-            "# HELP fleet_device_lag_ms Ingest time minus event time of the newest event stored.\n# TYPE fleet_device_lag_ms gauge"
+            "# HELP fleet_dead_letter_failures_total Failed attempts by module, stage and cause.\n# TYPE fleet_dead_letter_failures_total counter"
+        );
+        for f in &dead_letters.failures {
+            let _ = writeln!(
+                out,
+                "fleet_dead_letter_failures_total{{module=\"{}\",stage=\"{}\",cause=\"{}\"}} {}",
+                label(&f.module),
+                f.stage,
+                f.cause,
+                f.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fleet_device_lag_ms How long history has been missing entries the device reported journaled (0: none missing).\n# TYPE fleet_device_lag_ms gauge"
         );
         for d in devices {
-            if let Some(lag) = d.lag_ms {
-                let _ = writeln!(
-                    out,
-                    "fleet_device_lag_ms{{device=\"{}\"}} {lag}",
-                    d.device.replace(['"', '\\', '\n'], "_")
-                );
-            }
+            let _ = writeln!(
+                out,
+                "fleet_device_lag_ms{{device=\"{}\"}} {}",
+                label(&d.device),
+                d.lag_ms
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fleet_device_unsynced_entries Entries the device reported journaled that history does not hold yet.\n# TYPE fleet_device_unsynced_entries gauge"
+        );
+        for d in devices {
+            let _ = writeln!(
+                out,
+                "fleet_device_unsynced_entries{{device=\"{}\"}} {}",
+                label(&d.device),
+                d.unsynced
+            );
         }
         let _ = writeln!(
             out,
@@ -136,7 +203,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "fleet_device_last_seq{{device=\"{}\"}} {}",
-                d.device.replace(['"', '\\', '\n'], "_"),
+                label(&d.device),
                 d.last_seq
             );
         }

@@ -747,19 +747,29 @@ fn audit(
     let mut found = 0u64;
     let mut duplicated = 0u64;
     for (c, courier) in couriers.iter().enumerate() {
-        let path = format!("/api/v1/couriers/{courier}/route?limit=100000000");
-        let route = crate::http::get_json(aggregator.http(), &path)?;
         let mut seen = HashSet::new();
-        for p in route["points"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let id = xxh3_64(p["event_id"].as_str().unwrap_or("").as_bytes());
-            if !seen.insert(id) || !ids[c].contains(&id) {
-                duplicated += 1;
-            } else {
-                found += 1;
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => format!("/api/v1/couriers/{courier}/route?limit=10000"),
+                Some(c) => format!("/api/v1/couriers/{courier}/route?limit=10000&cursor={c}"),
+            };
+            let route = crate::http::get_json(aggregator.http(), &path)?;
+            for p in route["points"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let id = xxh3_64(p["event_id"].as_str().unwrap_or("").as_bytes());
+                if !seen.insert(id) || !ids[c].contains(&id) {
+                    duplicated += 1;
+                } else {
+                    found += 1;
+                }
+            }
+            match route["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break,
             }
         }
     }

@@ -100,16 +100,10 @@ pub struct Decision {
     pub top_factors: Vec<Factor>,
 }
 
-/// Where in the pipeline a batch failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    Features,
-    Scorer,
-    Policy,
-}
+pub use fleet_proto::record::{FailureCause, Stage};
 
-/// An event set aside because the batch it was in failed; nothing is lost, it can be replayed.
+/// An event a module failed on, alone (the rest of its batch was scored): set aside, never
+/// lost; it can be scored again.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DeadLetter {
     pub stage: Stage,
@@ -117,8 +111,30 @@ pub struct DeadLetter {
     pub module: String,
     /// The state key (task or courier) of the event.
     pub key: String,
+    pub cause: FailureCause,
     pub error: String,
     pub event: Event,
+}
+
+impl DeadLetter {
+    /// The event as a JSON line that event input reads again, with the failure beside it in
+    /// a `dead_letter` field the reader ignores.
+    pub fn to_json_line(&self) -> String {
+        let mut line = serde_json::to_value(&self.event).expect("events serialize");
+        if let serde_json::Value::Object(fields) = &mut line {
+            fields.insert(
+                "dead_letter".into(),
+                serde_json::json!({
+                    "stage": self.stage,
+                    "module": self.module,
+                    "key": self.key,
+                    "cause": self.cause,
+                    "error": self.error,
+                }),
+            );
+        }
+        line.to_string()
+    }
 }
 
 /// Assembles decisions for one module set and model: what every decision of a batch shares.

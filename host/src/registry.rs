@@ -22,6 +22,18 @@ pub struct ModuleSet {
     pub policy: LoadedModule,
 }
 
+impl ModuleSet {
+    /// The module of one stage.
+    pub fn module(&self, stage: crate::decision::Stage) -> &LoadedModule {
+        use crate::decision::Stage;
+        match stage {
+            Stage::Features => &self.features,
+            Stage::Scorer => &self.scorer,
+            Stage::Policy => &self.policy,
+        }
+    }
+}
+
 /// Why a module set could not be assembled.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -105,6 +105,20 @@ pub enum ModuleError {
 }
 
 impl ModuleError {
+    /// The kind of failure, as dead letters record it.
+    pub fn cause(&self) -> fleet_proto::record::FailureCause {
+        use fleet_proto::record::FailureCause;
+        match self {
+            Self::Deadline(_) => FailureCause::Deadline,
+            Self::OutOfMemory(_) => FailureCause::MemoryCap,
+            Self::StackOverflow => FailureCause::StackOverflow,
+            Self::Panic(_) => FailureCause::Panic,
+            Self::Trap(_) => FailureCause::Trap,
+            Self::Returned(_) => FailureCause::Returned,
+            Self::Contract(_) => FailureCause::Contract,
+        }
+    }
+
     /// Whether the instance must be re-created before the next call.
     pub fn poisons_instance(&self) -> bool {
         !matches!(self, Self::Returned(_) | Self::Contract(_))

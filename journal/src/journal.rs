@@ -2,15 +2,16 @@
 //! numbers, the latest state per key, the dedup index, counters, and the outbox the sender
 //! reads.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use fleet_proto::batch::Entry;
 use fleet_proto::sender::Outbox;
-use fleet_proto::{Record, Seq};
+use fleet_proto::{JournalId, Record, Seq};
 
+use crate::dedup::DedupMarks;
 use crate::keys::{self, DEDUP, JOURNAL, STATE};
+use crate::parked::{self, Parked, Parking};
 use crate::store::{
     Commit, JournalConfig, JournalError, JournalStats, JournalStore, META_COMMIT, Recovery, Tree,
     meta_u64,
@@ -26,6 +27,7 @@ pub struct Journal {
     /// The tree's name in the store (`None`: the default tree).
     name: Option<String>,
     config: JournalConfig,
+    id: JournalId,
     /// Held by writers (append, acknowledge) for the whole write, so they apply in order.
     inner: Mutex<Inner>,
     corrupt: std::sync::atomic::AtomicU64,
@@ -44,6 +46,8 @@ struct Inner {
     /// The acknowledgement written to the tree: entries through it are deleted. Lags
     /// `stats.acked` by up to [`ACK_WRITE_EVERY`] entries.
     acked_written: Seq,
+    /// The id the next parked event gets.
+    next_parked: u64,
 }
 
 /// Acknowledged entries are deleted (and the cursor written) in runs of this many: one ack
@@ -57,6 +61,9 @@ const META_BYTES: &str = "unacked_bytes";
 const META_THINNED: &str = "thinned";
 const META_DEDUP_HEAD: &str = "dedup_head";
 const META_DEDUP_TAIL: &str = "dedup_tail";
+const META_PARKED: &str = "parked";
+const META_PARKED_NEXT: &str = "parked_next";
+const META_ID: &str = "journal_id";
 
 impl Journal {
     /// Opens (or creates) the journal and checks its counters against its contents.
@@ -84,8 +91,10 @@ impl Journal {
             acked: meta(META_ACKED)?,
             unacked_bytes: meta(META_BYTES)?,
             thinned: meta(META_THINNED)?,
+            parked: meta(META_PARKED)?,
             ..JournalStats::default()
         };
+        let next_parked = meta(META_PARKED_NEXT)?.max(1);
         let dedup_head = meta(META_DEDUP_HEAD)?;
         let dedup_tail = meta(META_DEDUP_TAIL)?;
         let commits = meta(META_COMMIT)?;
@@ -107,11 +116,13 @@ impl Journal {
             repaired,
             took: started.elapsed(),
         };
+        let id = meta(META_ID)?;
         let journal = Self {
             store,
             tree: Mutex::new(db),
             name,
             config,
+            id: if id == 0 { new_id() } else { id },
             inner: Mutex::new(Inner {
                 commits,
                 durable_seq: stats.last_seq,
@@ -120,13 +131,20 @@ impl Journal {
                 dedup_head,
                 dedup_tail,
                 thinner: Thinner::default(),
+                next_parked,
             }),
             corrupt: 0.into(),
         };
+        if id == 0 {
+            // Durable with the first flush, which any entry that leaves the device waits for.
+            let mut writes = Writes::default();
+            writes.insert(keys::meta(META_ID), journal.id.to_be_bytes());
+            journal.commit(&mut journal.inner(), writes)?;
+        }
         Ok((journal, recovery))
     }
 
-    fn db(&self) -> Tree {
+    pub(crate) fn db(&self) -> Tree {
         self.tree.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -161,52 +179,33 @@ impl Journal {
     /// Journals `records` as one atomic batch (not yet durable: see [`Journal::flush`]).
     /// Every event gets a dedup mark, kept or thinned.
     pub fn append(&self, records: Vec<Record>) -> Result<Commit, JournalError> {
+        self.append_parking(records, Vec::new())
+    }
+
+    /// [`Journal::append`], with changes to the parked events in the same atomic batch.
+    pub fn append_parking(
+        &self,
+        records: Vec<Record>,
+        parking: Vec<Parking>,
+    ) -> Result<Commit, JournalError> {
+        self.store.writable()?;
         let mut inner = self.inner();
         let mut batch = Writes::default();
         let mut stats = inner.stats.clone();
-        let (mut head, mut tail) = (inner.dedup_head, inner.dedup_tail);
+        let mut marks = DedupMarks::new(
+            inner.dedup_head,
+            inner.dedup_tail,
+            self.config.dedup_capacity,
+        );
+        let read = |key: &[u8]| self.db().get(key).map_err(self.io());
         let mut commit = Commit {
             first: stats.last_seq + 1,
             last: stats.last_seq,
             thinned: 0,
         };
-        // Marks written by this commit are not in the tree yet: evicting them looks here.
-        let mut marks_here: HashMap<u64, String> = Default::default();
-        let mut latest_here: HashMap<String, u64> = Default::default();
         for record in records {
             if let Record::Event(e) = &record {
-                batch.insert(keys::prefixed_str(DEDUP, &e.event_id), head.to_be_bytes());
-                batch.insert(keys::dedup_order(head), e.event_id.as_bytes());
-                marks_here.insert(head, e.event_id.clone());
-                latest_here.insert(e.event_id.clone(), head);
-                head += 1;
-                while head - tail > self.config.dedup_capacity {
-                    let id = match marks_here.remove(&tail) {
-                        Some(id) => Some(id),
-                        None => self
-                            .db()
-                            .get(keys::dedup_order(tail))
-                            .map_err(self.io())?
-                            .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                    };
-                    if let Some(id) = id {
-                        // Only if no newer mark for the same id replaced it.
-                        let current = match latest_here.get(&id) {
-                            Some(&m) => Some(m),
-                            None => self
-                                .db()
-                                .get(keys::prefixed_str(DEDUP, &id))
-                                .map_err(self.io())?
-                                .as_deref()
-                                .and_then(keys::read_u64),
-                        };
-                        if current == Some(tail) {
-                            batch.remove(keys::prefixed_str(DEDUP, &id));
-                        }
-                    }
-                    batch.remove(keys::dedup_order(tail));
-                    tail += 1;
-                }
+                marks.mark(&e.event_id, &mut batch, &read)?;
             }
             let over = stats.unacked_bytes > self.config.thin.budget_bytes;
             if !inner.thinner.keep(&self.config.thin, over, &record) {
@@ -224,27 +223,60 @@ impl Journal {
             batch.insert(keys::journal(seq), bytes);
             stats.last_seq = seq;
         }
+        let mut next_parked = inner.next_parked;
+        let parked_delta = parked::apply(parking, &mut batch, &mut next_parked);
+        stats.parked = stats.parked.saturating_add_signed(parked_delta);
         commit.last = stats.last_seq;
         stats.thinned += commit.thinned;
-        stats.dedup_marks = head - tail;
+        stats.dedup_marks = marks.len();
         for (name, value) in [
             (META_LAST, stats.last_seq),
             (META_BYTES, stats.unacked_bytes),
             (META_THINNED, stats.thinned),
-            (META_DEDUP_HEAD, head),
-            (META_DEDUP_TAIL, tail),
+            (META_DEDUP_HEAD, marks.head),
+            (META_DEDUP_TAIL, marks.tail),
+            (META_PARKED, stats.parked),
+            (META_PARKED_NEXT, next_parked),
         ] {
             batch.insert(keys::meta(name), value.to_be_bytes());
         }
         self.commit(&mut inner, batch)?;
         inner.stats = stats;
-        (inner.dedup_head, inner.dedup_tail) = (head, tail);
+        (inner.dedup_head, inner.dedup_tail) = (marks.head, marks.tail);
+        inner.next_parked = next_parked;
         Ok(commit)
+    }
+
+    /// Parked events after `after` (ids in parking order), at most `max`.
+    pub fn parked(&self, after: u64, max: usize) -> Result<Vec<Parked>, JournalError> {
+        let mut out = Vec::new();
+        let lo = parked::key(after.saturating_add(1));
+        for item in fleet_sled::range::inclusive(&self.db(), &lo, &parked::key(u64::MAX)).take(max)
+        {
+            let (k, v) = item.map_err(self.io())?;
+            let id = keys::read_u64(&k[1..]).unwrap_or(0);
+            out.push(parked::decode(id, &v).map_err(|e| JournalError::Corrupt {
+                seq: id,
+                message: format!("parked event {id}: {e}"),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// This journal's identity: drawn at random when it was created.
+    pub fn id(&self) -> JournalId {
+        self.id
+    }
+
+    /// The store this journal lives in.
+    pub fn store(&self) -> &Arc<JournalStore> {
+        &self.store
     }
 
     /// Applies `writes` and the next commit number to sled as one atomic batch, then logs
     /// them (durable at the next [`Journal::flush`]).
     fn commit(&self, inner: &mut Inner, mut writes: Writes) -> Result<(), JournalError> {
+        self.store.writable()?;
         let number = inner.commits + 1;
         writes.insert(keys::meta(META_COMMIT), number.to_be_bytes());
         self.db()
@@ -277,7 +309,7 @@ impl Journal {
         let mut flushed: Vec<&Arc<JournalStore>> = Vec::new();
         for j in journals {
             if !flushed.iter().any(|s| Arc::ptr_eq(s, &j.store)) {
-                j.store.sync().map_err(j.io())?;
+                j.store.sync()?;
                 flushed.push(&j.store);
             }
         }
@@ -402,7 +434,7 @@ impl Outbox for Journal {
                     );
                     after = seq;
                 }
-                Err(JournalError::Io { .. } | JournalError::Log { .. }) => break,
+                Err(_) => break,
             }
         }
         out
@@ -418,5 +450,15 @@ impl Outbox for Journal {
             self.db().get(keys::prefixed_str(STATE, key)),
             Ok(Some(v)) if keys::read_u64(&v).is_some_and(|latest| latest > seq)
         )
+    }
+}
+
+/// A random, nonzero journal id.
+fn new_id() -> JournalId {
+    loop {
+        let id: JournalId = rand::random();
+        if id != 0 {
+            return id;
+        }
     }
 }

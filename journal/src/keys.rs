@@ -6,6 +6,7 @@ pub(crate) const JOURNAL: u8 = b'j';
 pub(crate) const STATE: u8 = b's';
 pub(crate) const DEDUP: u8 = b'd';
 pub(crate) const DEDUP_ORDER: u8 = b'o';
+pub(crate) const PARKED: u8 = b'x';
 
 pub(crate) fn journal(seq: Seq) -> [u8; 9] {
     prefixed_u64(JOURNAL, seq)

@@ -17,16 +17,21 @@
 //! | `s` state key | seq (u64 BE) + state bytes: the latest state only |
 //! | `d` event id | seq of the dedup mark (for eviction) |
 //! | `o` mark (u64 BE) | event id: dedup marks, oldest first |
-//! | `m` name | meta counters (u64 BE), the commit number among them |
+//! | `x` id (u64 BE) | a parked event: attempts and the caller's payload ([`Parking`]) |
+//! | `m` name | meta counters (u64 BE): the commit number, the journal id, ... |
 
+mod dedup;
 mod journal;
 mod keys;
+mod parked;
 mod store;
 mod thinning;
 mod writes;
 
 pub use journal::Journal;
+pub use parked::{Parked, Parking};
 pub use store::{
-    CHECKPOINTS, Commit, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR, Recovery,
+    CHECKPOINTS, Commit, JournalConfig, JournalError, JournalStats, JournalStore, LOG_DIR,
+    Recovery, StoreHealth,
 };
 pub use thinning::ThinPolicy;

@@ -1,4 +1,4 @@
-//! [`Journal`]: the sled-backed device store behind our own seam.
+//! [`JournalStore`]: the sled database journals live in, its write-ahead log, and its health.
 
 use std::collections::{HashMap, hash_map};
 use std::path::{Path, PathBuf};
@@ -9,19 +9,16 @@ use fleet_proto::Seq;
 use fleet_wal::{CheckpointPolicy, Checkpointer, SegmentLog};
 use thiserror::Error;
 
+pub(crate) use fleet_sled::{Db, Tree};
+
 use crate::journal::Journal;
 use crate::keys;
 use crate::thinning::ThinPolicy;
 use crate::writes::LoggedCommit;
 
-pub(crate) type Db = sled::Db<64>;
-pub(crate) type Tree = sled::Tree<64>;
-
 /// The number of the last commit applied, stored in each journal's tree (see [`JournalStore`]).
 pub(crate) const META_COMMIT: &str = "commit";
 
-/// sled's background flush interval: the checkpoints do the regular flushing.
-const BACKGROUND_FLUSH_MS: usize = 600_000;
 /// How often the store is flushed and its log trimmed: after 30 s or 8 MiB of log, which
 /// bounds the replay after a crash to well under a second (see [`CheckpointPolicy`]).
 pub const CHECKPOINTS: CheckpointPolicy = CheckpointPolicy {
@@ -33,6 +30,13 @@ pub const LOG_DIR: &str = "journal-log";
 
 #[derive(Debug, Error)]
 pub enum JournalError {
+    /// The store could not be opened (another process has it, say).
+    #[error(transparent)]
+    Open(#[from] fleet_sled::OpenError),
+    /// The store cannot take writes now (its disk is full, say); nothing was acknowledged,
+    /// and it takes them again by itself once it can.
+    #[error("journal at {path} cannot write now: {reason}")]
+    Unavailable { path: PathBuf, reason: String },
     #[error("journal storage at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -97,6 +101,8 @@ pub struct JournalStats {
     /// Location pings not journaled because the budget was spent (by policy).
     pub thinned: u64,
     pub dedup_marks: u64,
+    /// Events parked for a retry (see [`crate::Parking`]).
+    pub parked: u64,
     /// Entries skipped on read because they did not decode.
     pub corrupt: u64,
 }
@@ -125,14 +131,26 @@ pub struct JournalStore {
     db: Mutex<Db>,
     path: PathBuf,
     log: Mutex<StoreLog>,
+    /// Set when a checkpoint's flush failed: sled 1.0 alpha then refuses reads and never
+    /// completes another flush, so only a new process can open the store again (the log
+    /// holds everything acknowledged meanwhile).
+    broken: Arc<Mutex<Option<String>>>,
 }
 
 struct StoreLog {
     log: SegmentLog,
     checkpointer: Checkpointer,
-    /// A log sync failed: the current segment may end in a torn frame, so commits are made
-    /// durable by flushing sled until a flush after a fresh segment succeeds.
-    degraded: bool,
+}
+
+/// Whether a store can take writes, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    Ok,
+    /// Writes fail now (the disk is full); the store recovers by itself when they succeed.
+    Failing(String),
+    /// The store flush failed and the database refuses reads: reopen it in a new process once
+    /// the disk has room ([`JournalStore::broken`]).
+    Broken(String),
 }
 
 impl JournalStore {
@@ -147,49 +165,40 @@ impl JournalStore {
         cache_bytes: usize,
         checkpoints: CheckpointPolicy,
     ) -> Result<Arc<Self>, JournalError> {
-        let io = |source| JournalError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let db: Db = sled::Config::new()
-            .path(path)
-            .cache_capacity_bytes(cache_bytes)
-            // The checkpoints flush; sled's background flush only writes earlier (batches
-            // stay atomic either way). With `None` instead, sled flushes (and fsyncs)
-            // whenever any handle or iterator is dropped, i.e. on nearly every read.
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
-            .zstd_compression_level(1)
-            .open()
-            .map_err(io)?;
+        let db = fleet_sled::open(path, cache_bytes)?;
         let log_dir = path.join(LOG_DIR);
         let log_error = |source| JournalError::Log {
             path: log_dir.clone(),
             source,
         };
-        let (log, _) = SegmentLog::recover(&log_dir, replayer(&db), || {
+        let (mut log, _) = SegmentLog::recover(&log_dir, replayer(&db), || {
             db.flush().map(drop).map_err(|e| e.to_string())
         })
         .map_err(log_error)?;
+        // Appends to a reserved segment do not compete with a checkpoint for the disk.
+        log.preallocate(checkpoints.max_segment_bytes);
         let flusher = db.clone();
+        let broken = Arc::new(Mutex::new(None));
+        let broken_by_checkpoint = broken.clone();
         let checkpointer = Checkpointer::spawn(
             "journal-checkpointer",
             log_dir.clone(),
             checkpoints,
             move || flusher.flush().map(drop).map_err(|e| e.to_string()),
-            |done| {
+            move |done| {
                 if let Err(e) = done {
-                    tracing::error!(error = %e, "journal checkpoint failed; the log keeps its segments");
+                    tracing::error!(error = %e, "journal checkpoint failed; the log keeps everything, and the store must be reopened");
+                    *broken_by_checkpoint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e);
                 }
             },
         );
         Ok(Arc::new(Self {
             db: Mutex::new(db),
             path: path.to_path_buf(),
-            log: Mutex::new(StoreLog {
-                log,
-                checkpointer,
-                degraded: false,
-            }),
+            log: Mutex::new(StoreLog { log, checkpointer }),
+            broken,
         }))
     }
 
@@ -220,32 +229,62 @@ impl JournalStore {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Why the store needs reopening, if it does (see [`StoreHealth::Broken`]).
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the store can take writes now.
+    pub fn health(&self) -> StoreHealth {
+        if let Some(why) = self.broken() {
+            return StoreHealth::Broken(why);
+        }
+        if self.log().log.failing() {
+            return StoreHealth::Failing(format!(
+                "its write-ahead log in {} cannot be written (is the disk full?)",
+                self.path.join(LOG_DIR).display()
+            ));
+        }
+        StoreHealth::Ok
+    }
+
+    /// Refuses a write while the store is broken: sled would accept it in memory, but no
+    /// read or flush can follow.
+    pub(crate) fn writable(&self) -> Result<(), JournalError> {
+        match self.broken() {
+            Some(reason) => Err(JournalError::Unavailable {
+                path: self.path.clone(),
+                reason: format!("the store must be reopened: {reason}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Logs a commit already applied to sled (in the order they were applied).
     pub(crate) fn logged(&self, commit: &LoggedCommit<'_>) {
         self.log().log.append_with(|buf| commit.encode(buf));
     }
 
-    /// Makes every commit logged so far durable.
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
+    /// Makes every commit logged so far durable. On failure nothing is lost: the commits
+    /// stay in the log's memory and the next sync writes them again.
+    pub(crate) fn sync(&self) -> Result<(), JournalError> {
+        self.writable()?;
         let mut log = self.log();
         let log = &mut *log;
-        if !log.degraded {
-            match log.log.sync() {
-                Ok(()) => {
-                    if let Err(e) = log.checkpointer.after_sync(&mut log.log, false) {
-                        tracing::warn!(error = %e, "cannot start a new journal log segment");
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "journal log sync failed; flushing the store instead");
-                    log.degraded = true;
-                }
-            }
+        log.log.sync().map_err(|e| JournalError::Unavailable {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Err(e) = log.checkpointer.after_sync(&mut log.log) {
+            tracing::warn!(error = %e, "cannot start a new journal log segment");
         }
-        log.log.roll().map_err(std::io::Error::other)?;
-        self.db().flush()?;
-        log.degraded = false;
         Ok(())
     }
 }

@@ -13,8 +13,21 @@ pub enum IdentityError {
     NoCommonName,
 }
 
+/// Who a verified peer is: its device id and its certificate's serial number (what a
+/// revocation names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub device: String,
+    pub serial: Vec<u8>,
+}
+
 /// The device id in a DER certificate (its subject common name).
 pub fn device_id_from_der(der: &[u8]) -> Result<String, IdentityError> {
+    peer_from_der(der).map(|p| p.device)
+}
+
+/// The device id and serial number of a DER certificate.
+pub fn peer_from_der(der: &[u8]) -> Result<Peer, IdentityError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
     let cn = cert
@@ -24,11 +37,19 @@ pub fn device_id_from_der(der: &[u8]) -> Result<String, IdentityError> {
         .and_then(|cn| cn.as_str().ok())
         .filter(|cn| !cn.is_empty())
         .ok_or(IdentityError::NoCommonName)?;
-    Ok(cn.to_string())
+    Ok(Peer {
+        device: cn.to_string(),
+        serial: cert.raw_serial().to_vec(),
+    })
 }
 
 /// The device id of a connection's verified peer.
 pub fn device_id(connection: &quinn::Connection) -> Result<String, IdentityError> {
+    peer(connection).map(|p| p.device)
+}
+
+/// The device id and certificate serial of a connection's verified peer.
+pub fn peer(connection: &quinn::Connection) -> Result<Peer, IdentityError> {
     let identity = connection
         .peer_identity()
         .ok_or(IdentityError::NoCertificate)?;
@@ -36,5 +57,5 @@ pub fn device_id(connection: &quinn::Connection) -> Result<String, IdentityError
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .map_err(|_| IdentityError::NoCertificate)?;
     let leaf = certs.first().ok_or(IdentityError::NoCertificate)?;
-    device_id_from_der(leaf)
+    peer_from_der(leaf)
 }

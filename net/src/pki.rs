@@ -64,10 +64,14 @@ fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
             source,
         })?;
     }
-    fs::write(path, contents).map_err(|source| PkiError::Io {
-        path: path.into(),
-        source,
-    })
+    // Whole or not at all: the aggregator reads the revocation list while it is rewritten.
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, contents)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|source| PkiError::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 fn random_serial() -> SerialNumber {
@@ -246,6 +250,24 @@ impl Pki {
             write(&self.revoked_list(), &list)?;
         }
         self.write_crl()
+    }
+
+    /// The serial numbers the revocation list names (as in `raw_serial` of the certificates).
+    pub fn revoked_serials(&self) -> Result<std::collections::HashSet<Vec<u8>>, PkiError> {
+        let path = self.crl();
+        let unparsable = |message: String| PkiError::Unparsable {
+            path: path.clone(),
+            message,
+        };
+        let pem = read(&path)?;
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .map_err(|e| unparsable(e.to_string()))?;
+        let (_, crl) =
+            x509_parser::parse_x509_crl(&parsed.contents).map_err(|e| unparsable(e.to_string()))?;
+        Ok(crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect())
     }
 
     fn write_crl(&self) -> Result<(), PkiError> {

@@ -15,3 +15,41 @@ pub fn prepare() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
+
+/// Replaces this process with a fresh run of the same program and arguments (same pid, same
+/// standard streams): what a store needs when it can only be reopened by a new process.
+/// Returns only if that fails.
+pub fn restart() -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    // The running image, even if its file was replaced since it started.
+    std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .exec()
+}
+
+/// Watches on a thread of its own: once `broken` says why a store must be reopened and
+/// `ready` says it can be now, logs why and [`restart`]s the process.
+pub fn restart_when(
+    what: &'static str,
+    broken: impl Fn() -> Option<String> + Send + 'static,
+    ready: impl Fn() -> bool + Send + 'static,
+) {
+    std::thread::Builder::new()
+        .name("restart-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Some(why) = broken()
+                    && ready()
+                {
+                    eprintln!(
+                        "{what} must be reopened ({why}) and can be now: restarting this process"
+                    );
+                    let e = restart();
+                    eprintln!("restarting failed: {e}; stop and start this process by hand");
+                    return;
+                }
+            }
+        })
+        .expect("spawning a thread only fails when the process is out of resources");
+}

@@ -157,6 +157,7 @@ fn main() {
                     let frame = Frame::Batch {
                         from,
                         through,
+                        journaled: through,
                         codec: used,
                         body,
                     };

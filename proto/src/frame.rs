@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::batch::Codec;
-use crate::record::Seq;
+use crate::record::{JournalId, Seq};
 
 /// Largest encoded frame accepted (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 4 << 20;
@@ -18,6 +18,9 @@ pub enum Frame {
     /// Device -> aggregator, first frame of a connection.
     Hello {
         version: u16,
+        /// The journal the device sends from: a new id means the device started over, and
+        /// its sequence numbers begin a new range at the aggregator.
+        journal: JournalId,
         /// What the device believes the aggregator has acknowledged. Informational: the
         /// aggregator's own record decides where to resume.
         acked_through: Seq,
@@ -39,6 +42,9 @@ pub enum Frame {
     Batch {
         from: Seq,
         through: Seq,
+        /// The device's durable journal head when it sent this batch: what the aggregator is
+        /// missing is `journaled - through`, which defines its sync lag.
+        journaled: Seq,
         codec: Codec,
         body: Vec<u8>,
     },
@@ -60,6 +66,11 @@ pub enum ErrorCode {
     /// Protocol order violated (a batch before hello, a gap, ...).
     Protocol,
     Internal,
+    /// The journal in the hello was replaced by a newer one of the same device: another
+    /// process is using this device's identity.
+    StaleJournal,
+    /// The aggregator cannot store anything now (its disk is full, say); try again later.
+    Unavailable,
 }
 
 /// Control messages. Module updates arrive here next.
@@ -228,6 +239,7 @@ mod tests {
         vec![
             Frame::Hello {
                 version: 1,
+                journal: 99,
                 acked_through: 7,
                 device: Some("d1".into()),
                 agent: "edge-host".into(),
@@ -240,6 +252,7 @@ mod tests {
             Frame::Batch {
                 from: 6,
                 through: 9,
+                journaled: 12,
                 codec: Codec::Zstd,
                 body: vec![1, 2, 3],
             },

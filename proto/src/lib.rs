@@ -20,10 +20,11 @@ pub mod sender;
 
 pub use batch::{BatchBody, Codec, Entry};
 pub use frame::{Frame, FrameDecoder, ProtocolError};
-pub use record::{Record, Seq};
+pub use record::{JournalId, Record, Seq};
 
 /// Version spoken by this build; `hello`/`welcome` carry it and a mismatch is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: journal ids in `hello`, the device's journal head in `batch`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Entry points shared by the cargo-fuzz targets (`proto/fuzz`) and their smoke run in
 /// `cargo test`: whatever the bytes, these return and never panic.
@@ -35,17 +36,19 @@ pub mod fuzz {
     /// Feeds `data` to a frame decoder in pieces, then every decoded frame to a receiver.
     pub fn decode_stream(data: &[u8]) {
         let mut decoder = FrameDecoder::new(1 << 16);
-        let mut receiver = Receiver::new(0, 4);
+        let mut receiver = Receiver::new(4);
         let split = data.first().map_or(1, |b| usize::from(*b % 16) + 1);
         for piece in data.chunks(split) {
             decoder.push(piece);
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => {
-                        if receiver.handle(frame).is_err() {
-                            return;
+                    Ok(Some(frame)) => match receiver.handle(frame) {
+                        Ok(crate::receiver::ReceiverAction::Open { .. }) => {
+                            receiver.opened(0);
                         }
-                    }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    },
                     Ok(None) => break,
                     Err(_) => return,
                 }

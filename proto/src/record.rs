@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 /// A device's journal sequence number: dense, starting at 1, never reused.
 pub type Seq = u64;
 
+/// A journal's identity, drawn at random when the journal is created: a device that starts
+/// over with a new journal (reinstalled, its storage wiped) numbers its entries from 1 again,
+/// and the aggregator tells the two sequence spaces apart by this id.
+pub type JournalId = u64;
+
 /// One journal entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
@@ -17,6 +22,8 @@ pub enum Record {
     State(StateRecord),
     /// Feature names of a model; decisions point at it by `id`.
     Schema(Schema),
+    /// An event its modules failed on (kept, and retried later), or its later rescoring.
+    DeadLetter(DeadLetterRecord),
 }
 
 impl Record {
@@ -194,4 +201,105 @@ pub struct Schema {
     pub id: u64,
     pub model: String,
     pub feature_names: Vec<String>,
+}
+
+/// Where in the pipeline a module failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Features,
+    Scorer,
+    Policy,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Features => "features",
+            Self::Scorer => "scorer",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+/// Why a module failed on an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    /// The call ran past its CPU deadline.
+    Deadline,
+    /// Linear memory would have grown past the cap.
+    MemoryCap,
+    /// Runaway recursion.
+    StackOverflow,
+    /// The module's code panicked.
+    Panic,
+    /// Any other trap.
+    Trap,
+    /// The module returned an error value.
+    Returned,
+    /// The module's output broke its contract (counts, sizes).
+    Contract,
+    /// The module could not be instantiated.
+    Instantiate,
+    /// Not a failure of its own: an earlier event of the same key failed in the same batch,
+    /// and a key's events are never scored out of order.
+    HeldBack,
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FailureCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deadline => "deadline",
+            Self::MemoryCap => "memory_cap",
+            Self::StackOverflow => "stack_overflow",
+            Self::Panic => "panic",
+            Self::Trap => "trap",
+            Self::Returned => "returned",
+            Self::Contract => "contract",
+            Self::Instantiate => "instantiate",
+            Self::HeldBack => "held_back",
+        }
+    }
+}
+
+/// A dead letter's history: each failed attempt, and the rescoring that ends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    pub event_id: String,
+    pub courier_id: String,
+    pub task_id: Option<String>,
+    /// Event time, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// 1 for the first failure; each retry that fails again counts one more.
+    pub attempt: u32,
+    pub outcome: DeadLetterOutcome,
+}
+
+/// What one attempt at a dead-lettered event came to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DeadLetterOutcome {
+    /// A module failed on the event alone (not because of others in its batch).
+    Failed {
+        stage: Stage,
+        cause: FailureCause,
+        /// `name@version+digest` of the module that failed.
+        module: String,
+        error: String,
+    },
+    /// A later attempt went through: its decision (the prediction id; none for an event that
+    /// is only folded into state) is journaled with this record.
+    Rescored { prediction_id: Option<String> },
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::PROTOCOL_VERSION;
 use crate::batch::{BatchBody, Codec, Entry};
 use crate::frame::{Frame, ProtocolError};
-use crate::record::{Record, Seq};
+use crate::record::{JournalId, Record, Seq};
 
 /// The device's journal, as the sender sees it.
 pub trait Outbox {
@@ -36,6 +36,8 @@ pub struct SenderConfig {
     pub agent: String,
     /// Sent in `hello` for the aggregator to check against the certificate.
     pub device: Option<String>,
+    /// The journal's identity ([`JournalId`]), sent in `hello`.
+    pub journal: JournalId,
 }
 
 impl Default for SenderConfig {
@@ -48,6 +50,7 @@ impl Default for SenderConfig {
             resend_after: Duration::from_secs(10),
             agent: concat!("fleet-proto/", env!("CARGO_PKG_VERSION")).into(),
             device: None,
+            journal: 0,
         }
     }
 }
@@ -137,6 +140,7 @@ impl Sender {
         self.sent_max = self.acked;
         Frame::Hello {
             version: PROTOCOL_VERSION,
+            journal: self.config.journal,
             acked_through: self.acked,
             device: self.config.device.clone(),
             agent: self.config.agent.clone(),
@@ -244,6 +248,7 @@ impl Sender {
         Some(Frame::Batch {
             from,
             through,
+            journaled: last,
             codec,
             body,
         })

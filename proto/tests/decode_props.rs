@@ -43,14 +43,15 @@ fn entry_strategy() -> impl Strategy<Value = Record> {
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), any::<u64>(), ".{0,20}").prop_map(|(version, acked_through, agent)| {
-            Frame::Hello {
+        (any::<u16>(), any::<u64>(), any::<u64>(), ".{0,20}").prop_map(
+            |(version, journal, acked_through, agent)| Frame::Hello {
                 version,
+                journal,
                 acked_through,
                 device: Some(agent.clone()),
                 agent,
             }
-        }),
+        ),
         any::<u64>().prop_map(|through| Frame::Ack { through }),
         any::<u64>().prop_map(|nonce| Frame::Control(Control::Ping { nonce })),
         ".{0,40}".prop_map(|message| Frame::Error {
@@ -75,6 +76,7 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                 Frame::Batch {
                     from,
                     through,
+                    journaled: through,
                     codec,
                     body,
                 }

@@ -61,6 +61,9 @@ impl Outbox for MemOutbox {
     }
 }
 
+/// The simulated device's journal id.
+const JOURNAL: u64 = 0x005E_ED1D;
+
 fn event(n: u64) -> Record {
     Record::Event(EventRecord {
         event_id: format!("e{n}"),
@@ -141,6 +144,7 @@ fn run(seed: u64, faults: Faults) {
         max_batch_entries: 16,
         window: 4,
         resend_after: Duration::from_millis(300),
+        journal: JOURNAL,
         ..SenderConfig::default()
     };
     let mut sender = Sender::new(config, 0);
@@ -149,7 +153,7 @@ fn run(seed: u64, faults: Faults) {
     let mut durable: Seq = 0;
     let mut handed_through: Seq = 0;
     let mut stored_seqs = std::collections::HashSet::new();
-    let mut receiver = Receiver::new(durable, 4);
+    let mut receiver = Receiver::new(4);
     let (mut up, mut down) = (Wire::default(), Wire::default());
     let mut pending_persist: Vec<(Duration, Seq, Vec<Entry>)> = Vec::new();
     let mut id = 0;
@@ -180,7 +184,7 @@ fn run(seed: u64, faults: Faults) {
         // Connection management: connect when down; reset at random.
         if connected_at.is_none() && !partitioned {
             connected_at = Some(now);
-            receiver = Receiver::new(durable, 4);
+            receiver = Receiver::new(4);
             handed_through = durable;
             up.0.clear();
             down.0.clear();
@@ -208,7 +212,19 @@ fn run(seed: u64, faults: Faults) {
         for bytes in up.due(now) {
             match receiver.handle(decode(&bytes)) {
                 Ok(ReceiverAction::Reply(f)) => down.send(&mut rng, now, &faults, &f, &mut id),
-                Ok(ReceiverAction::Persist { through, entries }) => {
+                Ok(ReceiverAction::Open { journal }) => {
+                    assert_eq!(journal, JOURNAL, "seed {seed}: the hello names the journal");
+                    let welcome = receiver.opened(durable);
+                    down.send(&mut rng, now, &faults, &welcome, &mut id);
+                }
+                Ok(ReceiverAction::Persist {
+                    journal,
+                    through,
+                    journaled,
+                    entries,
+                }) => {
+                    assert_eq!(journal, JOURNAL);
+                    assert!(journaled >= through && journaled <= outbox.last_seq());
                     assert!(
                         entries
                             .iter()

@@ -23,6 +23,15 @@ pub struct CheckpointPolicy {
     pub max_segment_bytes: u64,
 }
 
+/// Free disk a checkpoint needs before it starts, besides [`FLUSH_ROOM_PER_LOGGED_BYTE`] per
+/// byte of log it covers: a store flush that runs out of space can leave the store unusable
+/// (sled 1.0 alpha then refuses every later write and never finishes another flush), while a
+/// checkpoint put off only lets the log grow.
+pub const MIN_FLUSH_ROOM: u64 = 16 << 20;
+/// Free disk a checkpoint needs per byte of log it covers: the store rewrites every leaf
+/// those writes dirtied, a few times their size.
+pub const FLUSH_ROOM_PER_LOGGED_BYTE: u64 = 4;
+
 /// Decides when a checkpoint is due and runs it in the background.
 ///
 /// The owner must apply each commit to the store before appending it to the log: then a
@@ -33,6 +42,8 @@ pub struct Checkpointer {
     thread: Option<JoinHandle<()>>,
     policy: CheckpointPolicy,
     last: Instant,
+    /// Set while due checkpoints wait for disk space.
+    postponed: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
@@ -67,25 +78,55 @@ impl Checkpointer {
             thread: Some(thread),
             policy,
             last: Instant::now(),
+            postponed: Arc::default(),
         }
     }
 
-    /// Call after each [`SegmentLog::sync`]: when a checkpoint is due (the interval passed
-    /// or the segment is large) and none is running, or when the sync failed (the segment
-    /// cannot take more), closes the segment and starts a checkpoint through it.
-    pub fn after_sync(&mut self, log: &mut SegmentLog, sync_failed: bool) -> Result<(), LogError> {
+    /// Call after each successful [`SegmentLog::sync`]: when a checkpoint is due (the
+    /// interval passed or the segment is large), none is running and the disk has room for
+    /// the store's flush, closes the segment and starts a checkpoint through it.
+    pub fn after_sync(&mut self, log: &mut SegmentLog) -> Result<(), LogError> {
         let due = self.last.elapsed() >= self.policy.every
             || log.segment_bytes() >= self.policy.max_segment_bytes;
-        if sync_failed || (due && self.idle.load(Ordering::Acquire)) {
-            let closed = log.roll()?;
-            self.idle.store(false, Ordering::Release);
-            if let Some(tx) = &self.closed {
-                let _ = tx.send(closed);
-            }
-            self.last = Instant::now();
+        if !due || !self.idle.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let needed = MIN_FLUSH_ROOM + FLUSH_ROOM_PER_LOGGED_BYTE * log.segment_bytes();
+        match free_bytes(log.dir()) {
+            Ok(free) if free < needed => {
+                if !self.postponed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %log.dir().display(), free, needed, "checkpoints put off until the disk has room for the store's flush; the log grows meanwhile");
+                }
+                return Ok(());
+            }
+            Ok(_) => {
+                if self.postponed.swap(false, Ordering::Relaxed) {
+                    tracing::info!(dir = %log.dir().display(), "the disk has room again; checkpoints resume");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read free disk space; checkpointing anyway")
+            }
+        }
+        let closed = log.roll()?;
+        self.idle.store(false, Ordering::Release);
+        if let Some(tx) = &self.closed {
+            let _ = tx.send(closed);
+        }
+        self.last = Instant::now();
         Ok(())
     }
+
+    /// Whether due checkpoints are waiting for disk space.
+    pub fn postponed(&self) -> bool {
+        self.postponed.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 impl Drop for Checkpointer {
@@ -149,12 +190,12 @@ mod tests {
                 *f.lock().unwrap() += 1;
                 Ok(())
             });
-        checkpointer.after_sync(&mut log, false).unwrap();
+        checkpointer.after_sync(&mut log).unwrap();
         assert_eq!(*flushes.lock().unwrap(), 0, "not due yet");
         std::thread::sleep(Duration::from_millis(60));
         log.append_with(|b| b.push(2));
         log.sync().unwrap();
-        checkpointer.after_sync(&mut log, false).unwrap();
+        checkpointer.after_sync(&mut log).unwrap();
         drop(checkpointer); // waits for the checkpoint
         assert_eq!(*flushes.lock().unwrap(), 1);
         assert_eq!(*reports.lock().unwrap(), [Ok(())]);
@@ -162,13 +203,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_flush_keeps_the_segments_and_a_failed_sync_rolls_at_once() {
+    fn a_failed_flush_keeps_the_segments() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, mut checkpointer, reports) =
-            started(dir.path(), Duration::from_secs(3600), || {
-                Err("disk full".into())
-            });
-        checkpointer.after_sync(&mut log, true).unwrap();
+            started(dir.path(), Duration::ZERO, || Err("disk full".into()));
+        checkpointer.after_sync(&mut log).unwrap();
         drop(checkpointer);
         assert_eq!(*reports.lock().unwrap(), [Err("disk full".to_string())]);
         assert_eq!(

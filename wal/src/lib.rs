@@ -15,6 +15,10 @@
 
 mod checkpoint;
 mod segments;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use checkpoint::{CheckpointPolicy, Checkpointer};
+pub use checkpoint::{
+    CheckpointPolicy, Checkpointer, FLUSH_ROOM_PER_LOGGED_BYTE, MIN_FLUSH_ROOM, free_bytes,
+};
 pub use segments::{LogError, SegmentLog};

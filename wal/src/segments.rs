@@ -3,6 +3,13 @@
 //! end in a torn frame (older ones were synced before the next was created), and nothing in
 //! a torn frame was acknowledged: replay of a segment stops at its first frame that is not
 //! whole and intact.
+//!
+//! A failed write or sync (a full disk, say) loses nothing and tears nothing: the frames it
+//! was writing stay pending, and the next sync first cuts the segment back to what was last
+//! synced (or, if it cannot, moves to a new segment) and writes them again, so no frame that
+//! a later sync makes durable ever sits behind a torn one. Segments can be preallocated
+//! ([`SegmentLog::preallocate`]), so appends do not compete for disk space with the store
+//! flushing behind the log.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -30,9 +37,15 @@ pub struct SegmentLog {
     dir: PathBuf,
     segment: u64,
     file: File,
-    /// Frames appended since the last [`SegmentLog::sync`].
+    /// Frames appended and not yet made durable (kept across a failed sync).
     pending: Vec<u8>,
+    /// Bytes of the current segment known to be on disk.
     segment_bytes: u64,
+    /// A write or sync failed since the last success: the segment may hold a torn tail past
+    /// `segment_bytes`, to be cut off before anything else is written.
+    torn: bool,
+    /// Bytes to reserve for each new segment (0: none).
+    preallocate: u64,
 }
 
 impl SegmentLog {
@@ -113,7 +126,31 @@ impl SegmentLog {
             file,
             pending: Vec::new(),
             segment_bytes: 0,
+            torn: false,
+            preallocate: 0,
         })
+    }
+
+    /// Reserves `bytes` of disk for the current segment and each new one (without changing
+    /// their length), so appends up to that size need no new space. Where the filesystem
+    /// cannot, or the disk is already too full, appends simply allocate as they go.
+    pub fn preallocate(&mut self, bytes: u64) {
+        self.preallocate = bytes;
+        self.reserve();
+    }
+
+    fn reserve(&self) {
+        if self.preallocate == 0 {
+            return;
+        }
+        if let Err(e) = rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            0,
+            self.preallocate,
+        ) {
+            tracing::debug!(segment = self.segment, error = %e, "cannot preallocate a log segment");
+        }
     }
 
     /// Adds a frame to the next [`SegmentLog::sync`]; `encode` writes its payload.
@@ -132,18 +169,58 @@ impl SegmentLog {
         !self.pending.is_empty()
     }
 
-    /// Writes what was appended and waits until it is on disk. After an error the segment
-    /// cannot be trusted to take more (part of a write may have landed): [`SegmentLog::roll`].
+    /// Writes what was appended and waits until it is on disk. After an error nothing is
+    /// lost: the frames stay pending and the next call writes them again, behind whatever
+    /// this call may have left half-written.
     pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.torn {
+            self.cut_torn_tail()?;
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let io = |source| LogError::Io {
             path: segment_path(&self.dir, self.segment),
             source,
         };
-        let written = self.file.write_all(&self.pending);
+        let written = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.torn = true;
+            return Err(io(e));
+        }
         self.segment_bytes += self.pending.len() as u64;
         self.pending.clear();
-        written.map_err(io)?;
-        self.file.sync_data().map_err(io)
+        Ok(())
+    }
+
+    /// Whether the last write or sync failed (its frames are still pending).
+    pub fn failing(&self) -> bool {
+        self.torn
+    }
+
+    /// Cuts the segment back to what was synced; where that fails, moves to a new segment
+    /// (the old one ends at its last synced frame or a torn one, which replay stops at).
+    fn cut_torn_tail(&mut self) -> Result<(), LogError> {
+        let cut = self
+            .file
+            .set_len(self.segment_bytes)
+            .and_then(|()| self.file.sync_all());
+        match cut {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(segment = self.segment, error = %e, "cannot cut a torn log tail; moving to a new segment");
+                let mut next = Self::create(&self.dir, self.segment + 1)?;
+                next.pending = std::mem::take(&mut self.pending);
+                next.preallocate = self.preallocate;
+                *self = next;
+                self.reserve();
+            }
+        }
+        self.torn = false;
+        Ok(())
     }
 
     /// Bytes in the current segment.
@@ -151,11 +228,20 @@ impl SegmentLog {
         self.segment_bytes
     }
 
-    /// Closes the current segment (after a [`SegmentLog::sync`]) and starts the next; returns
-    /// the closed segment's number.
+    /// Closes the current segment (after a successful [`SegmentLog::sync`]) and starts the
+    /// next; returns the closed segment's number. Anything still pending moves with it.
     pub fn roll(&mut self) -> Result<u64, LogError> {
+        if self.torn {
+            self.cut_torn_tail()?;
+        }
         let closed = self.segment;
-        *self = Self::create(&self.dir, closed + 1)?;
+        let mut next = Self::create(&self.dir, closed + 1)?;
+        next.pending = std::mem::take(&mut self.pending);
+        next.preallocate = self.preallocate;
+        // Give back what the closed segment reserved and did not use.
+        let _ = self.file.set_len(self.segment_bytes);
+        *self = next;
+        self.reserve();
         Ok(closed)
     }
 
@@ -289,6 +375,48 @@ mod tests {
         fs::write(&path, &flipped).unwrap();
         let (seen, _) = replayed(dir.path());
         assert_eq!(seen, [b"first frame"]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_frames_and_the_next_sync_writes_them_after_a_cut_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        append(&mut log, b"acknowledged");
+        log.sync().unwrap();
+        // What a write cut short by a full disk leaves: part of the pending bytes on disk,
+        // the sync reported failed.
+        append(&mut log, b"refused at first");
+        let half = log.pending.len() / 2;
+        log.file.write_all(&log.pending[..half]).unwrap();
+        log.torn = true;
+        assert!(log.failing());
+        // Space comes back: the next sync writes the kept frames and the new one.
+        append(&mut log, b"later");
+        log.sync().unwrap();
+        assert!(!log.failing());
+        drop(log);
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen, [&b"acknowledged"[..], b"refused at first", b"later"]);
+    }
+
+    #[test]
+    fn a_segment_can_be_preallocated_without_changing_what_replay_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), |_| unreachable!()).unwrap();
+        log.preallocate(1 << 20);
+        append(&mut log, b"one");
+        log.sync().unwrap();
+        log.roll().unwrap();
+        append(&mut log, b"two");
+        log.sync().unwrap();
+        let len = fs::metadata(segment_path(dir.path(), 1)).unwrap().len();
+        assert_eq!(
+            len,
+            (HEADER + 3) as u64,
+            "the reservation is not part of the file"
+        );
+        drop(log);
+        assert_eq!(replayed(dir.path()).0, [b"one", b"two"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub(crate) const COUNTER: u8 = b'G';
 pub(crate) const STATE: u8 = b'K';
 pub(crate) const LAYOUT: u8 = b'V';
 pub(crate) const SEEN: u8 = b'E';
+pub(crate) const DEAD_LETTER: u8 = b'X';
 
 pub(crate) struct Key(pub(crate) Vec<u8>);
 
@@ -40,6 +41,10 @@ impl Key {
     /// Records no index holds (decisions without a task).
     pub(crate) fn record(device: &str, seq: Seq) -> Self {
         Self::new(RECORD).str(device).u64(seq)
+    }
+    /// A dead-lettered event of a device.
+    pub(crate) fn dead_letter(device: &str, event_id: &str) -> Self {
+        Self::new(DEAD_LETTER).str(device).str(event_id)
     }
     /// A courier's event at `time_ms`: the route index, and where events are stored.
     pub(crate) fn route(courier: &str, time_ms: i64, device: &str, seq: Seq) -> Self {

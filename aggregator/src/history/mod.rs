@@ -4,16 +4,17 @@
 mod keys;
 mod plan;
 mod rows;
-mod sled_store;
+mod sled;
 mod views;
 
-pub use sled_store::SledHistory;
+pub use sled::SledHistory;
 pub use views::{
-    Alert, DeviceStatus, Latest, RoutePoint, StateSummary, Stats, TaskTimeline, TimelineItem,
+    Alert, DeadLetter, DeadLetterFilter, DeadLetterState, DeadLetters, DeviceStatus, Failures,
+    Latest, RoutePoint, StateSummary, Stats, TaskTimeline, TimelineItem,
 };
 
 use fleet_proto::record::Severity;
-use fleet_proto::{Entry, Seq};
+use fleet_proto::{Entry, JournalId, Seq};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -30,6 +31,19 @@ pub enum HistoryError {
     },
     #[error("history entry {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    /// A device sent from a journal it replaced by a newer one: a second process is using
+    /// its identity (a cloned handset, a restored backup).
+    #[error(
+        "device {device} sent from journal {journal:016x}, which journal {current:016x} replaced: is another process using this device's identity?"
+    )]
+    StaleJournal {
+        device: String,
+        journal: JournalId,
+        current: JournalId,
+    },
+    /// A page cursor that this history did not hand out.
+    #[error("cursor {0:?} is not one this endpoint handed out")]
+    BadCursor(String),
 }
 
 /// What one ingest did.
@@ -43,20 +57,68 @@ pub struct IngestOutcome {
     pub alerts: u64,
 }
 
+/// One batch from a device's journal, as the committer hands it to history.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub device: &'a str,
+    pub journal: JournalId,
+    /// The last journal sequence the batch covers (in the journal's own numbering).
+    pub through: Seq,
+    /// The device's durable journal head when it sent the batch.
+    pub journaled: Seq,
+    pub entries: &'a [Entry],
+    pub now_ms: i64,
+}
+
+/// What history holds of one device's journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalView {
+    /// Everything up to here is stored, in the journal's own numbering.
+    pub cursor: Seq,
+    /// Where the journal's sequence 1 falls in the device's history: history numbers a
+    /// device's entries across all the journals it had, one after another.
+    pub base: Seq,
+    /// Whether opening it replaced the device's previous journal (the device started over).
+    pub replaced: Option<JournalId>,
+}
+
+/// A page of a list: at most `limit` items after `after` (an opaque cursor from the previous
+/// page's [`Page::next`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+/// One page of a list, and the cursor of the next one (none: this was the last).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
 /// Durable, idempotent history of what devices sent.
+///
+/// A device's entries are numbered by its journal; a device that starts over with a new
+/// journal (the [`JournalId`] in its hello is new) gets a new range after everything stored
+/// before, so nothing of the old journal is overwritten or absorbed by the new one's numbers.
 pub trait History: Send + Sync + 'static {
-    /// The highest sequence of `device` already in history (0 for a new device).
-    fn cursor(&self, device: &str) -> Result<Seq, HistoryError>;
-    /// Stores the entries above the device's cursor and moves the cursor to `through`.
-    /// Idempotent: anything at or below the cursor is absorbed, however late it comes. Not
-    /// durable until [`History::flush`].
-    fn ingest(
+    /// What history holds of `journal` of `device`. A journal not seen before replaces the
+    /// device's current one (recorded); one that was replaced before is refused with
+    /// [`HistoryError::StaleJournal`]. Not durable until [`History::flush`], and needs not be:
+    /// the first ingest from the journal does the same.
+    fn open_journal(
         &self,
         device: &str,
-        through: Seq,
-        entries: &[Entry],
+        journal: JournalId,
         now_ms: i64,
-    ) -> Result<IngestOutcome, HistoryError>;
+    ) -> Result<JournalView, HistoryError>;
+    /// The device's cursor in history's numbering (across its journals; 0 for a new device).
+    fn cursor(&self, device: &str) -> Result<Seq, HistoryError>;
+    /// Stores the entries above the journal's cursor and moves the cursor to `through`.
+    /// Idempotent: anything at or below the cursor is absorbed, however late it comes. Not
+    /// durable until [`History::flush`].
+    fn ingest(&self, batch: &Batch<'_>) -> Result<IngestOutcome, HistoryError>;
     /// Makes every ingest so far durable.
     fn flush(&self) -> Result<(), HistoryError>;
     /// Records that a device connected (for the device list).
@@ -67,16 +129,21 @@ pub trait History: Send + Sync + 'static {
         courier: &str,
         from_ms: i64,
         to_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<RoutePoint>, HistoryError>;
-    fn task(&self, task: &str, limit: usize) -> Result<Option<TaskTimeline>, HistoryError>;
+        page: &PageRequest,
+    ) -> Result<Page<RoutePoint>, HistoryError>;
+    fn task(&self, task: &str, page: &PageRequest) -> Result<Option<TaskTimeline>, HistoryError>;
     fn alerts(
         &self,
         since_ms: i64,
         min: Severity,
-        limit: usize,
-    ) -> Result<Vec<Alert>, HistoryError>;
+        page: &PageRequest,
+    ) -> Result<Page<Alert>, HistoryError>;
     fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError>;
-    fn devices(&self) -> Result<Vec<DeviceStatus>, HistoryError>;
+    fn devices(&self, now_ms: i64, page: &PageRequest) -> Result<Page<DeviceStatus>, HistoryError>;
+    fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        page: &PageRequest,
+    ) -> Result<DeadLetters, HistoryError>;
     fn stats(&self) -> Result<Stats, HistoryError>;
 }

@@ -3,7 +3,9 @@
 //! an alert, which latest rows an entry moves, and which feature states survive compaction.
 //! A backend turns a [`Plan`] into its own writes; it decides nothing about the domain.
 
-use fleet_proto::record::{DecisionRecord, EventRecord, Schema, Severity, StateRecord};
+use fleet_proto::record::{
+    DeadLetterRecord, DecisionRecord, EventRecord, Schema, Severity, StateRecord,
+};
 use fleet_proto::{Entry, Record, Seq};
 
 use super::IngestOutcome;
@@ -39,20 +41,23 @@ pub(crate) struct Plan<'a> {
     /// States the batch carried, compacted or not.
     pub(crate) states_received: u64,
     pub(crate) schemas: Vec<&'a Schema>,
+    /// Failures and rescorings of dead-lettered events, in journal order.
+    pub(crate) dead_letters: Vec<&'a DeadLetterRecord>,
     /// The newest event time in the batch.
     pub(crate) newest_event_ms: Option<i64>,
 }
 
-/// The plan for the entries above `cursor` (those at or below it are duplicates).
-pub(crate) fn plan(cursor: Seq, entries: &[Entry]) -> Plan<'_> {
+/// The plan for a batch whose journal numbering starts after `base` in history's: entries at
+/// or below `cursor` (history's numbering) are duplicates; the plan's sequences are history's.
+pub(crate) fn plan(cursor: Seq, base: Seq, entries: &[Entry]) -> Plan<'_> {
     let mut plan = Plan::default();
     let mut state_at = std::collections::HashMap::new();
     for entry in entries {
-        if entry.seq <= cursor {
+        let seq = base + entry.seq;
+        if seq <= cursor {
             plan.outcome.duplicates += 1;
             continue;
         }
-        let seq = entry.seq;
         plan.outcome.stored += 1;
         match &entry.record {
             Record::Event(e) => {
@@ -90,6 +95,7 @@ pub(crate) fn plan(cursor: Seq, entries: &[Entry]) -> Plan<'_> {
                 }
             }
             Record::Schema(s) => plan.schemas.push(s),
+            Record::DeadLetter(d) => plan.dead_letters.push(d),
         }
     }
     plan

@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use fleet_proto::record::{ActionRecord, DecisionRecord, EventRecord, Schema, Severity};
+use fleet_proto::record::{
+    ActionRecord, DecisionRecord, EventRecord, FailureCause, Schema, Severity, Stage,
+};
 use serde::{Deserialize, Serialize};
 
 pub(crate) fn rfc3339(ms: i64) -> String {
@@ -111,6 +113,8 @@ pub struct TaskTimeline {
     /// The task's latest feature state, as the device last synced it.
     pub state: Option<StateSummary>,
     pub items: Vec<TimelineItem>,
+    /// The cursor of the next page of items (none: this was the last).
+    pub next_cursor: Option<String>,
 }
 
 /// One event or decision of a task.
@@ -127,15 +131,83 @@ pub struct TimelineItem {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
     pub device: String,
-    /// Highest sequence stored (everything up to it is in history).
+    /// The journal the device syncs from (hex), and how many times it started over with a
+    /// new one.
+    pub journal: Option<String>,
+    pub journal_resets: u32,
+    /// Highest sequence of the current journal stored (everything up to it is in history).
+    pub journal_seq: u64,
+    /// The device's journal head when it last sent a batch.
+    pub journaled: u64,
+    /// Entries the device reported journaled that history does not hold yet.
+    pub unsynced: u64,
+    /// How long history has been missing entries the device reported journaled: 0 when it
+    /// held all of them at the device's last batch. A device that went quiet keeps the lag it
+    /// had; see `last_seen`.
+    pub lag_ms: i64,
+    /// Highest sequence stored in history's numbering, across the device's journals.
     pub last_seq: u64,
     pub last_seen: String,
     pub last_seen_ms: i64,
-    /// Ingest time minus event time of the newest event stored: how far behind the device's
-    /// data arrives.
-    pub lag_ms: Option<i64>,
     pub events: u64,
     pub decisions: u64,
+}
+
+/// Which dead letters to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    pub state: Option<DeadLetterState>,
+    pub device: Option<String>,
+}
+
+/// Where a dead letter stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterState {
+    /// Its modules failed on it and no retry has scored it yet (it waits on its device).
+    Open,
+    /// A later retry scored it.
+    Rescored,
+}
+
+/// One event a device's modules failed on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub device: String,
+    pub event_id: String,
+    pub courier_id: String,
+    pub task_id: Option<String>,
+    pub event_time: String,
+    pub state: DeadLetterState,
+    /// Attempts so far, the first included.
+    pub attempts: u32,
+    /// The last failure: where, why, which module, its message.
+    pub stage: Stage,
+    pub cause: FailureCause,
+    pub module: String,
+    pub error: String,
+    /// The decision of the retry that scored it (none for an event only folded into state).
+    pub prediction_id: Option<String>,
+}
+
+/// Failures of one module at one stage for one cause.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failures {
+    pub module: String,
+    pub stage: Stage,
+    pub cause: FailureCause,
+    /// Failed attempts (an event that failed twice counts twice).
+    pub count: u64,
+}
+
+/// Dead letters: the totals, the failures by module and cause, and one page of the list.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeadLetters {
+    pub open: u64,
+    pub rescored: u64,
+    pub failures: Vec<Failures>,
+    pub items: Vec<DeadLetter>,
+    pub next_cursor: Option<String>,
 }
 
 /// Totals.
@@ -147,6 +219,10 @@ pub struct Stats {
     pub states: u64,
     pub devices: u64,
     pub duplicates_absorbed: u64,
+    /// Events whose modules failed on them and no retry has scored yet.
+    pub dead_letters_open: u64,
+    /// Dead letters a later retry scored.
+    pub dead_letters_rescored: u64,
 }
 
 pub(crate) fn event_json(e: &EventRecord) -> serde_json::Value {

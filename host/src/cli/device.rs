@@ -20,7 +20,8 @@ use fleet_net::pki::{DeviceFiles, Pki};
 use fleet_proto::sender::{Outbox, SenderConfig};
 use tokio::sync::Notify;
 
-use super::{RuntimeArgs, lines, score::write_outcome};
+use super::score::{DeadLetterSink, write_outcome};
+use super::{RuntimeArgs, lines};
 
 #[derive(Args, Debug)]
 pub(crate) struct DeviceArgs {
@@ -90,6 +91,7 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
         "journal recovered"
     );
     let journal = Arc::new(journal);
+    watch_store(&journal);
     let pki = Pki::at(&args.certs);
     let files: DeviceFiles = pki.device(&args.device);
     let client = fleet_net::tls::client_config(&pki.ca_cert(), &files).with_context(|| {
@@ -130,13 +132,13 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
             .block_on(tokio::net::TcpListener::bind(args.http))
             .with_context(|| format!("binding HTTP on {}", args.http))?;
         tracing::info!(http = %listener.local_addr()?, "accepting events over HTTP");
-        let app = http::router(handle.clone(), status.clone(), journal.clone());
+        let app = http::router(handle.clone(), status.clone());
         rt.spawn(async move { axum::serve(listener, app).await });
     }
 
     let input = lines::open(args.input.as_deref())?;
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut stderr = std::io::stderr();
+    let mut stderr = DeadLetterSink::stderr();
     let quiet = args.quiet;
     // Events far ahead of this device's clock are refused like malformed lines.
     let clock = |e: &fleet_host::event::Event| e.check_clock(chrono::Utc::now().timestamp_millis());
@@ -149,7 +151,7 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 &accepted.dead_letters,
             )?,
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "batch not acknowledged"),
+            Err(e) => tracing::error!(error = %e, "batch not journaled"),
         }
         Ok(())
     })?;
@@ -177,4 +179,16 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
     });
     journal.flush()?;
     Ok(())
+}
+
+/// Restarts the process when the journal's store broke on a failed flush (only a new process
+/// can reopen it) and the disk has room again; the log holds everything acknowledged.
+fn watch_store(journal: &Arc<Journal>) {
+    let store = journal.store().clone();
+    let dir = store.path().to_path_buf();
+    fleet_process::restart_when(
+        "the journal store",
+        move || store.broken(),
+        move || fleet_wal::free_bytes(&dir).is_ok_and(|free| free >= 2 * fleet_wal::MIN_FLUSH_ROOM),
+    );
 }

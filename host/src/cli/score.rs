@@ -21,7 +21,9 @@ pub(crate) struct ScoreArgs {
     /// Most events per batch through the modules (a batch also ends when input pauses).
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Where dead-lettered events go, as JSON lines. Default: stderr.
+    /// Where dead-lettered events go: one JSON line per event, the event as it came with the
+    /// failure in a `dead_letter` field that input ignores, so the file can be scored again
+    /// (`--input FILE`). Default: stderr, each line prefixed `dead-letter: `.
     #[arg(long)]
     dead_letters: Option<PathBuf>,
 }
@@ -32,11 +34,11 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(registry.clone());
 
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut dead: Box<dyn Write> = match &args.dead_letters {
-        Some(p) => Box::new(BufWriter::new(
+    let mut dead = match &args.dead_letters {
+        Some(p) => DeadLetterSink::file(
             File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stderr()),
+        ),
+        None => DeadLetterSink::stderr(),
     };
     let mut stats = Stats::default();
     let input = lines::open(args.input.as_deref())?;
@@ -68,10 +70,33 @@ pub(crate) fn run(args: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where dead letters are written: a file that event input reads again, or stderr.
+pub(crate) struct DeadLetterSink {
+    out: Box<dyn Write>,
+    prefix: &'static str,
+}
+
+impl DeadLetterSink {
+    pub(crate) fn file(file: File) -> Self {
+        Self {
+            out: Box::new(BufWriter::new(file)),
+            prefix: "",
+        }
+    }
+
+    /// Among the log lines, each prefixed `dead-letter: `.
+    pub(crate) fn stderr() -> Self {
+        Self {
+            out: Box::new(std::io::stderr()),
+            prefix: "dead-letter: ",
+        }
+    }
+}
+
 /// Writes decisions (stdout) and dead letters (their sink) as JSON lines.
 pub(crate) fn write_outcome(
     out: &mut impl Write,
-    dead: &mut dyn Write,
+    dead: &mut DeadLetterSink,
     decisions: &[fleet_host::decision::Decision],
     dead_letters: &[fleet_host::decision::DeadLetter],
 ) -> anyhow::Result<()> {
@@ -80,10 +105,9 @@ pub(crate) fn write_outcome(
         out.write_all(b"\n")?;
     }
     for d in dead_letters {
-        write!(dead, "dead-letter: ")?;
-        serde_json::to_writer(&mut *dead, d)?;
-        dead.write_all(b"\n")?;
+        writeln!(dead.out, "{}{}", dead.prefix, d.to_json_line())?;
     }
+    dead.out.flush()?;
     out.flush()?;
     Ok(())
 }

@@ -1,48 +1,73 @@
 //! The loopback endpoint for the handset app: `POST /v1/events` with JSON lines (one event
-//! per line). The answer comes once the accepted events are durable in the journal; malformed
-//! lines are reported by line number and field and do not hold back the others.
+//! per line, bodies up to [`MAX_BODY`]). The answer comes once the accepted events are durable
+//! in the journal; malformed lines are reported by line number and field and do not hold back
+//! the others. `/healthz` says whether the journal can take writes; `/v1/dead-letters` lists
+//! the parked events and `POST /v1/dead-letters/retry` scores them again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fleet_journal::{Journal, StoreHealth};
 use serde_json::json;
 
-use fleet_journal::Journal;
-
-use crate::event::Event;
+use crate::event::{Event, MAX_LINE};
 
 use super::sync::SyncStatus;
-use super::writer::WriterHandle;
+use super::writer::{SubmitError, WriterHandle};
+
+/// Largest request body `POST /v1/events` takes (413 beyond).
+pub const MAX_BODY: usize = 2 << 20;
+/// Parked events listed per page by default, and at most.
+const DEAD_LETTER_PAGE: usize = 100;
+const DEAD_LETTER_PAGE_MAX: usize = 1000;
 
 #[derive(Clone)]
 struct AppState {
     writer: WriterHandle,
     status: Arc<SyncStatus>,
-    journal: Arc<Journal>,
 }
 
-pub fn router(writer: WriterHandle, status: Arc<SyncStatus>, journal: Arc<Journal>) -> Router {
+pub fn router(writer: WriterHandle, status: Arc<SyncStatus>) -> Router {
     Router::new()
         .route("/v1/events", post(events))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health))
         .route("/v1/sync", get(sync_status))
-        .with_state(AppState {
-            writer,
-            status,
-            journal,
-        })
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/retry", post(retry))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { writer, status })
+}
+
+fn journal(s: &AppState) -> &Arc<Journal> {
+    s.writer.journal()
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    match journal(&s).store().health() {
+        StoreHealth::Ok => "ok".into_response(),
+        StoreHealth::Failing(reason) | StoreHealth::Broken(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": reason})),
+        )
+            .into_response(),
+    }
 }
 
 async fn sync_status(State(s): State<AppState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
-    let journal = s.journal.stats();
+    let journal = journal(&s);
+    let stats = journal.stats();
     Json(json!({
-        "journaled": journal.last_seq,
-        "thinned": journal.thinned,
-        "unacked_bytes": journal.unacked_bytes,
+        "journal": format!("{:016x}", journal.id()),
+        "journaled": stats.last_seq,
+        "thinned": stats.thinned,
+        "parked": stats.parked,
+        "unacked_bytes": stats.unacked_bytes,
         "connected": s.status.connected.load(Relaxed),
         "acked": s.status.acked.load(Relaxed),
         "connects": s.status.connects.load(Relaxed),
@@ -51,14 +76,79 @@ async fn sync_status(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+async fn dead_letters(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(unknown) = q
+        .keys()
+        .find(|k| !["limit", "cursor"].contains(&k.as_str()))
+    {
+        return bad(format!(
+            "unknown query parameter {unknown:?}; this endpoint takes limit and cursor"
+        ));
+    }
+    let number = |name: &str, default: usize| match q.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("{name}={v:?}: expected a whole number")),
+    };
+    let (limit, after) = match (number("limit", DEAD_LETTER_PAGE), number("cursor", 0)) {
+        (Ok(l), Ok(c)) if (1..=DEAD_LETTER_PAGE_MAX).contains(&l) => (l, c as u64),
+        (Ok(l), Ok(_)) => {
+            return bad(format!("limit={l}: expected 1 to {DEAD_LETTER_PAGE_MAX}"));
+        }
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    let journal = journal(&s).clone();
+    let page =
+        tokio::task::spawn_blocking(move || journal.parked(after, limit).map(|p| (p, journal)))
+            .await;
+    let (parked, journal) = match page {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return unavailable(e.to_string()),
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let next = (parked.len() == limit).then(|| parked.last().map(|p| p.id.to_string()));
+    let items: Vec<serde_json::Value> = parked
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "attempts": p.attempts,
+                "event": serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "parked": journal.stats().parked,
+        "items": items,
+        "next_cursor": next.flatten(),
+    }))
+    .into_response()
+}
+
+async fn retry(State(s): State<AppState>) -> Response {
+    match s.writer.retry().await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => submit_error(&e),
+    }
+}
+
 async fn events(State(s): State<AppState>, body: String) -> (StatusCode, Json<serde_json::Value>) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut events = Vec::new();
     let mut errors = Vec::new();
     for (i, line) in body.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match Event::from_json(line) {
+        if line.len() > MAX_LINE {
+            errors.push(json!({"line": i + 1, "field": ".", "message": format!("{} bytes, longer than the {MAX_LINE}-byte limit for a line", line.len())}));
+            continue;
+        }
+        match Event::from_json(line).and_then(|e| e.check_clock(now_ms).map(|()| e)) {
             Ok(e) => events.push(e),
             Err(e) => errors.push(json!({"line": i + 1, "field": e.field, "message": e.message})),
         }
@@ -84,8 +174,31 @@ async fn events(State(s): State<AppState>, body: String) -> (StatusCode, Json<se
             })),
         ),
         Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"accepted": 0, "error": e, "errors": errors})),
+            status_of(&e),
+            Json(json!({"accepted": 0, "error": e.to_string(), "errors": errors})),
         ),
     }
+}
+
+fn status_of(e: &SubmitError) -> StatusCode {
+    match e {
+        SubmitError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn submit_error(e: &SubmitError) -> Response {
+    (status_of(e), Json(json!({"error": e.to_string()}))).into_response()
+}
+
+fn bad(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
+}
+
+fn unavailable(message: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": message})),
+    )
+        .into_response()
 }

@@ -1,15 +1,20 @@
 //! [`DeviceRuntime`]: the pipeline run for one device's journal at a time: journal dedup,
-//! scoring, and the records a batch journals.
+//! scoring, and the records a batch journals. Events a module fails on are journaled as such
+//! and parked in the journal; [`DeviceRuntime::retry`] scores them again (the writer does
+//! when the module set changes, or on request), and each is scored exactly once: a producer
+//! sending it again is answered "duplicate", and a retry that scores it unparks it in the
+//! same commit that journals its decision.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use fleet_journal::{Journal, JournalError};
+use fleet_journal::{Journal, JournalError, Parked, Parking};
+use fleet_proto::record::{DeadLetterOutcome, DeadLetterRecord, StateRecord};
 use fleet_proto::{Record, Seq};
 
 use crate::decision::{DeadLetter, Decision};
 use crate::event::Event;
-use crate::pipeline::{DEFAULT_DEDUP_WINDOW, Pipeline, StateStore};
+use crate::pipeline::{BatchOutcome, DEFAULT_DEDUP_WINDOW, Pipeline, StateStore};
 use crate::registry::ModuleRegistry;
 
 use super::records;
@@ -45,6 +50,7 @@ impl StateStore for JournalStates {
 #[derive(Debug, Default)]
 pub struct Accepted {
     pub decisions: Vec<Decision>,
+    /// Events a module failed on: journaled and parked, to be scored again later.
     pub dead_letters: Vec<DeadLetter>,
     /// Repeats of event ids already accepted (acknowledged, not journaled again).
     pub duplicates: usize,
@@ -56,12 +62,32 @@ pub struct Accepted {
     pub through: Seq,
 }
 
+/// What one retry of parked events came to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Retried {
+    /// Parked events run again.
+    pub tried: usize,
+    /// Scored now (or folded into state, for events that are not scored): no longer parked.
+    pub rescored: usize,
+    /// Failed again: still parked.
+    pub failed: usize,
+    /// Parked events left after this retry.
+    pub parked: u64,
+}
+
 /// The pipeline, run for one journal at a time, by one thread.
 pub struct DeviceRuntime {
     pipeline: Pipeline,
     states: JournalStates,
     /// Feature-name schemas already journaled, per journal.
     schemas: HashSet<(usize, u64)>,
+}
+
+/// What a batch journals besides its events: decisions (with their schemas), the new states,
+/// and its dead letters, parked.
+struct Journaled {
+    records: Vec<Record>,
+    parking: Vec<Parking>,
 }
 
 impl DeviceRuntime {
@@ -80,8 +106,8 @@ impl DeviceRuntime {
         self.pipeline.registry()
     }
 
-    /// Runs `events` and journals them with their decisions and states (not yet flushed).
-    /// Every fresh event is journaled, scored or dead-lettered.
+    /// Runs `events` and journals them with their decisions, states and dead letters (not
+    /// yet flushed). Every fresh event is journaled; the ones a module fails on are parked.
     pub fn process(
         &mut self,
         journal: &Arc<Journal>,
@@ -104,35 +130,162 @@ impl DeviceRuntime {
         if fresh.is_empty() {
             return Ok(accepted);
         }
-        let mut journaled: Vec<Record> = fresh
-            .iter()
-            .map(|e| Record::Event(records::event_record(e)))
-            .collect();
+        let mut journaled = Journaled {
+            records: fresh
+                .iter()
+                .map(|e| Record::Event(records::event_record(e)))
+                .collect(),
+            parking: Vec::new(),
+        };
         self.states.set(journal);
         let outcome = self.pipeline.process(fresh);
-        let journal_id = Arc::as_ptr(journal) as usize;
         accepted.duplicates += outcome.duplicates;
-        for d in &outcome.decisions {
-            let schema = records::schema_of(d);
-            let record = records::decision_record(d, &schema);
-            if self.schemas.insert((journal_id, schema.id)) {
-                journaled.push(Record::Schema(schema));
-            }
-            journaled.push(Record::Decision(record));
+        self.journal_outcome(journal, &outcome, &mut journaled);
+        for d in &outcome.dead_letters {
+            journaled.park(d, 1);
         }
-        let module = self.pipeline.registry().current().features.label();
-        for (key, bytes) in outcome.states {
-            journaled.push(Record::State(fleet_proto::record::StateRecord {
-                key,
-                module: module.clone(),
-                bytes,
-            }));
-        }
-        let commit = journal.append(journaled)?;
+        let commit = journal.append_parking(journaled.records, journaled.parking)?;
         accepted.thinned = commit.thinned;
         accepted.through = commit.last;
         accepted.decisions = outcome.decisions;
         accepted.dead_letters = outcome.dead_letters;
         Ok(accepted)
+    }
+
+    /// Runs up to `max` of `journal`'s parked events after parked id `after` again (not yet
+    /// flushed): those scored now leave the parking with their decisions journaled, the rest
+    /// count one more attempt. Returns the outcome and the last parked id tried.
+    pub fn retry(
+        &mut self,
+        journal: &Arc<Journal>,
+        after: u64,
+        max: usize,
+    ) -> Result<(Retried, u64), JournalError> {
+        let parked = journal.parked(after, max)?;
+        let last = parked.last().map_or(after, |p| p.id);
+        let mut journaled = Journaled {
+            records: Vec::new(),
+            parking: Vec::new(),
+        };
+        let mut by_id: HashMap<String, (Parked, DeadLetterRecord)> = HashMap::new();
+        let mut events = Vec::with_capacity(parked.len());
+        for p in parked {
+            match serde_json::from_slice::<Event>(&p.payload) {
+                Ok(e) => {
+                    let record = DeadLetterRecord {
+                        event_id: e.event_id.clone(),
+                        courier_id: e.courier_id.clone(),
+                        task_id: e.task_id.clone(),
+                        time_ms: e.event_time_ms(),
+                        attempt: p.attempts + 1,
+                        outcome: DeadLetterOutcome::Rescored {
+                            prediction_id: None,
+                        },
+                    };
+                    by_id.insert(e.event_id.clone(), (p, record));
+                    events.push(e);
+                }
+                Err(e) => {
+                    // Written by this runtime; unreadable only if the event schema changed.
+                    tracing::error!(parked = p.id, error = %e, "a parked event no longer reads as an event; dropped from the parking (it stays journaled)");
+                    journaled.parking.push(Parking::Resolved { id: p.id });
+                }
+            }
+        }
+        let mut retried = Retried {
+            tried: events.len(),
+            ..Retried::default()
+        };
+        if !events.is_empty() {
+            self.states.set(journal);
+            let outcome = self.pipeline.process(events);
+            self.journal_outcome(journal, &outcome, &mut journaled);
+            for d in &outcome.dead_letters {
+                let Some((mut p, _)) = by_id.remove(&d.event.event_id) else {
+                    continue;
+                };
+                p.attempts += 1;
+                journaled
+                    .records
+                    .push(Record::DeadLetter(dead_letter_record(d, p.attempts)));
+                journaled.parking.push(Parking::Retried { parked: p });
+                retried.failed += 1;
+            }
+            // Everything else went through: scored, or folded into state only.
+            for d in &outcome.decisions {
+                if let Some((_, record)) = by_id.get_mut(&d.event_id) {
+                    record.outcome = DeadLetterOutcome::Rescored {
+                        prediction_id: Some(d.prediction_id.clone()),
+                    };
+                }
+            }
+            let mut resolved: Vec<(Parked, DeadLetterRecord)> = by_id.into_values().collect();
+            resolved.sort_by_key(|(p, _)| p.id);
+            for (p, record) in resolved {
+                journaled.records.push(Record::DeadLetter(record));
+                journaled.parking.push(Parking::Resolved { id: p.id });
+                retried.rescored += 1;
+            }
+        }
+        if !journaled.parking.is_empty() {
+            journal.append_parking(journaled.records, journaled.parking)?;
+        }
+        retried.parked = journal.stats().parked;
+        Ok((retried, last))
+    }
+
+    /// The records an outcome journals besides its events: schemas and decisions, and the
+    /// new states labelled with the features module the batch ran on.
+    fn journal_outcome(
+        &mut self,
+        journal: &Arc<Journal>,
+        outcome: &BatchOutcome,
+        journaled: &mut Journaled,
+    ) {
+        let journal_id = Arc::as_ptr(journal) as usize;
+        for d in &outcome.decisions {
+            let schema = records::schema_of(d);
+            let record = records::decision_record(d, &schema);
+            if self.schemas.insert((journal_id, schema.id)) {
+                journaled.records.push(Record::Schema(schema));
+            }
+            journaled.records.push(Record::Decision(record));
+        }
+        let module = outcome.features_module.clone().unwrap_or_default();
+        for (key, bytes) in &outcome.states {
+            journaled.records.push(Record::State(StateRecord {
+                key: key.clone(),
+                module: module.clone(),
+                bytes: bytes.clone(),
+            }));
+        }
+    }
+}
+
+impl Journaled {
+    /// Journals a dead letter's failure and parks its event.
+    fn park(&mut self, d: &DeadLetter, attempts: u32) {
+        self.records
+            .push(Record::DeadLetter(dead_letter_record(d, attempts)));
+        self.parking.push(Parking::Park {
+            attempts,
+            payload: serde_json::to_vec(&d.event).expect("events serialize"),
+        });
+    }
+}
+
+fn dead_letter_record(d: &DeadLetter, attempt: u32) -> DeadLetterRecord {
+    DeadLetterRecord {
+        event_id: d.event.event_id.clone(),
+        courier_id: d.event.courier_id.clone(),
+        task_id: d.event.task_id.clone(),
+        time_ms: d.event.event_time_ms(),
+        attempt,
+        outcome: DeadLetterOutcome::Failed {
+            stage: d.stage,
+            cause: d.cause,
+            module: d.module.clone(),
+            error: d.error.clone(),
+        },
     }
 }

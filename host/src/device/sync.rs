@@ -59,6 +59,7 @@ pub async fn run(
     let mut sender = Sender::new(
         SenderConfig {
             device: Some(config.device.clone()),
+            journal: journal.id(),
             ..config.sender.clone()
         },
         journal.stats().acked,

@@ -3,39 +3,93 @@
 //! its answer. An answer means durable. One writer can serve many devices, each with its
 //! own journal (a simulator, an edge node): their journals share the flush when they share a
 //! [`fleet_journal::JournalStore`].
+//!
+//! Parked events (dead letters) are scored again once per module set: when the set changes,
+//! and once after start, the writer works through every journal's parked events between
+//! groups; [`WriterHandle::retry`] asks for it at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use fleet_journal::Journal;
+use fleet_journal::{Journal, JournalError};
+use thiserror::Error;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::event::Event;
 
-pub use super::runtime::{Accepted, DeviceRuntime};
+pub use super::runtime::{Accepted, DeviceRuntime, Retried};
 
-type Reply = oneshot::Sender<Result<Accepted, String>>;
+/// Why a submission was not acknowledged. Nothing of it is durable; it may be sent again.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The writer thread has stopped (the process is shutting down).
+    #[error("the device writer has stopped")]
+    Stopped,
+    /// The journal cannot take writes now (its disk is full, say); it takes them again by
+    /// itself once it can.
+    #[error("not acknowledged, send it again later: {0}")]
+    Unavailable(String),
+    /// Writing the journal failed otherwise.
+    #[error("journal write failed, not acknowledged: {0}")]
+    Failed(String),
+}
 
-struct Job {
+impl From<&JournalError> for SubmitError {
+    fn from(e: &JournalError) -> Self {
+        match e {
+            JournalError::Unavailable { .. } => Self::Unavailable(e.to_string()),
+            _ => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SubmitError>>;
+
+enum Job {
+    Batch {
+        device: Device,
+        events: Vec<Event>,
+        reply: Reply<Accepted>,
+    },
+    /// Score every parked event of this device again now.
+    Retry {
+        device: Device,
+        reply: Reply<Retried>,
+    },
+    /// Wakes the writer to look for parked events to retry.
+    Tick,
+}
+
+/// A device as the writer knows it: its journal, and who to wake after a durable group.
+#[derive(Clone)]
+struct Device {
     journal: Arc<Journal>,
     synced: Arc<Notify>,
-    events: Vec<Event>,
-    reply: Reply,
 }
 
 /// The writer thread, shared by any number of devices. Its pipeline remembers recent event
 /// ids across all of them, so their ids must be unique fleet-wide (as UUIDs or
 /// device-prefixed ids are); each journal's own index catches repeats per device.
 #[derive(Clone)]
-pub struct Writer(mpsc::Sender<Job>);
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+    devices: Arc<Mutex<Vec<Device>>>,
+}
 
 impl Writer {
     /// A device's way in: batches for `journal`; `synced` is woken after each durable group
     /// that held one of them.
     pub fn device(&self, journal: Arc<Journal>, synced: Arc<Notify>) -> WriterHandle {
+        let device = Device { journal, synced };
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(device.clone());
         WriterHandle {
-            jobs: self.0.clone(),
-            journal,
-            synced,
+            jobs: self.jobs.clone(),
+            device,
         }
     }
 }
@@ -44,46 +98,65 @@ impl Writer {
 #[derive(Clone)]
 pub struct WriterHandle {
     jobs: mpsc::Sender<Job>,
-    journal: Arc<Journal>,
-    synced: Arc<Notify>,
+    device: Device,
 }
 
 impl WriterHandle {
-    fn job(&self, events: Vec<Event>) -> (Job, oneshot::Receiver<Result<Accepted, String>>) {
+    /// Resolves once the batch is durable (or failed: then nothing of it is acknowledged).
+    pub async fn submit(&self, events: Vec<Event>) -> Result<Accepted, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            journal: self.journal.clone(),
-            synced: self.synced.clone(),
+        let job = Job::Batch {
+            device: self.device.clone(),
             events,
             reply,
         };
-        (job, rx)
-    }
-
-    /// Resolves once the batch is durable (or failed: then nothing of it is acknowledged).
-    pub async fn submit(&self, events: Vec<Event>) -> Result<Accepted, String> {
-        let (job, rx) = self.job(events);
         self.jobs
             .send(job)
             .await
-            .map_err(|_| "the device writer has stopped".to_string())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the device writer dropped the batch".into()))
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.await.unwrap_or(Err(SubmitError::Stopped))
     }
 
     /// Blocking form, for threads outside the runtime.
-    pub fn submit_blocking(&self, events: Vec<Event>) -> Result<Accepted, String> {
-        let (job, rx) = self.job(events);
+    pub fn submit_blocking(&self, events: Vec<Event>) -> Result<Accepted, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Batch {
+            device: self.device.clone(),
+            events,
+            reply,
+        };
         self.jobs
             .blocking_send(job)
-            .map_err(|_| "the device writer has stopped".to_string())?;
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err("the device writer dropped the batch".into()))
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.blocking_recv().unwrap_or(Err(SubmitError::Stopped))
+    }
+
+    /// Scores every parked event again now; resolves once the outcome is durable.
+    pub async fn retry(&self) -> Result<Retried, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Retry {
+            device: self.device.clone(),
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.await.unwrap_or(Err(SubmitError::Stopped))
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.device.journal
     }
 }
 
 /// Most submissions folded into one flush.
 const MAX_GROUP: usize = 256;
+/// Parked events retried per journal between two groups, so retries never hold producers
+/// up for long.
+const RETRY_CHUNK: usize = 256;
+/// How often an idle writer looks for parked events to retry (after a module swap).
+const TICK: Duration = Duration::from_secs(1);
 
 /// Starts a writer thread for one device.
 pub fn spawn(runtime: DeviceRuntime, journal: Arc<Journal>, synced: Arc<Notify>) -> WriterHandle {
@@ -91,52 +164,169 @@ pub fn spawn(runtime: DeviceRuntime, journal: Arc<Journal>, synced: Arc<Notify>)
 }
 
 /// Starts a writer thread that devices join with [`Writer::device`].
-pub fn spawn_shared(mut runtime: DeviceRuntime) -> Writer {
-    let (tx, mut rx) = mpsc::channel::<Job>(1024);
+pub fn spawn_shared(runtime: DeviceRuntime) -> Writer {
+    let (tx, rx) = mpsc::channel::<Job>(1024);
+    let devices = Arc::new(Mutex::new(Vec::new()));
+    let mut thread = WriterThread {
+        runtime,
+        devices: devices.clone(),
+        sweeps: HashMap::new(),
+    };
     std::thread::Builder::new()
         .name("device-writer".into())
+        .spawn(move || thread.run(rx))
+        .expect("spawning the device writer");
+    let ticks = tx.downgrade();
+    std::thread::Builder::new()
+        .name("device-writer-tick".into())
         .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(job) => group.push(job),
-                        Err(_) => break,
-                    }
-                }
-                let results: Vec<_> = group
-                    .iter_mut()
-                    .map(|job| runtime.process(&job.journal, std::mem::take(&mut job.events)))
-                    .collect();
-                let mut journals: Vec<&Journal> = Vec::new();
-                for job in &group {
-                    if !journals.iter().any(|j| std::ptr::eq(*j, &*job.journal)) {
-                        journals.push(&job.journal);
-                    }
-                }
-                let flushed = Journal::flush_all(&journals);
-                let mut woken: Vec<Arc<Notify>> = Vec::new();
-                for (job, result) in group.into_iter().zip(results) {
-                    let result = match (&flushed, result) {
-                        (Ok(()), Ok(accepted)) => Ok(accepted),
-                        (Err(e), _) => {
-                            Err(format!("journal flush failed, batch not acknowledged: {e}"))
-                        }
-                        (_, Err(e)) => {
-                            Err(format!("journal write failed, batch not acknowledged: {e}"))
-                        }
-                    };
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e);
-                    }
-                    let _ = job.reply.send(result);
-                    if !woken.iter().any(|n| Arc::ptr_eq(n, &job.synced)) {
-                        job.synced.notify_one();
-                        woken.push(job.synced);
-                    }
-                }
+            while let Some(tx) = ticks.upgrade() {
+                let _ = tx.try_send(Job::Tick);
+                drop(tx);
+                std::thread::sleep(TICK);
             }
         })
-        .expect("spawning the device writer");
-    Writer(tx)
+        .expect("spawning the writer's ticker");
+    Writer { jobs: tx, devices }
+}
+
+struct WriterThread {
+    runtime: DeviceRuntime,
+    devices: Arc<Mutex<Vec<Device>>>,
+    /// Per journal: the module set generation its parked events were last swept for, and
+    /// where that sweep stands (`None`: done).
+    sweeps: HashMap<usize, (u64, Option<u64>)>,
+}
+
+/// What a group did, to be answered after its flush.
+enum Done {
+    Batch(Reply<Accepted>, Result<Accepted, SubmitError>),
+    Retry(Reply<Retried>, Result<Retried, SubmitError>),
+}
+
+impl WriterThread {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut touched: Vec<Device> = Vec::new();
+            let mut done = Vec::with_capacity(group.len());
+            for job in group {
+                match job {
+                    Job::Batch {
+                        device,
+                        events,
+                        reply,
+                    } => {
+                        let result = self.runtime.process(&device.journal, events);
+                        done.push(Done::Batch(reply, result.map_err(|e| (&e).into())));
+                        note(&mut touched, device);
+                    }
+                    Job::Retry { device, reply } => {
+                        let result = self.retry_all(&device.journal);
+                        done.push(Done::Retry(reply, result.map_err(|e| (&e).into())));
+                        note(&mut touched, device);
+                    }
+                    Job::Tick => {}
+                }
+            }
+            for device in self.sweep() {
+                note(&mut touched, device);
+            }
+            let journals: Vec<&Journal> = touched.iter().map(|d| &*d.journal).collect();
+            let flushed = Journal::flush_all(&journals).map_err(|e| SubmitError::from(&e));
+            for d in done {
+                match d {
+                    Done::Batch(reply, result) => answer(reply, &flushed, result),
+                    Done::Retry(reply, result) => answer(reply, &flushed, result),
+                }
+            }
+            for device in touched {
+                device.synced.notify_one();
+            }
+        }
+    }
+
+    /// Retries every parked event of `journal`, in chunks.
+    fn retry_all(&mut self, journal: &Arc<Journal>) -> Result<Retried, JournalError> {
+        let mut total = Retried::default();
+        let mut after = 0;
+        loop {
+            let (r, last) = self.runtime.retry(journal, after, RETRY_CHUNK)?;
+            total.tried += r.tried;
+            total.rescored += r.rescored;
+            total.failed += r.failed;
+            total.parked = r.parked;
+            if last == after {
+                return Ok(total);
+            }
+            after = last;
+        }
+    }
+
+    /// Moves each journal's sweep of its parked events on by one chunk when the module set
+    /// changed since its last sweep; returns the devices it wrote to.
+    fn sweep(&mut self) -> Vec<Device> {
+        let generation = self.runtime.registry().current().generation;
+        let devices = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut touched = Vec::new();
+        for device in devices {
+            if device.journal.stats().parked == 0 {
+                continue;
+            }
+            let key = Arc::as_ptr(&device.journal) as usize;
+            let sweep = self.sweeps.entry(key).or_insert((0, None));
+            if sweep.0 != generation {
+                *sweep = (generation, Some(0));
+            }
+            let Some(after) = sweep.1 else { continue };
+            match self.runtime.retry(&device.journal, after, RETRY_CHUNK) {
+                Ok((r, last)) => {
+                    if r.tried > 0 {
+                        tracing::info!(
+                            generation,
+                            tried = r.tried,
+                            rescored = r.rescored,
+                            failed = r.failed,
+                            parked = r.parked,
+                            "dead letters retried on the current module set"
+                        );
+                    }
+                    sweep.1 = (r.tried == RETRY_CHUNK).then_some(last);
+                    touched.push(device);
+                }
+                Err(e) => tracing::warn!(error = %e, "retrying dead letters; trying again later"),
+            }
+        }
+        touched
+    }
+}
+
+fn note(touched: &mut Vec<Device>, device: Device) {
+    if !touched
+        .iter()
+        .any(|d| Arc::ptr_eq(&d.journal, &device.journal))
+    {
+        touched.push(device);
+    }
+}
+
+fn answer<T>(reply: Reply<T>, flushed: &Result<(), SubmitError>, result: Result<T, SubmitError>) {
+    let result = match flushed {
+        Ok(()) => result,
+        Err(e) => Err(e.clone()),
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e);
+    }
+    let _ = reply.send(result);
 }

@@ -1,25 +1,27 @@
 //! The scoring pipeline: events in, decisions out, through the three modules.
 //!
 //! `ingest (validate, dedup) -> features (per key, state in/out) -> scorer -> policy`.
-//! A batch runs on the module set current when it starts. Feature state and the dedup window
-//! are committed only when the whole batch succeeded; a failed batch is dead-lettered whole,
-//! the failing instance is dropped and re-created on the next call.
+//! A batch runs on the module set current when it starts. A failed batch is run again in
+//! halves down to the events that fail alone ([`isolate`]): those are dead-lettered, leave no
+//! state and no dedup mark, and the rest of the batch is scored; a failing instance is
+//! dropped and re-created on the next call.
 
 mod dedup;
+mod isolate;
 mod stages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::decision::{DeadLetter, Decision, DecisionMaker, ModuleVersions, Stage};
+use crate::decision::{DeadLetter, Decision, DecisionMaker, FailureCause, ModuleVersions, Stage};
 use crate::event::Event;
 use crate::module::{Instance, LoadedModule};
 use crate::registry::{ModuleRegistry, ModuleSet};
+use crate::sandbox::ModuleError;
 
 use dedup::HashSet128;
 pub use dedup::{DedupWindow, PreHashed, event_hash};
 pub use stages::group_by_key;
-use stages::run_batch;
 pub(crate) use stages::{extract, feature_names};
 
 /// Event ids remembered for deduplication by default.
@@ -57,6 +59,10 @@ pub struct BatchOutcome {
     pub unscored: usize,
     /// The new state of every key the batch touched (already committed to the state store).
     pub states: Vec<(String, Vec<u8>)>,
+    /// Label of the features module the batch ran on (the author of `states`).
+    pub features_module: Option<String>,
+    /// Calls into modules that failed while isolating the failing events.
+    pub failed_calls: usize,
 }
 
 /// Live instances for one module set.
@@ -114,7 +120,18 @@ impl Pipeline {
             match self.make_live(set.clone()) {
                 Ok(live) => self.live = Some(live),
                 Err((stage, module, error)) => {
-                    outcome.dead_letters = dead_letters(events, stage, &module, &error);
+                    tracing::error!(%module, %stage, %error, "the module set cannot be instantiated; the batch is dead-lettered");
+                    outcome.dead_letters = events
+                        .into_iter()
+                        .map(|event| DeadLetter {
+                            stage,
+                            module: module.clone(),
+                            key: event.state_key().to_string(),
+                            cause: FailureCause::Instantiate,
+                            error: format!("instantiate: {error}"),
+                            event,
+                        })
+                        .collect();
                     return outcome;
                 }
             }
@@ -140,45 +157,52 @@ impl Pipeline {
         let engine = self.registry.engine().clone();
         let models = self.registry.models().clone();
         let live = self.live.as_mut().expect("set above");
-        match run_batch(live, &engine, &models, self.states.as_ref(), &events) {
-            Ok((decisions, states, unscored)) => {
-                for (key, state) in states {
-                    outcome.states.push((key.clone(), state.clone()));
-                    self.states.put(key, state);
-                }
-                for hash in hashes {
-                    self.dedup.insert_hash(hash);
-                }
-                outcome.decisions = decisions;
-                outcome.unscored = unscored;
-            }
-            Err((stage, error)) => {
-                let module = match stage {
-                    Stage::Features => &live.set.features,
-                    Stage::Scorer => &live.set.scorer,
-                    Stage::Policy => &live.set.policy,
-                };
-                let label = module.label();
-                tracing::error!(module = %label, ?stage, events = events.len(), keys = %keys_of(&events), error = %error, "batch failed; events dead-lettered");
-                outcome.dead_letters = dead_letters(events, stage, &label, &error.to_string());
+        outcome.features_module = Some(live.set.features.label());
+        let run = isolate::run(live, &engine, &models, self.states.as_ref(), &events);
+        let failed: HashSet128 = run.failed.iter().map(|&(i, ..)| hashes[i]).collect();
+        for hash in hashes.into_iter().filter(|h| !failed.contains(h)) {
+            self.dedup.insert_hash(hash);
+        }
+        for (key, state) in &run.states {
+            self.states.put(key.clone(), state.clone());
+        }
+        outcome.states = run.states;
+        outcome.decisions = run.decisions;
+        outcome.unscored = run.unscored;
+        outcome.failed_calls = run.failed_calls;
+        if !run.failed.is_empty() {
+            let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+            for (i, failure) in run.failed {
+                let stage = failure.stage();
+                let label = live.set.module(stage).label();
+                let event = events[i].take().expect("each index fails once");
+                tracing::error!(module = %label, %stage, event = %event.event_id, key = %event.state_key(), error = %failure.message(), "dead-lettered");
+                outcome.dead_letters.push(DeadLetter {
+                    stage,
+                    module: label,
+                    key: event.state_key().to_string(),
+                    cause: failure.cause(),
+                    error: failure.message(),
+                    event,
+                });
             }
         }
         outcome
     }
 
-    fn make_live(&self, set: Arc<ModuleSet>) -> Result<Live, (Stage, String, String)> {
+    fn make_live(&self, set: Arc<ModuleSet>) -> Result<Live, (Stage, String, ModuleError)> {
         let engine = self.registry.engine();
         let models = self.registry.models();
         let make = |module: &LoadedModule, stage: Stage| {
             module
                 .instantiate(engine, models)
-                .map_err(|e| (stage, module.label(), format!("instantiate: {e}")))
+                .map_err(|e| (stage, module.label(), e))
         };
         let mut features = make(&set.features, Stage::Features)?;
         let scorer = make(&set.scorer, Stage::Scorer)?;
         let policy = make(&set.policy, Stage::Policy)?;
-        let names = feature_names(&mut features)
-            .map_err(|e| (Stage::Features, set.features.label(), e.to_string()))?;
+        let names =
+            feature_names(&mut features).map_err(|e| (Stage::Features, set.features.label(), e))?;
         let (model_name, model_version, model_digest) = scorer
             .store
             .data()
@@ -205,30 +229,5 @@ impl Pipeline {
             scorer: Some(scorer),
             policy: Some(policy),
         })
-    }
-}
-
-fn dead_letters(events: Vec<Event>, stage: Stage, module: &str, error: &str) -> Vec<DeadLetter> {
-    events
-        .into_iter()
-        .map(|event| DeadLetter {
-            stage,
-            module: module.to_string(),
-            key: event.state_key().to_string(),
-            error: error.to_string(),
-            event,
-        })
-        .collect()
-}
-
-fn keys_of(events: &[Event]) -> String {
-    let mut keys: Vec<&str> = events.iter().map(Event::state_key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let shown: Vec<&str> = keys.iter().take(5).copied().collect();
-    if keys.len() > 5 {
-        format!("{} (+{} more)", shown.join(","), keys.len() - 5)
-    } else {
-        shown.join(",")
     }
 }

@@ -16,7 +16,7 @@ use crate::sandbox::ModuleError;
 use super::{Live, StateStore};
 
 pub(crate) type StageFailure = (Stage, ModuleError);
-type Decided = (Vec<Decision>, Vec<(String, Vec<u8>)>, usize);
+pub(super) type Decided = (Vec<Decision>, Vec<(String, Vec<u8>)>, usize);
 
 pub(super) fn run_batch(
     live: &mut Live,

@@ -217,15 +217,25 @@ pub(crate) fn traffic(
     (lines, statuses)
 }
 
+/// A courier's whole stored route, page after page.
+pub(crate) fn route_points(api: SocketAddr, courier: &str) -> Vec<serde_json::Value> {
+    let mut points = Vec::new();
+    let mut path = format!("/api/v1/couriers/{courier}/route?limit=10000");
+    loop {
+        let page = get_json(api, &path);
+        points.extend(page["points"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                path = format!("/api/v1/couriers/{courier}/route?limit=10000&cursor={next}");
+            }
+            None => return points,
+        }
+    }
+}
+
 /// Event ids in a courier's stored route, in order.
 pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
-    let route = get_json(
-        api,
-        &format!("/api/v1/couriers/{courier}/route?limit=10000000"),
-    );
-    route["points"]
-        .as_array()
-        .unwrap()
+    route_points(api, courier)
         .iter()
         .map(|p| p["event_id"].as_str().unwrap().to_string())
         .collect()
@@ -235,12 +245,7 @@ pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
 pub(crate) fn stored_statuses(api: SocketAddr, prefix: &str, couriers: usize) -> usize {
     (0..couriers)
         .map(|c| {
-            get_json(
-                api,
-                &format!("/api/v1/couriers/{prefix}c{c}/route?limit=10000000"),
-            )["points"]
-                .as_array()
-                .unwrap()
+            route_points(api, &format!("{prefix}c{c}"))
                 .iter()
                 .filter(|p| p["event_type"] != "location")
                 .count()

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use fleet_host::decision::Stage;
+use fleet_host::decision::{FailureCause, Stage};
 use fleet_host::module::{LoadError, ModuleKind};
 use fleet_host::pipeline::Pipeline;
 
@@ -42,12 +42,24 @@ fn contained(mode: &str, expect: &str) {
         poison.len(),
         "{mode}: every event is kept"
     );
-    for (dl, event) in bad.dead_letters.iter().zip(&poison) {
+    for (n, (dl, event)) in bad.dead_letters.iter().zip(&poison).enumerate() {
         assert_eq!(&dl.event, event);
         assert_eq!(dl.stage, Stage::Policy);
         assert!(dl.module.starts_with("hostile@6.6.6+"), "{}", dl.module);
         assert_eq!(dl.key, "T-poison");
-        assert!(dl.error.contains(expect), "{mode}: {}", dl.error);
+        // The first event the policy sees fails on its own; the task's later events wait
+        // behind it, so they are never scored out of order.
+        if n == 0 {
+            assert!(dl.error.contains(expect), "{mode}: {}", dl.error);
+            assert_ne!(dl.cause, FailureCause::HeldBack);
+        } else {
+            assert_eq!(dl.cause, FailureCause::HeldBack, "{mode}: {}", dl.error);
+            assert!(
+                dl.error.contains("held back behind T-poison-e1"),
+                "{}",
+                dl.error
+            );
+        }
     }
 
     // The instance was re-created: other events keep flowing, and the poisoned ones can be
@@ -64,6 +76,30 @@ fn contained(mode: &str, expect: &str) {
         (0, 5),
         "{mode}: replayable"
     );
+}
+
+#[test]
+fn a_poison_task_is_isolated_and_the_rest_of_its_batch_is_scored() {
+    let mut pipeline = hostile_pipeline("panic");
+    let mut batch = util::healthy_task("T-good-a");
+    batch.extend(util::healthy_task("T-poison-x"));
+    batch.extend(util::healthy_task("T-good-b"));
+    // Interleave the tasks, as a device's batch would.
+    batch.sort_by_key(|e| e.event_time);
+    let out = pipeline.process(batch.clone());
+    let dead: Vec<&str> = out.dead_letters.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(dead, ["T-poison-x"; 5], "only the poison task's events");
+    let decided: Vec<&str> = out.decisions.iter().map(|d| d.event_id.as_str()).collect();
+    let expected: Vec<&str> = batch
+        .iter()
+        .filter(|e| !e.event_id.contains("poison"))
+        .map(|e| e.event_id.as_str())
+        .collect();
+    assert_eq!(
+        decided, expected,
+        "every other event decided, in input order"
+    );
+    assert!(out.failed_calls > 1);
 }
 
 #[test]

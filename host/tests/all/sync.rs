@@ -82,8 +82,13 @@ fn events_reach_history_exactly_once_with_exact_counts() {
     assert_eq!(stats["decisions"], decisions, "{stats}");
     assert_eq!(stats["devices"], 1);
     let devices = fleet::get_json(agg.http, "/api/v1/devices");
+    let devices = &devices["devices"];
     assert_eq!(devices[0]["device"], "dev-1");
     assert_eq!(devices[0]["events"], unique as u64);
+    assert_eq!(
+        (&devices[0]["unsynced"], &devices[0]["lag_ms"]),
+        (&0.into(), &0.into())
+    );
     let mut stored = 0;
     for c in 0..3 {
         let ids = fleet::stored_event_ids(agg.http, &format!("xc{c}"));
@@ -144,6 +149,7 @@ async fn raw_session(
 fn hello(device: Option<&str>) -> Frame {
     Frame::Hello {
         version: PROTOCOL_VERSION,
+        journal: 1,
         acked_through: 0,
         device: device.map(Into::into),
         agent: "test".into(),
@@ -191,10 +197,7 @@ fn foreign_expired_and_revoked_certificates_are_refused() {
             assert!(refused.is_err(), "{which}: a certificate was accepted");
         }
     });
-    let devices: Vec<String> = agg
-        .shared
-        .history
-        .devices()
+    let devices: Vec<String> = fleet_aggregator::api::all_devices(&*agg.shared.history, 0)
         .unwrap()
         .into_iter()
         .map(|d| d.device)
@@ -265,7 +268,7 @@ fn corrupt_and_oversized_frames_close_only_that_connection() {
                 "corrupt batch",
                 {
                     let mut bytes = hello(None).encode();
-                    bytes.extend(Frame::Batch { from: 1, through: 3, codec: fleet_proto::Codec::Zstd, body: vec![1, 2, 3, 4] }.encode());
+                    bytes.extend(Frame::Batch { from: 1, through: 3, journaled: 3, codec: fleet_proto::Codec::Zstd, body: vec![1, 2, 3, 4] }.encode());
                     bytes
                 },
                 "malformed batch",
@@ -286,7 +289,7 @@ fn corrupt_and_oversized_frames_close_only_that_connection() {
             )),
         };
         let (codec, body) = fleet_proto::BatchBody::encode(1, &[entry], fleet_proto::Codec::Zstd, 3);
-        write_frame(&mut good, &Frame::Batch { from: 1, through: 1, codec, body }).await.unwrap();
+        write_frame(&mut good, &Frame::Batch { from: 1, through: 1, journaled: 1, codec, body }).await.unwrap();
         assert_eq!(good_reader.next().await.unwrap(), Some(Frame::Ack { through: 1 }));
     });
     assert_eq!(agg.shared.history.stats().unwrap().events, 1);

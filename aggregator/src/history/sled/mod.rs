@@ -1,0 +1,403 @@
+//! The embedded history: one sled tree (1.0 alpha: real fsync on flush), indexes as key
+//! prefixes so that one ingest is one atomic batch. One writer (the committer); readers
+//! anywhere. This file writes; [`queries`] reads, a page at a time.
+
+mod queries;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use fleet_proto::record::{ActionRecord, DecisionRecord, Schema};
+use fleet_proto::{JournalId, Record, Seq};
+use fleet_sled::Db;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, Key};
+use super::plan::{self, LatestOf, Plan};
+use super::rows::{Counters, DeadLetterRow, DeviceRow, LatestRow, Span};
+use super::views::{AlertRow, StateRow, TaskItem};
+use super::{Batch, HistoryError, IngestOutcome, JournalView};
+
+/// sled-backed [`History`].
+pub struct SledHistory {
+    /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
+    db_handle: Mutex<Db>,
+    written: Mutex<Written>,
+}
+
+/// Rows every ingest rewrites, as the last successful ingest wrote them: ingest is the only
+/// writer of these keys, so it need not read them back from sled (a lookup and a decode per
+/// courier, task and device in each batch).
+struct Written {
+    counters: Counters,
+    devices: HashMap<String, DeviceRow>,
+    /// Latest rows of tasks and couriers; emptied when it holds [`MAX_WRITTEN_LATEST`].
+    latest: HashMap<Vec<u8>, LatestRow>,
+}
+
+/// About three times the tasks and couriers of a 10,000-courier city at once.
+const MAX_WRITTEN_LATEST: usize = 65_536;
+
+const COUNTERS: &[u8] = &[keys::COUNTER];
+const LAYOUT: &[u8] = &[keys::LAYOUT];
+/// Bumped whenever what is stored under a key changes meaning. 2: events stored once, under
+/// the route index; the task index holds decisions; states compacted per key. 3: device rows
+/// know their journals, dead letters and their counters.
+const LAYOUT_VERSION: u8 = 3;
+
+/// Stamps a new history with [`LAYOUT_VERSION`] and refuses one written in another layout
+/// (an unstamped history with data in it is layout 1).
+fn check_layout(db: &Db, path: &Path) -> Result<(), HistoryError> {
+    let found = match db.get(LAYOUT)? {
+        Some(v) => v.first().copied().unwrap_or_default(),
+        None if db.is_empty()? => {
+            db.insert(LAYOUT, [LAYOUT_VERSION])?;
+            db.flush()?;
+            LAYOUT_VERSION
+        }
+        None => 1,
+    };
+    if found != LAYOUT_VERSION {
+        return Err(HistoryError::Layout {
+            path: path.display().to_string(),
+            found,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, HistoryError> {
+    postcard::from_bytes(bytes).map_err(|e| HistoryError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn read<T: for<'de> Deserialize<'de>>(db: &Db, key: &[u8]) -> Result<Option<T>, HistoryError> {
+    db.get(key)?.map(|v| decode(key, &v)).transpose()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("rows always serialize")
+}
+
+/// Reads a length-prefixed string at `at`; returns it and the offset after it.
+fn str_at(key: &[u8], at: usize) -> Option<(String, usize)> {
+    let len = usize::from(*key.get(at)?);
+    let s = key.get(at + 1..at + 1 + len)?;
+    Some((String::from_utf8_lossy(s).into_owned(), at + 1 + len))
+}
+
+fn u64_at(key: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl SledHistory {
+    fn db(&self) -> Db {
+        self.db_handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Opens (or creates) the history at `path`. Durability comes from the committer's ingest
+    /// log and its checkpoints (see [`crate::committer`]).
+    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        let db = fleet_sled::open(path, 256 << 20).map_err(std::io::Error::from)?;
+        check_layout(&db, path)?;
+        let counters = match db.get(COUNTERS)? {
+            Some(v) => decode(COUNTERS, &v)?,
+            None => Counters::default(),
+        };
+        Ok(Self {
+            db_handle: Mutex::new(db),
+            written: Mutex::new(Written {
+                counters,
+                devices: HashMap::new(),
+                latest: HashMap::new(),
+            }),
+        })
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn latest_row(&self, key: &[u8]) -> Result<Option<LatestRow>, HistoryError> {
+        read(&self.db(), key)
+    }
+
+    fn schema(
+        &self,
+        id: u64,
+        cache: &mut HashMap<u64, Option<Schema>>,
+    ) -> Result<Option<Schema>, HistoryError> {
+        if let Some(s) = cache.get(&id) {
+            return Ok(s.clone());
+        }
+        let key = Key::new(keys::SCHEMA).u64(id).0;
+        let schema = self
+            .db()
+            .get(&key)?
+            .map(|v| decode::<Schema>(&key, &v))
+            .transpose()?;
+        cache.insert(id, schema.clone());
+        Ok(schema)
+    }
+    /// The device's row: as ingest last wrote it, or as stored.
+    fn device_row(
+        &self,
+        db: &Db,
+        written: &Written,
+        device: &str,
+    ) -> Result<DeviceRow, HistoryError> {
+        match written.devices.get(device) {
+            Some(row) => Ok(row.clone()),
+            None => Ok(read(db, &Key::new(keys::DEVICE).str(device).0)?.unwrap_or_default()),
+        }
+    }
+
+    fn resolve_journal(
+        &self,
+        device: &str,
+        journal: JournalId,
+        now_ms: i64,
+    ) -> Result<JournalView, HistoryError> {
+        let db = self.db();
+        let mut written = self.written();
+        let mut row = self.device_row(&db, &written, device)?;
+        let known = row.journal;
+        let (span, replaced) = row.open(journal);
+        let base = match span {
+            Span::Current { base } => base,
+            Span::Retired { current, .. } => {
+                return Err(HistoryError::StaleJournal {
+                    device: device.into(),
+                    journal,
+                    current,
+                });
+            }
+        };
+        if let Some(old) = replaced {
+            tracing::warn!(
+                device,
+                old = format!("{old:016x}"),
+                new = format!("{journal:016x}"),
+                after = row.cursor,
+                "the device started over with a new journal; its entries get a new range"
+            );
+        }
+        if known != row.journal {
+            row.last_seen_ms = row.last_seen_ms.max(now_ms);
+            db.insert(Key::new(keys::DEVICE).str(device).0, encode(&row))?;
+            written.devices.insert(device.into(), row.clone());
+        }
+        Ok(JournalView {
+            cursor: row.cursor.saturating_sub(base),
+            base,
+            replaced,
+        })
+    }
+
+    fn device_cursor(&self, device: &str) -> Result<Seq, HistoryError> {
+        let db = self.db();
+        let written = self.written();
+        Ok(self.device_row(&db, &written, device)?.cursor)
+    }
+
+    fn apply(&self, batch: &Batch<'_>) -> Result<IngestOutcome, HistoryError> {
+        let db = self.db();
+        let mut written = self.written();
+        let device = batch.device;
+        let mut row = self.device_row(&db, &written, device)?;
+        let (span, _) = row.open(batch.journal);
+        let plan = match span {
+            Span::Current { base } => plan::plan(row.cursor, base, batch.entries),
+            // What a replaced journal sent before it was replaced is stored; anything new
+            // from it is refused (a replay of the log meets only the former).
+            Span::Retired { base, end, current } => {
+                let plan = plan::plan(end, base, batch.entries);
+                if plan.outcome.stored > 0 {
+                    return Err(HistoryError::StaleJournal {
+                        device: device.into(),
+                        journal: batch.journal,
+                        current,
+                    });
+                }
+                return Ok(plan.outcome);
+            }
+        };
+        let Span::Current { base } = span else {
+            unreachable!("retired journals returned above")
+        };
+        let mut sled_batch = sled::Batch::default();
+        let mut next = written.counters.clone();
+        self.write_plan(&db, &mut written, device, &plan, &mut next, &mut sled_batch)?;
+        let outcome = plan.outcome;
+        if let Some(t) = plan.newest_event_ms {
+            row.last_event_ms = Some(row.last_event_ms.map_or(t, |l| l.max(t)));
+        }
+        row.synced(base + batch.through, base + batch.journaled, batch.now_ms);
+        row.events += outcome.events;
+        row.decisions += outcome.decisions;
+        if outcome.events > 0 {
+            row.last_ingest_ms = Some(batch.now_ms);
+        }
+        sled_batch.insert(Key::new(keys::DEVICE).str(device).0, encode(&row));
+        next.events += outcome.events;
+        next.decisions += outcome.decisions;
+        next.alerts += outcome.alerts;
+        next.states += plan.states_received;
+        next.duplicates += outcome.duplicates;
+        sled_batch.insert(COUNTERS, encode(&next));
+        db.apply_batch(sled_batch)?;
+        written.counters = next;
+        written.devices.insert(device.into(), row);
+        Ok(outcome)
+    }
+
+    /// The keys a plan writes (all but the device row and the counters).
+    fn write_plan(
+        &self,
+        db: &Db,
+        written: &mut Written,
+        device: &str,
+        plan: &Plan<'_>,
+        counters: &mut Counters,
+        batch: &mut sled::Batch,
+    ) -> Result<(), HistoryError> {
+        for &(seq, e) in &plan.events {
+            batch.insert(
+                Key::route(&e.courier_id, e.time_ms, device, seq).0,
+                encode(e),
+            );
+            if let Some(task) = &e.task_id {
+                let item = TaskItem::Event {
+                    courier_id: Cow::Borrowed(&e.courier_id),
+                };
+                batch.insert(Key::task(task, e.time_ms, device, seq).0, encode(&item));
+            }
+        }
+        for &(seq, d) in &plan.decisions {
+            match &d.task_id {
+                Some(task) => {
+                    let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
+                    batch.insert(Key::task(task, d.time_ms, device, seq).0, encode(&item));
+                }
+                None => batch.insert(
+                    Key::record(device, seq).0,
+                    encode(&Record::Decision(d.clone())),
+                ),
+            }
+        }
+        for &(seq, d) in &plan.alerts {
+            let alert = AlertRow {
+                severity: d.severity,
+                message: alert_message(d),
+                score: d.score,
+                task_id: d.task_id.clone(),
+                courier_id: d.courier_id.clone(),
+                event_id: d.event_id.clone(),
+                prediction_id: d.prediction_id.clone(),
+            };
+            batch.insert(
+                Key::new(keys::ALERT).time(d.time_ms).str(device).u64(seq).0,
+                encode(&alert),
+            );
+        }
+        self.write_latest(db, written, device, plan, batch)?;
+        for &(seq, s) in &plan.states {
+            let state = StateRow {
+                device: Cow::Borrowed(device),
+                seq,
+                module: Cow::Borrowed(&s.module),
+                bytes: Cow::Borrowed(&s.bytes),
+            };
+            batch.insert(Key::new(keys::STATE).str(&s.key).0, encode(&state));
+        }
+        for s in &plan.schemas {
+            batch.insert(Key::new(keys::SCHEMA).u64(s.id).0, encode(s));
+        }
+        // A batch may carry several records of one dead letter: fold them in order.
+        let mut dead: HashMap<Vec<u8>, Option<DeadLetterRow>> = HashMap::new();
+        for d in &plan.dead_letters {
+            let key = Key::dead_letter(device, &d.event_id).0;
+            let row = match dead.remove(&key) {
+                Some(row) => row,
+                None => read(db, &key)?,
+            };
+            dead.insert(key, DeadLetterRow::fold(row, d, counters));
+        }
+        for (key, row) in dead {
+            if let Some(row) = row {
+                batch.insert(key, encode(&row));
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the plan's latest-row moves, writing each row once.
+    fn write_latest(
+        &self,
+        db: &Db,
+        written: &mut Written,
+        device: &str,
+        plan: &Plan<'_>,
+        batch: &mut sled::Batch,
+    ) -> Result<(), HistoryError> {
+        let mut latest: HashMap<Vec<u8>, LatestRow> = HashMap::new();
+        for &(of, fold) in &plan.folds {
+            let key = match of {
+                LatestOf::Task(task) => Key::new(keys::LATEST_TASK).str(task).0,
+                LatestOf::Courier(courier) => Key::new(keys::LATEST_COURIER).str(courier).0,
+            };
+            if !latest.contains_key(&key) {
+                let existing = match written.latest.get(&key) {
+                    Some(row) => row.clone(),
+                    None => read(db, &key)?.unwrap_or_default(),
+                };
+                latest.insert(key.clone(), existing);
+            }
+            latest
+                .get_mut(&key)
+                .expect("inserted above")
+                .fold(device, fold);
+        }
+        for (key, value) in &latest {
+            batch.insert(key.clone(), encode(value));
+        }
+        if written.latest.len() + latest.len() > MAX_WRITTEN_LATEST {
+            written.latest.clear();
+        }
+        written.latest.extend(latest);
+        Ok(())
+    }
+
+    fn flush_db(&self) -> Result<(), HistoryError> {
+        self.db().flush()?;
+        Ok(())
+    }
+
+    /// Under its own key: the device row is ingest's alone (a read-modify-write of it here
+    /// could put back a cursor from before an ingest that ran in between).
+    fn record_seen(&self, device: &str, now_ms: i64) -> Result<(), HistoryError> {
+        self.db()
+            .insert(Key::new(keys::SEEN).str(device).0, encode(&now_ms))?;
+        Ok(())
+    }
+}
+
+fn alert_message(d: &DecisionRecord) -> String {
+    d.actions
+        .iter()
+        .find_map(|a| match a {
+            ActionRecord::Alert { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
