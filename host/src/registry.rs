@@ -23,6 +23,17 @@ pub struct ModuleSet {
 }
 
 impl ModuleSet {
+    /// What decides how the set behaves, as one number: a hash of its modules' labels
+    /// (component and configuration). Two sets with the same identity decide alike.
+    pub fn identity(&self) -> u64 {
+        let labels = [
+            self.features.label(),
+            self.scorer.label(),
+            self.policy.label(),
+        ];
+        xxhash_rust::xxh3::xxh3_64(labels.join("\u{1f}").as_bytes())
+    }
+
     /// The module of one stage.
     pub fn module(&self, stage: crate::decision::Stage) -> &LoadedModule {
         use crate::decision::Stage;

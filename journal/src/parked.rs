@@ -14,6 +14,9 @@ pub struct Parked {
     pub id: u64,
     /// Attempts so far, the first included.
     pub attempts: u32,
+    /// The caller's note of what the last attempt ran on (so it is not tried again on the
+    /// same thing).
+    pub tag: u64,
     pub payload: Vec<u8>,
 }
 
@@ -21,8 +24,12 @@ pub struct Parked {
 /// [`crate::Journal::append_parking`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parking {
-    /// Parks an event after its first failed attempt (or after `attempts`).
-    Park { attempts: u32, payload: Vec<u8> },
+    /// Parks an event after its first failed attempt (or after `attempts`), made on `tag`.
+    Park {
+        attempts: u32,
+        tag: u64,
+        payload: Vec<u8>,
+    },
     /// Another attempt failed; it stays parked.
     Retried { parked: Parked },
     /// A retry succeeded; it leaves.
@@ -32,6 +39,7 @@ pub enum Parking {
 #[derive(Serialize, Deserialize)]
 struct Value<'a> {
     attempts: u32,
+    tag: u64,
     #[serde(borrow)]
     payload: &'a [u8],
 }
@@ -40,8 +48,13 @@ pub(crate) fn key(id: u64) -> [u8; 9] {
     keys::prefixed_u64(PARKED, id)
 }
 
-pub(crate) fn encode(attempts: u32, payload: &[u8]) -> Vec<u8> {
-    postcard::to_stdvec(&Value { attempts, payload }).expect("encoding into memory")
+pub(crate) fn encode(attempts: u32, tag: u64, payload: &[u8]) -> Vec<u8> {
+    postcard::to_stdvec(&Value {
+        attempts,
+        tag,
+        payload,
+    })
+    .expect("encoding into memory")
 }
 
 pub(crate) fn decode(id: u64, bytes: &[u8]) -> Result<Parked, postcard::Error> {
@@ -49,6 +62,7 @@ pub(crate) fn decode(id: u64, bytes: &[u8]) -> Result<Parked, postcard::Error> {
     Ok(Parked {
         id,
         attempts: v.attempts,
+        tag: v.tag,
         payload: v.payload.to_vec(),
     })
 }
@@ -58,13 +72,20 @@ pub(crate) fn apply(changes: Vec<Parking>, batch: &mut Writes, next_id: &mut u64
     let mut delta = 0;
     for change in changes {
         match change {
-            Parking::Park { attempts, payload } => {
-                batch.insert(key(*next_id), encode(attempts, &payload));
+            Parking::Park {
+                attempts,
+                tag,
+                payload,
+            } => {
+                batch.insert(key(*next_id), encode(attempts, tag, &payload));
                 *next_id += 1;
                 delta += 1;
             }
             Parking::Retried { parked } => {
-                batch.insert(key(parked.id), encode(parked.attempts, &parked.payload));
+                batch.insert(
+                    key(parked.id),
+                    encode(parked.attempts, parked.tag, &parked.payload),
+                );
             }
             Parking::Resolved { id } => {
                 batch.remove(key(id));

@@ -142,7 +142,7 @@ impl DeviceRuntime {
         accepted.duplicates += outcome.duplicates;
         self.journal_outcome(journal, &outcome, &mut journaled);
         for d in &outcome.dead_letters {
-            journaled.park(d, 1);
+            journaled.park(d, outcome.module_set);
         }
         let commit = journal.append_parking(journaled.records, journaled.parking)?;
         accepted.thinned = commit.thinned;
@@ -152,17 +152,24 @@ impl DeviceRuntime {
         Ok(accepted)
     }
 
-    /// Runs up to `max` of `journal`'s parked events after parked id `after` again (not yet
-    /// flushed): those scored now leave the parking with their decisions journaled, the rest
-    /// count one more attempt. Returns the outcome and the last parked id tried.
+    /// Runs `journal`'s parked events after parked id `after` again, up to `max` of them
+    /// looked at (not yet flushed): those scored now leave the parking with their decisions
+    /// journaled, the rest count one more attempt. With `stale_only`, events whose last
+    /// attempt ran on the current module set are left alone. Returns the outcome and the last
+    /// parked id looked at.
     pub fn retry(
         &mut self,
         journal: &Arc<Journal>,
         after: u64,
         max: usize,
+        stale_only: bool,
     ) -> Result<(Retried, u64), JournalError> {
-        let parked = journal.parked(after, max)?;
+        let mut parked = journal.parked(after, max)?;
         let last = parked.last().map_or(after, |p| p.id);
+        if stale_only {
+            let current = self.registry().current().identity();
+            parked.retain(|p| p.tag != current);
+        }
         let mut journaled = Journaled {
             records: Vec::new(),
             parking: Vec::new(),
@@ -205,6 +212,7 @@ impl DeviceRuntime {
                     continue;
                 };
                 p.attempts += 1;
+                p.tag = outcome.module_set;
                 journaled
                     .records
                     .push(Record::DeadLetter(dead_letter_record(d, p.attempts)));
@@ -263,12 +271,13 @@ impl DeviceRuntime {
 }
 
 impl Journaled {
-    /// Journals a dead letter's failure and parks its event.
-    fn park(&mut self, d: &DeadLetter, attempts: u32) {
+    /// Journals a dead letter's first failure (on module set `tag`) and parks its event.
+    fn park(&mut self, d: &DeadLetter, tag: u64) {
         self.records
-            .push(Record::DeadLetter(dead_letter_record(d, attempts)));
+            .push(Record::DeadLetter(dead_letter_record(d, 1)));
         self.parking.push(Parking::Park {
-            attempts,
+            attempts: 1,
+            tag,
             payload: serde_json::to_vec(&d.event).expect("events serialize"),
         });
     }

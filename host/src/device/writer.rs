@@ -4,9 +4,10 @@
 //! own journal (a simulator, an edge node): their journals share the flush when they share a
 //! [`fleet_journal::JournalStore`].
 //!
-//! Parked events (dead letters) are scored again once per module set: when the set changes,
-//! and once after start, the writer works through every journal's parked events between
-//! groups; [`WriterHandle::retry`] asks for it at once.
+//! Parked events (dead letters) are scored again once per module set: when the set changes
+//! (and after a start on another set), the writer works through every journal's parked
+//! events that were last tried on another set, between groups; [`WriterHandle::retry`] tries
+//! all of them at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -193,8 +194,8 @@ pub fn spawn_shared(runtime: DeviceRuntime) -> Writer {
 struct WriterThread {
     runtime: DeviceRuntime,
     devices: Arc<Mutex<Vec<Device>>>,
-    /// Per journal: the module set generation its parked events were last swept for, and
-    /// where that sweep stands (`None`: done).
+    /// Per journal: the module set its parked events were last swept for (its identity),
+    /// and where that sweep stands (`None`: done).
     sweeps: HashMap<usize, (u64, Option<u64>)>,
 }
 
@@ -257,7 +258,7 @@ impl WriterThread {
         let mut total = Retried::default();
         let mut after = 0;
         loop {
-            let (r, last) = self.runtime.retry(journal, after, RETRY_CHUNK)?;
+            let (r, last) = self.runtime.retry(journal, after, RETRY_CHUNK, false)?;
             total.tried += r.tried;
             total.rescored += r.rescored;
             total.failed += r.failed;
@@ -270,9 +271,10 @@ impl WriterThread {
     }
 
     /// Moves each journal's sweep of its parked events on by one chunk when the module set
-    /// changed since its last sweep; returns the devices it wrote to.
+    /// changed since its last sweep (events last tried on the current set are left alone);
+    /// returns the devices it wrote to.
     fn sweep(&mut self) -> Vec<Device> {
-        let generation = self.runtime.registry().current().generation;
+        let set = self.runtime.registry().current().identity();
         let devices = self
             .devices
             .lock()
@@ -285,15 +287,14 @@ impl WriterThread {
             }
             let key = Arc::as_ptr(&device.journal) as usize;
             let sweep = self.sweeps.entry(key).or_insert((0, None));
-            if sweep.0 != generation {
-                *sweep = (generation, Some(0));
+            if sweep.0 != set {
+                *sweep = (set, Some(0));
             }
             let Some(after) = sweep.1 else { continue };
-            match self.runtime.retry(&device.journal, after, RETRY_CHUNK) {
+            match self.runtime.retry(&device.journal, after, RETRY_CHUNK, true) {
                 Ok((r, last)) => {
                     if r.tried > 0 {
                         tracing::info!(
-                            generation,
                             tried = r.tried,
                             rescored = r.rescored,
                             failed = r.failed,
@@ -301,7 +302,7 @@ impl WriterThread {
                             "dead letters retried on the current module set"
                         );
                     }
-                    sweep.1 = (r.tried == RETRY_CHUNK).then_some(last);
+                    sweep.1 = (last != after).then_some(last);
                     touched.push(device);
                 }
                 Err(e) => tracing::warn!(error = %e, "retrying dead letters; trying again later"),

@@ -61,6 +61,8 @@ pub struct BatchOutcome {
     pub states: Vec<(String, Vec<u8>)>,
     /// Label of the features module the batch ran on (the author of `states`).
     pub features_module: Option<String>,
+    /// [`ModuleSet::identity`] of the set the batch ran on.
+    pub module_set: u64,
     /// Calls into modules that failed while isolating the failing events.
     pub failed_calls: usize,
 }
@@ -112,6 +114,7 @@ impl Pipeline {
     pub fn process(&mut self, events: Vec<Event>) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let set = self.registry.current();
+        outcome.module_set = set.identity();
         if self
             .live
             .as_ref()

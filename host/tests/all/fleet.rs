@@ -1,14 +1,23 @@
-//! Shared pieces of the sync tests: a PKI, an aggregator (in-process or as a child process),
-//! generated courier traffic, and a minimal HTTP client.
+//! Shared pieces of the sync and fault tests: a PKI, an aggregator (in-process or as a child
+//! process), a device (in-process, or an `edge-host device` process), generated courier
+//! traffic, a producer that resends until acknowledged, and a minimal HTTP client.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use fleet_aggregator::{ServeConfig, Shared};
+use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
+use fleet_host::device::writer::{self, DeviceRuntime};
+use fleet_journal::{Journal, JournalConfig};
 use fleet_net::pki::Pki;
+use fleet_proto::sender::{Outbox, SenderConfig};
+use tokio::sync::Notify;
 
 /// A PKI with the given devices issued.
 pub(crate) fn pki(dir: &Path, devices: &[&str]) -> Pki {
@@ -83,8 +92,8 @@ pub(crate) fn spawn_aggregator(
     data: &Path,
     quic: u16,
     http: u16,
-) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
+) -> Child {
+    Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "sync::aggregator_child",
@@ -99,8 +108,8 @@ pub(crate) fn spawn_aggregator(
                 certs.display()
             ),
         )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
@@ -140,11 +149,11 @@ pub(crate) fn http(
 
 pub(crate) fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     // A freshly (re)started server may take a moment to listen.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
         match http(addr, "GET", path, "") {
             Some(answer) => break answer,
-            None if std::time::Instant::now() < deadline => {
+            None if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
             None => panic!("GET {path}: nothing listens on {addr}"),
@@ -254,7 +263,7 @@ pub(crate) fn stored_statuses(api: SocketAddr, prefix: &str, couriers: usize) ->
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
-pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -264,7 +273,7 @@ impl Drop for KillOnDrop {
 }
 
 impl std::ops::Deref for KillOnDrop {
-    type Target = std::process::Child;
+    type Target = Child;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -274,4 +283,188 @@ impl std::ops::DerefMut for KillOnDrop {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
     }
+}
+
+pub(crate) fn edge_host_device(
+    certs: &Path,
+    journal: &Path,
+    device: &str,
+    aggregator: SocketAddr,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-host"));
+    cmd.args([
+        "device",
+        "--device",
+        device,
+        "--aggregator",
+        &aggregator.to_string(),
+    ])
+    .arg("--certs")
+    .arg(certs)
+    .arg("--journal")
+    .arg(journal);
+    cmd
+}
+
+/// Starts a device runtime in this process: writer thread and sync loop.
+pub(crate) struct LocalDevice {
+    pub(crate) writer: writer::WriterHandle,
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) status: Arc<SyncStatus>,
+    stop: Arc<Notify>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl LocalDevice {
+    pub(crate) fn start(pki: &Pki, device: &str, journal: JournalConfig, aggregator: SocketAddr) -> Self {
+        let (journal, _) = Journal::open(journal).unwrap();
+        let journal = Arc::new(journal);
+        let wake = Arc::new(Notify::new());
+        let writer = writer::spawn(
+            DeviceRuntime::new(crate::util::registry()),
+            journal.clone(),
+            wake.clone(),
+        );
+        let status = Arc::new(SyncStatus::default());
+        let stop = Arc::new(Notify::new());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(sync::run(
+            journal.clone(),
+            wake,
+            SyncConfig {
+                aggregator,
+                server_name: "localhost".into(),
+                client: fleet_net::tls::client_config(&pki.ca_cert(), &pki.device(device)).unwrap(),
+                device: device.into(),
+                backoff_min: Duration::from_millis(50),
+                backoff_max: Duration::from_millis(500),
+                sender: SenderConfig::default(),
+                endpoint: None,
+                handshakes: None,
+            },
+            status.clone(),
+            stop.clone(),
+        ));
+        Self {
+            writer,
+            journal,
+            status,
+            stop,
+            rt,
+        }
+    }
+
+    pub(crate) fn wait_synced(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.status.acked.load(Ordering::Relaxed) < self.journal.last_seq() {
+            assert!(
+                Instant::now() < deadline,
+                "not synced: acked {} of {}",
+                self.status.acked.load(Ordering::Relaxed),
+                self.journal.last_seq()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LocalDevice {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = &self.rt;
+    }
+}
+
+/// A producer posting batches to the device's HTTP endpoint and remembering what was
+/// acknowledged (a 200 means durable on the device).
+pub(crate) fn produce(
+    device: SocketAddr,
+    lines: Vec<String>,
+    acked: Arc<std::sync::Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut pending: Vec<&[String]> = lines.chunks(40).collect();
+    pending.reverse();
+    while let Some(chunk) = pending.last() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match http(device, "POST", "/v1/events", &chunk.join("\n")) {
+            Some((200, _)) => {
+                let mut acked = acked.lock().unwrap();
+                for l in chunk.iter() {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    acked.insert(v["event_id"].as_str().unwrap().to_string());
+                }
+                pending.pop();
+            }
+            // Not acknowledged (device down or restarting): send the same batch again.
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+pub(crate) fn spawn_device(
+    certs: &Path,
+    journal: &Path,
+    device: &str,
+    aggregator: SocketAddr,
+    http: u16,
+) -> Child {
+    edge_host_device(certs, journal, device, aggregator)
+        .args(["--quiet", "--http", &format!("127.0.0.1:{http}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the device process at `device` has every journaled entry acknowledged by the
+/// aggregator.
+pub(crate) fn wait_device_synced(device: SocketAddr, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((200, body)) = http(device, "GET", "/v1/sync", "") {
+            let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if s["acked"] == s["journaled"] && s["connected"] == true {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the device never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads back the routes of couriers `{prefix}c0..{prefix}c{couriers}`: every acknowledged
+/// event is there, none twice, and the stats count exactly those. Returns how many.
+pub(crate) fn audit(
+    api: SocketAddr,
+    prefix: &str,
+    couriers: usize,
+    acked: &HashSet<String>,
+) -> usize {
+    let mut stored = HashSet::new();
+    for c in 0..couriers {
+        for id in stored_event_ids(api, &format!("{prefix}c{c}")) {
+            assert!(stored.insert(id.clone()), "{id} is in history twice");
+        }
+    }
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert_eq!(
+        get_json(api, "/api/v1/stats")["events"],
+        stored.len() as u64
+    );
+    stored.len()
 }

@@ -1,7 +1,9 @@
 //! Host integration tests: real guest components, the real model, real sandbox limits.
 
 mod cli;
+mod dead_letters;
 mod device_swap;
+mod faults;
 mod features;
 mod fleet;
 mod guests;

@@ -3,23 +3,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
-use fleet_host::device::writer::{self, DeviceRuntime};
 use fleet_host::event::Event;
-use fleet_journal::{Journal, JournalConfig, ThinPolicy};
+use fleet_journal::{JournalConfig, ThinPolicy};
 use fleet_net::framed::{FrameReader, write_frame};
 use fleet_net::pki::Pki;
 use fleet_proto::frame::ErrorCode;
-use fleet_proto::sender::{Outbox, SenderConfig};
 use fleet_proto::{Frame, PROTOCOL_VERSION};
-use tokio::sync::Notify;
 
-use crate::fleet::{self, InProcess, KillOnDrop};
+use crate::fleet::{self, InProcess, KillOnDrop, LocalDevice, edge_host_device, produce, spawn_device};
 
 /// Child role: an aggregator process (spawned by [`fleet::spawn_aggregator`]).
 #[test]
@@ -27,27 +23,6 @@ fn aggregator_child() {
     if let Some(config) = fleet::child_config() {
         fleet_aggregator::run(&config).unwrap();
     }
-}
-
-fn edge_host_device(
-    certs: &std::path::Path,
-    journal: &std::path::Path,
-    device: &str,
-    aggregator: SocketAddr,
-) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-host"));
-    cmd.args([
-        "device",
-        "--device",
-        device,
-        "--aggregator",
-        &aggregator.to_string(),
-    ])
-    .arg("--certs")
-    .arg(certs)
-    .arg("--journal")
-    .arg(journal);
-    cmd
 }
 
 #[test]
@@ -296,80 +271,6 @@ fn corrupt_and_oversized_frames_close_only_that_connection() {
     assert!(agg.shared.metrics.protocol_errors.load(Ordering::Relaxed) >= 3);
 }
 
-/// Starts a device runtime in this process: writer thread and sync loop.
-struct LocalDevice {
-    writer: writer::WriterHandle,
-    journal: Arc<Journal>,
-    status: Arc<SyncStatus>,
-    stop: Arc<Notify>,
-    rt: tokio::runtime::Runtime,
-}
-
-impl LocalDevice {
-    fn start(pki: &Pki, device: &str, journal: JournalConfig, aggregator: SocketAddr) -> Self {
-        let (journal, _) = Journal::open(journal).unwrap();
-        let journal = Arc::new(journal);
-        let wake = Arc::new(Notify::new());
-        let writer = writer::spawn(
-            DeviceRuntime::new(crate::util::registry()),
-            journal.clone(),
-            wake.clone(),
-        );
-        let status = Arc::new(SyncStatus::default());
-        let stop = Arc::new(Notify::new());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.spawn(sync::run(
-            journal.clone(),
-            wake,
-            SyncConfig {
-                aggregator,
-                server_name: "localhost".into(),
-                client: fleet_net::tls::client_config(&pki.ca_cert(), &pki.device(device)).unwrap(),
-                device: device.into(),
-                backoff_min: Duration::from_millis(50),
-                backoff_max: Duration::from_millis(500),
-                sender: SenderConfig::default(),
-                endpoint: None,
-                handshakes: None,
-            },
-            status.clone(),
-            stop.clone(),
-        ));
-        Self {
-            writer,
-            journal,
-            status,
-            stop,
-            rt,
-        }
-    }
-
-    fn wait_synced(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.status.acked.load(Ordering::Relaxed) < self.journal.last_seq() {
-            assert!(
-                Instant::now() < deadline,
-                "not synced: acked {} of {}",
-                self.status.acked.load(Ordering::Relaxed),
-                self.journal.last_seq()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for LocalDevice {
-    fn drop(&mut self) {
-        self.stop.notify_one();
-        std::thread::sleep(Duration::from_millis(50));
-        let _ = &self.rt;
-    }
-}
-
 #[test]
 fn a_day_offline_catches_up_with_pings_thinned_by_policy_and_statuses_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -419,50 +320,6 @@ fn a_day_offline_catches_up_with_pings_thinned_by_policy_and_statuses_kept() {
     );
 }
 
-/// A producer posting batches to the device's HTTP endpoint and remembering what was
-/// acknowledged (a 200 means durable on the device).
-fn produce(
-    http: SocketAddr,
-    lines: Vec<String>,
-    acked: Arc<std::sync::Mutex<HashSet<String>>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut pending: Vec<&[String]> = lines.chunks(40).collect();
-    pending.reverse();
-    while let Some(chunk) = pending.last() {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        match fleet::http(http, "POST", "/v1/events", &chunk.join("\n")) {
-            Some((200, _)) => {
-                let mut acked = acked.lock().unwrap();
-                for l in chunk.iter() {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    acked.insert(v["event_id"].as_str().unwrap().to_string());
-                }
-                pending.pop();
-            }
-            // Not acknowledged (device down or restarting): send the same batch again.
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-fn spawn_device(
-    certs: &std::path::Path,
-    journal: &std::path::Path,
-    aggregator: SocketAddr,
-    http: u16,
-) -> Child {
-    edge_host_device(certs, journal, "dev-k", aggregator)
-        .args(["--quiet", "--http", &format!("127.0.0.1:{http}")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -474,7 +331,7 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
     let api_addr: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
     let (history, journal) = (dir.path().join("history"), dir.path().join("journal"));
     let mut aggregator = KillOnDrop(fleet::spawn_aggregator(&certs, &history, quic, api));
-    let mut device = KillOnDrop(spawn_device(&certs, &journal, quic_addr, dev_http));
+    let mut device = KillOnDrop(spawn_device(&certs, &journal, "dev-k", quic_addr, dev_http));
     let (lines, _) = fleet::traffic(4, 6, 5, 1_795_300_000_000, "k");
     let acked = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -494,7 +351,7 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
         if rng.is_multiple_of(2) {
             device.kill().unwrap(); // SIGKILL
             device.wait().unwrap();
-            device = KillOnDrop(spawn_device(&certs, &journal, quic_addr, dev_http));
+            device = KillOnDrop(spawn_device(&certs, &journal, "dev-k", quic_addr, dev_http));
             *kills.entry("device").or_default() += 1;
         } else {
             aggregator.kill().unwrap();
@@ -511,44 +368,15 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
     }
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
-    let synced = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((200, body)) = fleet::http(dev_addr, "GET", "/v1/sync", "") {
-            let s: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if s["acked"] == s["journaled"] && s["connected"] == true {
-                break;
-            }
-        }
-        assert!(Instant::now() < synced, "the device never caught up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    fleet::wait_device_synced(dev_addr, Duration::from_secs(60));
     let acked = acked.lock().unwrap().clone();
     assert_eq!(
         acked.len(),
         lines.len(),
         "the producer got every batch acknowledged in the end"
     );
-    let mut stored = HashSet::new();
-    for c in 0..4 {
-        for id in fleet::stored_event_ids(api_addr, &format!("kc{c}")) {
-            assert!(stored.insert(id.clone()), "{id} is in history twice");
-        }
-    }
-    let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
-    assert_eq!(
-        fleet::get_json(api_addr, "/api/v1/stats")["events"],
-        stored.len() as u64
-    );
-    eprintln!(
-        "kills: {kills:?}, {} events acknowledged and stored once",
-        stored.len()
-    );
+    let stored = fleet::audit(api_addr, "k", 4, &acked);
+    eprintln!("kills: {kills:?}, {stored} events acknowledged and stored once");
     assert!(
         kills.get("device").copied().unwrap_or(0) >= 2
             && kills.get("aggregator").copied().unwrap_or(0) >= 2,
