@@ -95,6 +95,31 @@ fn events_reach_history_exactly_once_with_exact_counts() {
     assert!(body.contains("severity"), "{body}");
     let (status, _) = fleet::http(agg.http, "GET", "/api/v1/tasks/nope", "").unwrap();
     assert_eq!(status, 404);
+    // Every endpoint names what it refuses: unknown, repeated and out-of-range parameters.
+    for (path, names) in [
+        ("/api/v1/devices?colour=red", "unknown query parameter \\\"colour"),
+        ("/api/v1/stats?x=1", "unknown query parameter \\\"x"),
+        ("/api/v1/couriers/xc0?verbose=1", "unknown query parameter \\\"verbose"),
+        ("/metrics?debug=1", "unknown query parameter \\\"debug"),
+        ("/api/v1/couriers/xc0/route?from=0&from=5", "more than once"),
+        ("/api/v1/alerts?limit=100000", "at most 10000"),
+        ("/api/v1/alerts?cursor=zz", "cursor"),
+        ("/api/v1/dead-letters?state=lost", "state"),
+    ] {
+        let (status, body) = fleet::http(agg.http, "GET", path, "").unwrap();
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(names), "{path}: {body}");
+    }
+    // Lists come in pages, the next one named by its cursor.
+    let first = fleet::get_json(agg.http, "/api/v1/couriers/xc0/route?limit=7");
+    let next = first["next_cursor"].as_str().expect("more than 7 points");
+    let second = fleet::get_json(
+        agg.http,
+        &format!("/api/v1/couriers/xc0/route?limit=7&cursor={next}"),
+    );
+    assert_ne!(first["points"][0], second["points"][0]);
+    let whole = fleet::route_points(agg.http, "xc0");
+    assert_eq!(whole[7], second["points"][0]);
     let metrics = fleet::http(agg.http, "GET", "/metrics", "").unwrap().1;
     assert!(
         metrics.contains(&format!("fleet_ingest_events_total {unique}")),
