@@ -12,6 +12,7 @@ use device_sim::aggregator::{self, Aggregator};
 use device_sim::fleet::{self, FleetOptions};
 use device_sim::proxy::Impairment;
 use device_sim::source::{self, Scenario};
+use fleet_wal::testing::SmallDisk;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs a fleet (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serves an aggregator in this process (what `--aggregator-process` starts).
     #[command(hide = true)]
     Aggregator {
@@ -127,6 +128,20 @@ struct RunArgs {
     /// report says how fast the fleet absorbed it.
     #[arg(long, value_parser = parse_burst)]
     burst: Option<fleet::Burst>,
+    /// A full disk: `WHO:AT:FOR` (WHO is `devices` or `aggregator`), wall seconds. The
+    /// devices' journal store or the aggregator's history is put on a small filesystem this
+    /// run mounts (a tmpfs: needs root), filled up at AT and freed FOR seconds later. The
+    /// run passes only if nothing acknowledged is lost.
+    #[arg(long, value_parser = parse_disk_full)]
+    disk_full: Option<fleet::DiskFull>,
+    /// Size of the small filesystem of `--disk-full`, MiB.
+    #[arg(long, default_value_t = 1024)]
+    small_disk_mib: u64,
+    /// Devices that start over with new, empty journals under their identity (reinstalled
+    /// handsets): `AT:N`, the first N devices at AT wall seconds. History must keep both
+    /// journals' events, each once.
+    #[arg(long, value_parser = parse_reset)]
+    reset_journals: Option<fleet::JournalReset>,
     /// Run the aggregator as a child process (implied by --kill-aggregator).
     #[arg(long)]
     aggregator_process: bool,
@@ -136,7 +151,7 @@ struct RunArgs {
     /// Delete `--work` first if it exists.
     #[arg(long)]
     fresh: bool,
-    /// Where the real data lives.
+    /// Where the real data lives (only the replays read it; the synthetic city does not).
     #[arg(long, default_value = "../shared/data")]
     data_dir: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
@@ -188,6 +203,29 @@ fn parse_burst(s: &str) -> Result<fleet::Burst, String> {
     Ok(burst)
 }
 
+fn parse_disk_full(s: &str) -> Result<fleet::DiskFull, String> {
+    let (who, rest) = s
+        .split_once(':')
+        .ok_or("expected WHO:AT:FOR (WHO: devices or aggregator; seconds)")?;
+    let owner = match who {
+        "devices" => fleet::DiskOwner::Devices,
+        "aggregator" => fleet::DiskOwner::Aggregator,
+        other => return Err(format!("{other:?}: expected devices or aggregator")),
+    };
+    let (at_s, for_s) = parse_pair(rest)?;
+    Ok(fleet::DiskFull { owner, at_s, for_s })
+}
+
+fn parse_reset(s: &str) -> Result<fleet::JournalReset, String> {
+    let (at, n) = s
+        .split_once(':')
+        .ok_or("expected AT:N (seconds, devices)")?;
+    Ok(fleet::JournalReset {
+        at_s: at.trim().parse().map_err(|e| format!("{at}: {e}"))?,
+        devices: n.trim().parse().map_err(|e| format!("{n}: {e}"))?,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     fleet_process::prepare();
     tracing_subscriber::fmt()
@@ -204,9 +242,21 @@ fn main() -> anyhow::Result<()> {
             listen,
             http,
         }) => aggregator::serve_child(data, certs, listen, http),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }
+}
+
+/// A file of the data directory a replay reads, or an error that says how to point at it.
+fn data_file(args: &RunArgs, source: &str, relative: &str) -> anyhow::Result<PathBuf> {
+    let path = args.data_dir.join(relative);
+    if !path.exists() {
+        anyhow::bail!(
+            "the {source} replay reads {}, which does not exist here: point --data-dir at the data directory (default ../shared/data, relative to where device-sim runs); the synthetic city (--source city) needs no data",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
@@ -226,7 +276,7 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
             noise: Default::default(),
         }),
         Source::Food => source::food::scenario(
-            &args.data_dir.join("food-delivery/deliverytime.csv"),
+            &data_file(args, "food", "food-delivery/deliverytime.csv")?,
             &source::food::FoodConfig {
                 seed: args.seed,
                 start_ms: args.start.timestamp_millis(),
@@ -237,15 +287,17 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
             },
         )?,
         Source::Cabs => source::cabs::scenario(
-            &args
-                .data_dir
-                .join("cabspotting/cabspotting_sf_2008-05-21_pdt.csv"),
+            &data_file(
+                args,
+                "cabs",
+                "cabspotting/cabspotting_sf_2008-05-21_pdt.csv",
+            )?,
             FixedOffset::west_opt(7 * 3600).expect("valid offset"),
             couriers,
             Some(hours_ms),
         )?,
         Source::Amazon => source::amazon::scenario(
-            &args.data_dir.join("amazon-lmrrc"),
+            &data_file(args, "amazon", "amazon-lmrrc")?,
             &source::amazon::AmazonConfig {
                 seed: args.seed,
                 ping_s: args.ping_s.unwrap_or(60.0),
@@ -268,12 +320,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(&args.work)?;
+    let scenario = scenario(&args)?;
+    let disk = match &args.disk_full {
+        Some(fault) => Some(SmallDisk::mount(args.small_disk_mib).with_context(|| {
+            format!(
+                "--disk-full {:?} puts its store on a small filesystem",
+                fault.owner
+            )
+        })?),
+        None => None,
+    };
+    let on_disk = |owner: fleet::DiskOwner, name: &str| match (&disk, args.disk_full) {
+        (Some(d), Some(f)) if f.owner == owner => d.path().join(name),
+        _ => args.work.join(name),
+    };
     let certs = args.work.join("certs");
-    let history = args.work.join("history");
+    let history = on_disk(fleet::DiskOwner::Aggregator, "history");
+    let devices = on_disk(fleet::DiskOwner::Devices, "devices");
     fleet_net::pki::Pki::at(&certs)
         .init(&[])
         .context("creating the fleet PKI")?;
-    let scenario = scenario(&args)?;
     let registry = fleet_host::defaults::embedded_registry()
         .map_err(|e| anyhow::anyhow!("loading the embedded modules and model: {e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -294,57 +360,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             aggregator.http()
         );
     }
-    let options = FleetOptions {
-        couriers_per_device: args.couriers_per_device,
-        speed: args.speed,
-        tick: Duration::from_millis(50),
-        seed: args.seed,
-        repeat_rate: args.repeat_rate,
-        late_rate: args.late_rate,
-        faulty: args.faulty,
-        impairment: Impairment {
-            drop_rate: args.drop_rate,
-            delay_ms: args.delay_ms,
-        },
-        skew_s: args.skew_s,
-        partition: args.partition,
-        kill_aggregator: args.kill_aggregator,
-        burst: args.burst,
-        drain_timeout: Duration::from_secs(args.drain_timeout_s),
-        audit: !args.no_audit,
-        progress: !args.no_progress && args.report == ReportFormat::Text,
-        max_in_flight: 4096,
+    let options = options(&args);
+    let places = fleet::Places {
+        work: &args.work,
+        certs: &certs,
+        devices: &devices,
+        disk: disk.as_ref(),
     };
-    let report = fleet::run(
-        scenario,
-        &mut aggregator,
-        &rt,
-        &args.work,
-        &certs,
-        registry,
-        &options,
-    )?;
+    let report = fleet::run(scenario, &mut aggregator, &rt, &places, registry, &options)?;
     match args.report {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         ReportFormat::Text => {
             print!("{}", report.text());
-            let http = aggregator.http();
-            println!(
-                "\nThe history is in {}. Ask it, while it is served:",
-                history.display()
-            );
-            println!("  curl -s http://{http}/api/v1/stats");
-            println!("  curl -s 'http://{http}/api/v1/alerts?severity=critical&limit=5'");
-            println!("  curl -s http://{http}/api/v1/tasks/T-C00000-1");
-            println!("  curl -s 'http://{http}/api/v1/couriers/C00000/route?limit=10'");
-            println!("  curl -s http://{http}/api/v1/devices");
-            if !args.serve_after {
-                println!(
-                    "(serve it again with: cargo run --release --bin aggregator -- --data {} --certs {}; or rerun with --serve-after)",
-                    history.display(),
-                    certs.display()
-                );
-            }
+            print_hints(&args, &report, &history, &certs, aggregator.http());
         }
     }
     if args.serve_after {
@@ -363,4 +391,76 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("{lost} events lost or duplicated");
     }
     Ok(())
+}
+
+fn options(args: &RunArgs) -> FleetOptions {
+    FleetOptions {
+        couriers_per_device: args.couriers_per_device,
+        speed: args.speed,
+        tick: Duration::from_millis(50),
+        seed: args.seed,
+        repeat_rate: args.repeat_rate,
+        late_rate: args.late_rate,
+        faulty: args.faulty,
+        impairment: Impairment {
+            drop_rate: args.drop_rate,
+            delay_ms: args.delay_ms,
+        },
+        skew_s: args.skew_s,
+        partition: args.partition,
+        kill_aggregator: args.kill_aggregator,
+        burst: args.burst,
+        disk_full: args.disk_full,
+        reset_journals: args.reset_journals,
+        drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        audit: !args.no_audit,
+        progress: !args.no_progress && args.report == ReportFormat::Text,
+        max_in_flight: 4096,
+    }
+}
+
+/// How to ask the history: now, while it is served, or later with the aggregator binary.
+fn print_hints(
+    args: &RunArgs,
+    report: &device_sim::report::Report,
+    history: &std::path::Path,
+    certs: &std::path::Path,
+    http: SocketAddr,
+) {
+    if args
+        .disk_full
+        .is_some_and(|f| f.owner == fleet::DiskOwner::Aggregator)
+        && !args.serve_after
+    {
+        println!("\nThe history was on the small disk this run mounted; it is gone with the run.");
+        return;
+    }
+    let base = if args.serve_after {
+        println!("\nThe history is served on http://{http} until Ctrl-C. Ask it:");
+        format!("http://{http}")
+    } else {
+        // The aggregator binary beside this one, as built.
+        let aggregator = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("aggregator")))
+            .filter(|p| p.exists())
+            .map_or_else(|| "aggregator".to_string(), |p| p.display().to_string());
+        println!(
+            "\nThe history is in {}. Serve it (HTTP on 127.0.0.1:8080):\n  {aggregator} --data {} --certs {}\nthen ask it:",
+            history.display(),
+            history.display(),
+            certs.display()
+        );
+        "http://127.0.0.1:8080".to_string()
+    };
+    println!("  curl -s {base}/api/v1/stats");
+    println!("  curl -s '{base}/api/v1/alerts?severity=critical&limit=5'");
+    if let Some(task) = &report.sample_task {
+        println!("  curl -s {base}/api/v1/tasks/{task}");
+    }
+    if let Some(courier) = &report.sample_courier {
+        println!("  curl -s '{base}/api/v1/couriers/{courier}/route?limit=10'");
+    }
+    println!("  curl -s {base}/api/v1/devices");
+    println!("  curl -s {base}/api/v1/dead-letters");
 }

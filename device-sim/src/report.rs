@@ -22,6 +22,9 @@ pub struct Report {
     pub burst: Option<BurstReport>,
     pub processes: Vec<ProcessUsage>,
     pub aggregator_http: String,
+    /// A task and a courier of this run, for the query hints.
+    pub sample_task: Option<String>,
+    pub sample_courier: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -40,6 +43,8 @@ pub struct Events {
     /// Repeats the devices recognised and absorbed.
     pub repeats_absorbed: u64,
     pub thinned: u64,
+    /// Events a device's modules failed on: journaled and parked for a retry, never lost.
+    pub dead_lettered: u64,
     pub journaled: u64,
     /// Acknowledged by the aggregator (durable in history).
     pub synced: u64,
@@ -190,8 +195,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  acknowledged {}  repeats absorbed {}  thinned {}  journaled {}",
-            e.acknowledged, e.repeats_absorbed, e.thinned, e.journaled
+            "  acknowledged {}  repeats absorbed {}  thinned {}  dead-lettered {}  journaled {}",
+            e.acknowledged, e.repeats_absorbed, e.thinned, e.dead_lettered, e.journaled
         );
         let _ = writeln!(
             s,

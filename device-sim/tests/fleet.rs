@@ -180,3 +180,114 @@ fn a_burst_into_edge_nodes_is_absorbed_without_loss() {
     let stored = b["stored_s"].as_f64().expect("stored");
     assert!(absorbed <= stored, "{b}");
 }
+
+fn faults(report: &Value) -> Vec<String> {
+    report["sync"]["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_full_disk_on_the_devices_and_journals_that_start_over_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &dir.path().join("w"),
+        &[
+            "--couriers",
+            "100",
+            "--hours",
+            "1",
+            "--speed",
+            "300",
+            "--disk-full",
+            "devices:2:6",
+            "--small-disk-mib",
+            "192",
+            "--reset-journals",
+            "9:10",
+        ],
+    );
+    assert_balanced(&report);
+    let faults = faults(&report);
+    let refused = faults
+        .iter()
+        .find_map(|f| {
+            f.split("device writers refused ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("the disk fault reports what it refused");
+    assert!(refused > 0, "the disk never filled: {faults:?}");
+    assert!(
+        faults.iter().any(|f| f.contains("10 devices started over")),
+        "{faults:?}"
+    );
+}
+
+#[test]
+fn a_full_disk_at_the_aggregator_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        &dir.path().join("w"),
+        &[
+            "--couriers",
+            "300",
+            "--hours",
+            "1",
+            "--speed",
+            "400",
+            "--disk-full",
+            "aggregator:3:12",
+            "--small-disk-mib",
+            "192",
+        ],
+    );
+    assert_balanced(&report);
+    // Refused batches close connections; the devices come back when space does.
+    assert!(
+        report["sync"]["failures"].as_u64().unwrap() > 0,
+        "the aggregator never refused: {}",
+        report["sync"]
+    );
+}
+
+#[test]
+fn run_from_anywhere_the_city_needs_no_data_and_a_replay_names_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let city = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .current_dir(dir.path())
+        .args(["--couriers", "5", "--hours", "0.2", "--speed", "1000"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&city.stdout),
+        String::from_utf8_lossy(&city.stderr),
+    );
+    assert!(city.status.success(), "{stderr}");
+    // stderr is a pipe here: progress comes as plain lines.
+    assert!(
+        stderr.contains("events acknowledged by the devices"),
+        "{stderr}"
+    );
+    // Nothing is served after the run: the hints say how to serve it with the built binary,
+    // and name a task this run has.
+    assert!(stdout.contains("Serve it"), "{stdout}");
+    assert!(!stdout.contains("cargo run"), "{stdout}");
+    assert!(stdout.contains("/aggregator --data"), "{stdout}");
+    assert!(stdout.contains("/api/v1/tasks/T-C0000"), "{stdout}");
+    let replay = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .current_dir(dir.path())
+        .args(["--source", "food", "--fresh"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(!replay.status.success());
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(stderr.contains("--source city"), "{stderr}");
+}

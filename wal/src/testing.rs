@@ -7,11 +7,16 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A mounted tmpfs, unmounted on drop.
 pub struct SmallDisk {
     dir: tempfile::TempDir,
     ballast: PathBuf,
+    filling: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
 
 impl SmallDisk {
@@ -29,7 +34,11 @@ impl SmallDisk {
             )));
         }
         let ballast = dir.path().join("ballast");
-        Ok(Self { dir, ballast })
+        Ok(Self {
+            dir,
+            ballast,
+            filling: Mutex::new(None),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -56,8 +65,43 @@ impl SmallDisk {
         Ok(())
     }
 
-    /// Frees what [`SmallDisk::fill`] took.
+    /// Fills the disk at `bytes_per_s` on a thread of its own, as another program would,
+    /// until it is full or [`SmallDisk::free`] is called.
+    pub fn fill_gradually(&self, bytes_per_s: u64) -> io::Result<()> {
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.ballast)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let chunk = vec![0xa5u8; 1 << 20];
+            let started = Instant::now();
+            let mut written = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                match file.write_all(&chunk) {
+                    Ok(()) => written += chunk.len() as u64,
+                    Err(_) => return,
+                }
+                let due = Duration::from_secs_f64(written as f64 / bytes_per_s as f64);
+                std::thread::sleep(due.saturating_sub(started.elapsed()));
+            }
+        });
+        *self.filling.lock().unwrap_or_else(|e| e.into_inner()) = Some((stop, thread));
+        Ok(())
+    }
+
+    /// Frees what [`SmallDisk::fill`] or [`SmallDisk::fill_gradually`] took.
     pub fn free(&self) -> io::Result<()> {
+        if let Some((stop, thread)) = self
+            .filling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
         match fs::remove_file(&self.ballast) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fleet_journal::{Journal, JournalError};
+use fleet_journal::{Journal, JournalError, StoreHealth};
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -170,6 +170,7 @@ pub fn spawn_shared(runtime: DeviceRuntime) -> Writer {
     let devices = Arc::new(Mutex::new(Vec::new()));
     let mut thread = WriterThread {
         runtime,
+        complaints: Complaints::default(),
         devices: devices.clone(),
         sweeps: HashMap::new(),
     };
@@ -193,6 +194,7 @@ pub fn spawn_shared(runtime: DeviceRuntime) -> Writer {
 
 struct WriterThread {
     runtime: DeviceRuntime,
+    complaints: Complaints,
     devices: Arc<Mutex<Vec<Device>>>,
     /// Per journal: the module set its parked events were last swept for (its identity),
     /// and where that sweep stands (`None`: done).
@@ -217,8 +219,15 @@ impl WriterThread {
             }
             let mut touched: Vec<Device> = Vec::new();
             let mut done = Vec::with_capacity(group.len());
+            let mut refusals: HashMap<usize, Option<SubmitError>> = HashMap::new();
             for job in group {
                 match job {
+                    Job::Batch { reply, device, .. }
+                        if let Some(e) = refusal(&device.journal, &mut refusals) =>
+                    {
+                        self.complaints.note(&e);
+                        let _ = reply.send(Err(e));
+                    }
                     Job::Batch {
                         device,
                         events,
@@ -241,6 +250,9 @@ impl WriterThread {
             }
             let journals: Vec<&Journal> = touched.iter().map(|d| &*d.journal).collect();
             let flushed = Journal::flush_all(&journals).map_err(|e| SubmitError::from(&e));
+            if let Err(e) = &flushed {
+                self.complaints.note(e);
+            }
             for d in done {
                 match d {
                     Done::Batch(reply, result) => answer(reply, &flushed, result),
@@ -291,7 +303,10 @@ impl WriterThread {
                 *sweep = (set, Some(0));
             }
             let Some(after) = sweep.1 else { continue };
-            match self.runtime.retry(&device.journal, after, RETRY_CHUNK, true) {
+            match self
+                .runtime
+                .retry(&device.journal, after, RETRY_CHUNK, true)
+            {
                 Ok((r, last)) => {
                     if r.tried > 0 {
                         tracing::info!(
@@ -326,8 +341,51 @@ fn answer<T>(reply: Reply<T>, flushed: &Result<(), SubmitError>, result: Result<
         Ok(()) => result,
         Err(e) => Err(e.clone()),
     };
-    if let Err(e) = &result {
-        tracing::error!(error = %e);
-    }
     let _ = reply.send(result);
+}
+
+/// Why a batch for `journal` is refused before it is run: its store cannot write (the kept
+/// log frames are tried once more first, once per store and group). Refusing up front keeps
+/// a long outage from piling up work that cannot be made durable.
+fn refusal(
+    journal: &Journal,
+    seen: &mut HashMap<usize, Option<SubmitError>>,
+) -> Option<SubmitError> {
+    let store = Arc::as_ptr(journal.store()) as usize;
+    seen.entry(store)
+        .or_insert_with(|| match journal.store().health() {
+            StoreHealth::Ok => None,
+            StoreHealth::Failing(_) => match Journal::flush_all(&[journal]) {
+                Ok(()) => {
+                    tracing::info!(store = %journal.store().path().display(), "the journal can be written again");
+                    None
+                }
+                Err(e) => Some(SubmitError::from(&e)),
+            },
+            StoreHealth::Broken(why) => Some(SubmitError::Unavailable(format!(
+                "the journal store must be reopened: {why}"
+            ))),
+        })
+        .clone()
+}
+
+/// Refused submissions, logged at most every [`COMPLAIN_EVERY`] with how many there were:
+/// a producer resends while the disk is full, and each refusal is not worth a line.
+#[derive(Default)]
+struct Complaints {
+    last: Option<Instant>,
+    since: u64,
+}
+
+const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
+
+impl Complaints {
+    fn note(&mut self, e: &SubmitError) {
+        self.since += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+            tracing::error!(refused = self.since, error = %e, "batches not acknowledged (producers send them again)");
+            self.last = Some(Instant::now());
+            self.since = 0;
+        }
+    }
 }

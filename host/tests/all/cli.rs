@@ -11,12 +11,7 @@ fn score_bytes(input: &[u8]) -> (String, String, bool) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("edge-host runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input)
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     (
         String::from_utf8(out.stdout).unwrap(),
@@ -196,14 +191,22 @@ fn a_second_device_on_the_same_journal_says_the_directory_is_in_use_and_by_whom(
     let first = crate::fleet::KillOnDrop(device(crate::fleet::free_port()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !journal.join(".owner").exists() {
-        assert!(std::time::Instant::now() < deadline, "the first device never opened its journal");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first device never opened its journal"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let second = device(crate::fleet::free_port()).wait_with_output().unwrap();
+    let second = device(crate::fleet::free_port())
+        .wait_with_output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
     assert!(
-        stderr.contains(&format!("is in use by another process (pid {})", first.id())),
+        stderr.contains(&format!(
+            "is in use by another process (pid {})",
+            first.id()
+        )),
         "{stderr}"
     );
     assert!(!stderr.contains("os error 11"), "{stderr}");

@@ -24,7 +24,11 @@ fn lines(task: &str) -> Vec<String> {
 }
 
 /// Polls `GET path` (JSON) until `done` holds.
-fn until(at: SocketAddr, path: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn until(
+    at: SocketAddr,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = fleet::get_json(at, path);
@@ -72,13 +76,20 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         (&10.into(), &5.into()),
         "{answer}"
     );
-    assert_eq!(answer["decisions"].as_array().unwrap().len(), 5, "T-ok is scored");
+    assert_eq!(
+        answer["decisions"].as_array().unwrap().len(),
+        5,
+        "T-ok is scored"
+    );
     let parked = fleet::get_json(device, "/v1/dead-letters");
     assert_eq!(parked["parked"], 5, "{parked}");
     assert_eq!(parked["items"][0]["event"]["task_id"], "T-poison-1");
     // At-least-once producers resend: a duplicate, not a second dead letter.
     let again = post(device, &poison);
-    assert_eq!((&again["accepted"], &again["duplicates"]), (&0.into(), &5.into()));
+    assert_eq!(
+        (&again["accepted"], &again["duplicates"]),
+        (&0.into(), &5.into())
+    );
 
     let dead = until(agg.http, "/api/v1/dead-letters", |d| d["open"] == 5);
     let causes: Vec<(&str, u64)> = dead["failures"]
@@ -88,7 +99,12 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         .map(|f| (f["cause"].as_str().unwrap(), f["count"].as_u64().unwrap()))
         .collect();
     assert_eq!(causes, [("panic", 1), ("held_back", 4)], "{dead}");
-    assert!(dead["failures"][0]["module"].as_str().unwrap().starts_with("hostile@6.6.6+"));
+    assert!(
+        dead["failures"][0]["module"]
+            .as_str()
+            .unwrap()
+            .starts_with("hostile@6.6.6+")
+    );
 
     // The operator swaps the policy: the device scores the parked events again, once.
     std::fs::remove_file(modules.join("hostile.toml")).unwrap();
@@ -103,9 +119,11 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         .iter()
         .filter(|i| i["kind"] == "decision")
         .count();
-    assert_eq!(decisions, 5, "each parked event scored exactly once: {task}");
-    let (status, retried) =
-        fleet::http(device, "POST", "/v1/dead-letters/retry", "").unwrap();
+    assert_eq!(
+        decisions, 5,
+        "each parked event scored exactly once: {task}"
+    );
+    let (status, retried) = fleet::http(device, "POST", "/v1/dead-letters/retry", "").unwrap();
     assert_eq!(status, 200);
     assert!(retried.contains(r#""tried":0"#), "{retried}");
 }

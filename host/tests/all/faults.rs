@@ -28,7 +28,10 @@ fn wait_status(at: SocketAddr, path: &str, want: u16, within: Duration) -> Strin
         {
             return body;
         }
-        assert!(Instant::now() < deadline, "GET {path} never answered {want}");
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} never answered {want}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -200,7 +203,11 @@ fn a_device_that_starts_over_gets_a_new_range_and_a_copy_of_its_old_journal_is_r
     device = KillOnDrop(spawn_device(&certs, &journal, "dev-r", agg.quic, dev_http));
     acked.extend(Producer::start(addr(dev_http), second.to_vec()).finish(Duration::from_secs(60)));
     fleet::wait_device_synced(addr(dev_http), Duration::from_secs(60));
-    assert_eq!(fleet::audit(agg.http, "r", 2, &acked), lines.len(), "none absorbed");
+    assert_eq!(
+        fleet::audit(agg.http, "r", 2, &acked),
+        lines.len(),
+        "none absorbed"
+    );
     let devices = fleet::get_json(agg.http, "/api/v1/devices");
     assert_eq!(devices["devices"][0]["journal_resets"], 1, "{devices}");
     device.kill().unwrap();
@@ -219,7 +226,10 @@ fn a_device_that_starts_over_gets_a_new_range_and_a_copy_of_its_old_journal_is_r
         std::thread::sleep(Duration::from_millis(100));
     }
     let sync = fleet::get_json(addr(dev_http), "/v1/sync");
-    assert!(sync["acked"].as_u64() < sync["journaled"].as_u64(), "{sync}");
+    assert!(
+        sync["acked"].as_u64() < sync["journaled"].as_u64(),
+        "{sync}"
+    );
     let route = fleet::stored_event_ids(agg.http, "rc0");
     assert!(!route.contains(&"r-late".to_string()));
 }
@@ -243,7 +253,10 @@ fn a_revoked_device_is_cut_off_while_connected_and_the_others_go_on() {
     pki.revoke("dev-a").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while agg.shared.metrics.revoked_closed.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "the revoked device stayed connected");
+        assert!(
+            Instant::now() < deadline,
+            "the revoked device stayed connected"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     a.writer.submit_blocking(vec![event("a2", "ca")]).unwrap();

@@ -87,12 +87,7 @@ impl Drop for InProcess {
 pub(crate) const AGGREGATOR_CHILD: &str = "FLEET_TEST_AGGREGATOR";
 
 /// An aggregator as a child process of this test binary, so it can be killed with SIGKILL.
-pub(crate) fn spawn_aggregator(
-    certs: &Path,
-    data: &Path,
-    quic: u16,
-    http: u16,
-) -> Child {
+pub(crate) fn spawn_aggregator(certs: &Path, data: &Path, quic: u16, http: u16) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -153,9 +148,7 @@ pub(crate) fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     let (status, body) = loop {
         match http(addr, "GET", path, "") {
             Some(answer) => break answer,
-            None if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             None => panic!("GET {path}: nothing listens on {addr}"),
         }
     };
@@ -316,7 +309,12 @@ pub(crate) struct LocalDevice {
 }
 
 impl LocalDevice {
-    pub(crate) fn start(pki: &Pki, device: &str, journal: JournalConfig, aggregator: SocketAddr) -> Self {
+    pub(crate) fn start(
+        pki: &Pki,
+        device: &str,
+        journal: JournalConfig,
+        aggregator: SocketAddr,
+    ) -> Self {
         let (journal, _) = Journal::open(journal).unwrap();
         let journal = Arc::new(journal);
         let wake = Arc::new(Notify::new());

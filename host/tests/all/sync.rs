@@ -15,7 +15,9 @@ use fleet_net::pki::Pki;
 use fleet_proto::frame::ErrorCode;
 use fleet_proto::{Frame, PROTOCOL_VERSION};
 
-use crate::fleet::{self, InProcess, KillOnDrop, LocalDevice, edge_host_device, produce, spawn_device};
+use crate::fleet::{
+    self, InProcess, KillOnDrop, LocalDevice, edge_host_device, produce, spawn_device,
+};
 
 /// Child role: an aggregator process (spawned by [`fleet::spawn_aggregator`]).
 #[test]
@@ -97,9 +99,15 @@ fn events_reach_history_exactly_once_with_exact_counts() {
     assert_eq!(status, 404);
     // Every endpoint names what it refuses: unknown, repeated and out-of-range parameters.
     for (path, names) in [
-        ("/api/v1/devices?colour=red", "unknown query parameter \\\"colour"),
+        (
+            "/api/v1/devices?colour=red",
+            "unknown query parameter \\\"colour",
+        ),
         ("/api/v1/stats?x=1", "unknown query parameter \\\"x"),
-        ("/api/v1/couriers/xc0?verbose=1", "unknown query parameter \\\"verbose"),
+        (
+            "/api/v1/couriers/xc0?verbose=1",
+            "unknown query parameter \\\"verbose",
+        ),
         ("/metrics?debug=1", "unknown query parameter \\\"debug"),
         ("/api/v1/couriers/xc0/route?from=0&from=5", "more than once"),
         ("/api/v1/alerts?limit=100000", "at most 10000"),
