@@ -8,6 +8,7 @@
 //! - [`sync`]: the QUIC client driving the sans-IO [`fleet_proto::sender::Sender`].
 //! - [`http`]: the loopback endpoint for the handset app.
 
+mod blocked;
 pub mod http;
 pub mod records;
 pub mod runtime;

@@ -17,6 +17,7 @@ use crate::event::Event;
 use crate::pipeline::{BatchOutcome, DEFAULT_DEDUP_WINDOW, Pipeline, StateStore};
 use crate::registry::ModuleRegistry;
 
+use super::blocked::{self, Blocked};
 use super::records;
 
 /// The pipeline reads feature state from the journal of the batch being run; new state
@@ -81,6 +82,7 @@ pub struct DeviceRuntime {
     states: JournalStates,
     /// Feature-name schemas already journaled, per journal.
     schemas: HashSet<(usize, u64)>,
+    blocked: Blocked,
 }
 
 /// What a batch journals besides its events: decisions (with their schemas), the new states,
@@ -99,6 +101,7 @@ impl DeviceRuntime {
             pipeline,
             states,
             schemas: HashSet::new(),
+            blocked: Blocked::default(),
         }
     }
 
@@ -137,12 +140,23 @@ impl DeviceRuntime {
                 .collect(),
             parking: Vec::new(),
         };
+        // Events of keys with parked events wait behind them, without running.
+        let keys = self.blocked.of(journal)?;
+        let (run, held): (Vec<Event>, Vec<Event>) =
+            fresh.into_iter().partition(|e| !keys.contains_key(e.state_key()));
+        let held: Vec<DeadLetter> = held
+            .into_iter()
+            .map(|e| keys[e.state_key()].hold(e))
+            .collect();
         self.states.set(journal);
-        let outcome = self.pipeline.process(fresh);
+        let mut outcome = self.pipeline.process(run);
+        outcome.dead_letters.extend(held);
         accepted.duplicates += outcome.duplicates;
         self.journal_outcome(journal, &outcome, &mut journaled);
+        let keys = self.blocked.of(journal)?;
         for d in &outcome.dead_letters {
             journaled.park(d, outcome.module_set);
+            blocked::parked(keys, d);
         }
         let commit = journal.append_parking(journaled.records, journaled.parking)?;
         accepted.thinned = commit.thinned;
@@ -229,7 +243,10 @@ impl DeviceRuntime {
             }
             let mut resolved: Vec<(Parked, DeadLetterRecord)> = by_id.into_values().collect();
             resolved.sort_by_key(|(p, _)| p.id);
+            let keys = self.blocked.of(journal)?;
             for (p, record) in resolved {
+                let key = record.task_id.as_deref().unwrap_or(&record.courier_id);
+                blocked::resolved(keys, key);
                 journaled.records.push(Record::DeadLetter(record));
                 journaled.parking.push(Parking::Resolved { id: p.id });
                 retried.rescored += 1;
@@ -271,14 +288,15 @@ impl DeviceRuntime {
 }
 
 impl Journaled {
-    /// Journals a dead letter's first failure (on module set `tag`) and parks its event.
+    /// Journals a dead letter's first failure (on module set `tag`) and parks its event (the
+    /// payload is the dead letter as a JSON line: the event, with why beside it).
     fn park(&mut self, d: &DeadLetter, tag: u64) {
         self.records
             .push(Record::DeadLetter(dead_letter_record(d, 1)));
         self.parking.push(Parking::Park {
             attempts: 1,
             tag,
-            payload: serde_json::to_vec(&d.event).expect("events serialize"),
+            payload: d.to_json_line().into_bytes(),
         });
     }
 }

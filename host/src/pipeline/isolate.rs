@@ -106,15 +106,18 @@ pub(super) fn run(
             run.keys(&keys);
         }
     }
-    let order: HashMap<&str, usize> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.event_id.as_str(), i))
-        .collect();
     let mut out = run.out;
-    out.decisions
-        .sort_by_key(|d| order.get(d.event_id.as_str()).copied());
-    out.failed.sort_by_key(|(i, _)| *i);
+    if out.failed_calls > 0 {
+        // Runs by key returned decisions out of input order.
+        let order: HashMap<&str, usize> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.event_id.as_str(), i))
+            .collect();
+        out.decisions
+            .sort_by_key(|d| order.get(d.event_id.as_str()).copied());
+        out.failed.sort_by_key(|(i, _)| *i);
+    }
     out.states = run.overlay.states;
     out
 }

@@ -91,14 +91,30 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         (&0.into(), &5.into())
     );
 
-    let dead = until(agg.http, "/api/v1/dead-letters", |d| d["open"] == 5);
+    // Later events of the task wait behind its parked ones, without running: a poison task
+    // costs one isolation, not one per batch.
+    let later: Vec<String> = (1..=2)
+        .map(|n| {
+            format!(
+                r#"{{"event_id":"T-poison-1-later-{n}","courier_id":"c-T-poison-1","task_id":"T-poison-1","event_type":"location","event_time":"2026-11-22T09:5{n}:00+05:30","lat":12.99,"lon":77.59}}"#
+            )
+        })
+        .collect();
+    let held = post(device, &[later, lines("T-ok-2")].concat());
+    assert_eq!(
+        (&held["accepted"], &held["dead_lettered"]),
+        (&7.into(), &2.into()),
+        "{held}"
+    );
+
+    let dead = until(agg.http, "/api/v1/dead-letters", |d| d["open"] == 7);
     let causes: Vec<(&str, u64)> = dead["failures"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| (f["cause"].as_str().unwrap(), f["count"].as_u64().unwrap()))
         .collect();
-    assert_eq!(causes, [("panic", 1), ("held_back", 4)], "{dead}");
+    assert_eq!(causes, [("panic", 1), ("held_back", 6)], "{dead}");
     assert!(
         dead["failures"][0]["module"]
             .as_str()
@@ -110,7 +126,7 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
     std::fs::remove_file(modules.join("hostile.toml")).unwrap();
     util::module_dir(&modules, "policy", "1.0.0", &[]);
     until(device, "/v1/sync", |s| s["parked"] == 0);
-    let dead = until(agg.http, "/api/v1/dead-letters", |d| d["rescored"] == 5);
+    let dead = until(agg.http, "/api/v1/dead-letters", |d| d["rescored"] == 7);
     assert_eq!(dead["open"], 0, "{dead}");
     let task = fleet::get_json(agg.http, "/api/v1/tasks/T-poison-1");
     let decisions = task["items"]
@@ -119,10 +135,12 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         .iter()
         .filter(|i| i["kind"] == "decision")
         .count();
-    assert_eq!(
-        decisions, 5,
-        "each parked event scored exactly once: {task}"
-    );
+    assert_eq!(decisions, 7, "each parked event scored exactly once: {task}");
+    // Once its parked events are scored, the task's new events run as usual.
+    let next = r#"{"event_id":"T-poison-1-after","courier_id":"c-T-poison-1","task_id":"T-poison-1","event_type":"location","event_time":"2026-11-22T09:58:00+05:30","lat":12.99,"lon":77.59}"#;
+    let after = post(device, &[next.to_string()]);
+    assert_eq!(after["dead_lettered"], 0, "{after}");
+    assert_eq!(after["decisions"].as_array().unwrap().len(), 1, "{after}");
     let (status, retried) = fleet::http(device, "POST", "/v1/dead-letters/retry", "").unwrap();
     assert_eq!(status, 200);
     assert!(retried.contains(r#""tried":0"#), "{retried}");
