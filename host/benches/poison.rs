@@ -16,10 +16,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 
 use fleet_host::device::runtime::DeviceRuntime;
 use fleet_host::event::{Event, EventType, Geo};
-use fleet_journal::{Journal, JournalConfig};
 use fleet_host::module::{LoadedModule, ModuleKind};
 use fleet_host::pipeline::Pipeline;
 use fleet_host::registry::embedded_manifest;
+use fleet_journal::{Journal, JournalConfig};
 
 const ACTIVE_TASKS: usize = 64;
 const BATCH: usize = 256;
@@ -84,7 +84,9 @@ fn bench_poison(c: &mut Criterion) {
     fleet_process::prepare();
     let pool = common::fleet_events(ACTIVE_TASKS, 50_000);
     let mut group = c.benchmark_group("poison");
-    group.sample_size(20).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, mode, poisoned) in [
         ("clean", "panic", false),
@@ -115,7 +117,9 @@ fn bench_poison(c: &mut Criterion) {
 
     // On a device: one poison task that keeps sending, against none.
     let mut group = c.benchmark_group("poison-device");
-    group.sample_size(20).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, poisoned) in [("clean", false), ("recurring-poison-task", true)] {
         let dir = tempfile::tempdir().unwrap();

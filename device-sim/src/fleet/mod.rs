@@ -1,7 +1,7 @@
-//! The fleet at run time: in-process devices ([`devices`]), the clock that releases each
-//! courier's events when they fall due ([`release`]), delivery to the devices and the
-//! bookkeeping of what each acknowledged and the aggregator stored ([`ledger`]), the faults of
-//! a run ([`faults`]), and the report with its exact audit ([`audit`]).
+//! The fleet at run time: in-process devices (`devices.rs`), the clock that releases each
+//! courier's events when they fall due (`release.rs`), delivery to the devices and the
+//! bookkeeping of what each acknowledged and the aggregator stored (`ledger.rs`), the faults of
+//! a run (`faults.rs`), and the report with its exact audit (`audit.rs`).
 
 mod audit;
 mod devices;

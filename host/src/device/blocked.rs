@@ -5,6 +5,7 @@
 //! first time a journal is seen.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use fleet_journal::{Journal, JournalError, Parked};
@@ -29,26 +30,34 @@ pub(super) struct Blocked {
 
 impl Blocked {
     /// The blocked keys of `journal`.
-    pub(super) fn of(&mut self, journal: &Arc<Journal>) -> Result<&mut HashMap<String, Block>, JournalError> {
-        let id = Arc::as_ptr(journal) as usize;
-        if !self.journals.contains_key(&id) {
-            let mut keys: HashMap<String, Block> = HashMap::new();
-            let mut after = 0;
-            loop {
-                let page = journal.parked(after, 1024)?;
-                let Some(last) = page.last() else { break };
-                after = last.id;
-                for p in &page {
-                    if let Some((key, block)) = block_of(p) {
-                        keys.entry(key)
-                            .and_modify(|b| b.parked += 1)
-                            .or_insert(block);
-                    }
-                }
-            }
-            self.journals.insert(id, keys);
+    pub(super) fn of(
+        &mut self,
+        journal: &Arc<Journal>,
+    ) -> Result<&mut HashMap<String, Block>, JournalError> {
+        match self.journals.entry(Arc::as_ptr(journal) as usize) {
+            Entry::Occupied(keys) => Ok(keys.into_mut()),
+            Entry::Vacant(slot) => Ok(slot.insert(load(journal)?)),
         }
-        Ok(self.journals.get_mut(&id).expect("inserted above"))
+    }
+}
+
+/// The blocked keys of a journal seen for the first time, from its parked events.
+fn load(journal: &Journal) -> Result<HashMap<String, Block>, JournalError> {
+    let mut keys: HashMap<String, Block> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = journal.parked(after, 1024)?;
+        let Some(last) = page.last() else {
+            return Ok(keys);
+        };
+        after = last.id;
+        for p in &page {
+            if let Some((key, block)) = block_of(p) {
+                keys.entry(key)
+                    .and_modify(|b| b.parked += 1)
+                    .or_insert(block);
+            }
+        }
     }
 }
 

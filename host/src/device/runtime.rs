@@ -142,8 +142,9 @@ impl DeviceRuntime {
         };
         // Events of keys with parked events wait behind them, without running.
         let keys = self.blocked.of(journal)?;
-        let (run, held): (Vec<Event>, Vec<Event>) =
-            fresh.into_iter().partition(|e| !keys.contains_key(e.state_key()));
+        let (run, held): (Vec<Event>, Vec<Event>) = fresh
+            .into_iter()
+            .partition(|e| !keys.contains_key(e.state_key()));
         let held: Vec<DeadLetter> = held
             .into_iter()
             .map(|e| keys[e.state_key()].hold(e))

@@ -111,7 +111,7 @@ impl Model {
         })
     }
 
-    /// Names of the outputs [`Model::run`] can produce.
+    /// Names of the outputs the model can produce (contributions only with our tree walk).
     pub fn outputs(&self) -> Vec<String> {
         let mut outputs = vec!["probabilities".to_string()];
         if self.forest.is_some() {

@@ -2,7 +2,7 @@
 //!
 //! `ingest (validate, dedup) -> features (per key, state in/out) -> scorer -> policy`.
 //! A batch runs on the module set current when it starts. A failed batch is run again in
-//! halves down to the events that fail alone ([`isolate`]): those are dead-lettered, leave no
+//! halves down to the events that fail alone (`isolate.rs`): those are dead-lettered, leave no
 //! state and no dedup mark, and the rest of the batch is scored; a failing instance is
 //! dropped and re-created on the next call.
 

@@ -135,7 +135,10 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         .iter()
         .filter(|i| i["kind"] == "decision")
         .count();
-    assert_eq!(decisions, 7, "each parked event scored exactly once: {task}");
+    assert_eq!(
+        decisions, 7,
+        "each parked event scored exactly once: {task}"
+    );
     // Once its parked events are scored, the task's new events run as usual.
     let next = r#"{"event_id":"T-poison-1-after","courier_id":"c-T-poison-1","task_id":"T-poison-1","event_type":"location","event_time":"2026-11-22T09:58:00+05:30","lat":12.99,"lon":77.59}"#;
     let after = post(device, &[next.to_string()]);

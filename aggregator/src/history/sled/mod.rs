@@ -22,7 +22,7 @@ use super::rows::{Counters, DeadLetterRow, DeviceRow, LatestRow, Span};
 use super::views::{AlertRow, StateRow, TaskItem};
 use super::{Batch, HistoryError, IngestOutcome, JournalView};
 
-/// sled-backed [`History`].
+/// sled-backed [`History`](super::History).
 pub struct SledHistory {
     /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
     db_handle: Mutex<Db>,
