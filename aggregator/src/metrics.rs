@@ -171,42 +171,36 @@ impl Metrics {
                 f.count
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP fleet_device_lag_ms How long history has been missing entries the device reported journaled (0: none missing).\n# TYPE fleet_device_lag_ms gauge"
+        let per_device =
+            |out: &mut String, name: &str, help: &str, value: fn(&DeviceStatus) -> i64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for d in devices {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{device=\"{}\"}} {}",
+                        label(&d.device),
+                        value(d)
+                    );
+                }
+            };
+        per_device(
+            &mut out,
+            "fleet_device_lag_ms",
+            "How long history has been missing entries the device reported journaled (0: none missing).",
+            |d| d.lag_ms,
         );
-        for d in devices {
-            let _ = writeln!(
-                out,
-                "fleet_device_lag_ms{{device=\"{}\"}} {}",
-                label(&d.device),
-                d.lag_ms
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fleet_device_unsynced_entries Entries the device reported journaled that history does not hold yet.\n# TYPE fleet_device_unsynced_entries gauge"
+        per_device(
+            &mut out,
+            "fleet_device_unsynced_entries",
+            "Entries the device reported journaled that history does not hold yet.",
+            |d| d.unsynced as i64,
         );
-        for d in devices {
-            let _ = writeln!(
-                out,
-                "fleet_device_unsynced_entries{{device=\"{}\"}} {}",
-                label(&d.device),
-                d.unsynced
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fleet_device_last_seq Highest sequence stored per device.\n# TYPE fleet_device_last_seq gauge"
+        per_device(
+            &mut out,
+            "fleet_device_last_seq",
+            "Highest sequence stored per device.",
+            |d| d.last_seq as i64,
         );
-        for d in devices {
-            let _ = writeln!(
-                out,
-                "fleet_device_last_seq{{device=\"{}\"}} {}",
-                label(&d.device),
-                d.last_seq
-            );
-        }
         out
     }
 }

@@ -105,12 +105,7 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Resolves once the batch is durable (or failed: then nothing of it is acknowledged).
     pub async fn submit(&self, events: Vec<Event>) -> Result<Accepted, SubmitError> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Batch {
-            device: self.device.clone(),
-            events,
-            reply,
-        };
+        let (job, rx) = self.batch(events);
         self.jobs
             .send(job)
             .await
@@ -120,16 +115,21 @@ impl WriterHandle {
 
     /// Blocking form, for threads outside the runtime.
     pub fn submit_blocking(&self, events: Vec<Event>) -> Result<Accepted, SubmitError> {
+        let (job, rx) = self.batch(events);
+        self.jobs
+            .blocking_send(job)
+            .map_err(|_| SubmitError::Stopped)?;
+        rx.blocking_recv().unwrap_or(Err(SubmitError::Stopped))
+    }
+
+    fn batch(&self, events: Vec<Event>) -> (Job, oneshot::Receiver<Result<Accepted, SubmitError>>) {
         let (reply, rx) = oneshot::channel();
         let job = Job::Batch {
             device: self.device.clone(),
             events,
             reply,
         };
-        self.jobs
-            .blocking_send(job)
-            .map_err(|_| SubmitError::Stopped)?;
-        rx.blocking_recv().unwrap_or(Err(SubmitError::Stopped))
+        (job, rx)
     }
 
     /// Scores every parked event again now; resolves once the outcome is durable.
