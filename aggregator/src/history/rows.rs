@@ -28,6 +28,8 @@ pub(crate) struct DeviceRow {
     pub(crate) base: Seq,
     /// Journals the device replaced, newest last (at most [`RETIRED_KEPT`]).
     pub(crate) retired: Vec<Retired>,
+    /// How many times the device started over with a new journal.
+    pub(crate) resets: u32,
     /// The device's journal head at its last batch (history's numbering).
     pub(crate) journaled: Seq,
     /// When history last held everything the device had reported journaled.
@@ -84,6 +86,7 @@ impl DeviceRow {
                 self.journal = Some(journal);
                 self.base = self.cursor;
                 self.journaled = self.cursor;
+                self.resets += 1;
                 (Span::Current { base: self.base }, Some(current))
             }
             None => {
@@ -110,7 +113,7 @@ impl DeviceRow {
         DeviceStatus {
             device,
             journal: self.journal.map(|j| format!("{j:016x}")),
-            journal_resets: self.retired.len() as u32,
+            journal_resets: self.resets,
             journal_seq: self.cursor.saturating_sub(self.base),
             journaled: self.journaled.saturating_sub(self.base),
             unsynced,
