@@ -279,6 +279,7 @@ impl NativePipeline {
             features: set.features.label(),
             scorer: set.scorer.label(),
             policy: set.policy.label(),
+            release: None,
         };
         Self {
             decisions: DecisionMaker::new(

@@ -47,12 +47,15 @@ impl From<wit::Action> for Action {
     }
 }
 
-/// The module versions that made a decision (`name@version+digest`).
+/// The module versions that made a decision (`name@version+digest`), and the signed release
+/// they came in (`name@version+id`), if they came in one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModuleVersions {
     pub features: String,
     pub scorer: String,
     pub policy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 /// A feature's signed contribution to the score (log-odds).

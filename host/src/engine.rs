@@ -92,19 +92,68 @@ impl SandboxEngine {
     /// Compiles `bytes` (whose digest is `digest`), or returns the component compiled for the
     /// same digest earlier.
     pub fn compile(&self, digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let cached = |c: &VecDeque<(String, Component)>| {
-            c.iter().find(|(d, _)| d == digest).map(|(_, c)| c.clone())
-        };
-        if let Some(component) = cached(&self.compiled.lock().unwrap_or_else(|e| e.into_inner())) {
+        if let Some(component) = self.cached(digest) {
             return Ok(component);
         }
         let component = Component::new(&self.engine, bytes)?;
+        self.remember(digest, &component);
+        Ok(component)
+    }
+
+    /// What a component precompiled for this engine must have been compiled for: wasmtime's
+    /// compatibility hash of the engine's configuration, as 16 hex digits. A release's
+    /// precompiled artifact is used only where this matches.
+    pub fn compatibility(&self) -> String {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Compiles a component ahead of time for engines like this one.
+    pub fn precompile(&self, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        self.engine.precompile_component(bytes)
+    }
+
+    /// Loads a component this engine's configuration precompiled, caching it by `digest` (the
+    /// digest of the component it was compiled from).
+    ///
+    /// # Safety
+    ///
+    /// `precompiled` must be the output of [`Self::precompile`] on an engine of the same
+    /// [`Self::compatibility`]: wasmtime runs the machine code in it as it is. A release's
+    /// precompiled artifact qualifies once its signature and digest have been verified.
+    pub unsafe fn load_precompiled(
+        &self,
+        digest: &str,
+        precompiled: &[u8],
+    ) -> wasmtime::Result<Component> {
+        if let Some(component) = self.cached(digest) {
+            return Ok(component);
+        }
+        // SAFETY: the caller vouches for the bytes (see above); wasmtime itself refuses bytes
+        // that are not a precompiled component for this engine's configuration.
+        let component = unsafe { Component::deserialize(&self.engine, precompiled)? };
+        self.remember(digest, &component);
+        Ok(component)
+    }
+
+    fn cached(&self, digest: &str) -> Option<Component> {
+        let compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        compiled
+            .iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn remember(&self, digest: &str, component: &Component) {
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         compiled.push_back((digest.to_string(), component.clone()));
         if compiled.len() > COMPILED_CACHE {
             compiled.pop_front();
         }
-        Ok(component)
     }
 
     pub fn engine(&self) -> &Engine {

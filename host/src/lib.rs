@@ -33,5 +33,6 @@ pub mod inference;
 pub mod module;
 pub mod pipeline;
 pub mod registry;
+pub mod release;
 pub mod sandbox;
 pub mod watch;

@@ -22,24 +22,7 @@ use crate::engine::SandboxEngine;
 use crate::inference::{InferenceCtx, ModelRegistry};
 use crate::sandbox::{HostState, ModuleError};
 
-/// The three module kinds, one WIT world each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModuleKind {
-    Features,
-    Scorer,
-    Policy,
-}
-
-impl fmt::Display for ModuleKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Features => "features",
-            Self::Scorer => "scorer",
-            Self::Policy => "policy",
-        })
-    }
-}
+pub use fleet_release::ModuleKind;
 
 /// `<name>.toml`: what a module is and how it is configured.
 #[derive(Clone, Debug, Deserialize)]
@@ -56,6 +39,21 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Reads `<name>.toml`; its `component` comes back as a path inside the manifest's
+    /// directory.
+    pub fn read(path: &Path) -> Result<Self, LoadError> {
+        let manifest_error = |reason: String| LoadError::Manifest {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| manifest_error(e.to_string()))?;
+        let mut manifest: Self =
+            toml::from_str(&text).map_err(|e| manifest_error(e.to_string()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        manifest.component = confined(dir, &manifest.component).map_err(manifest_error)?;
+        Ok(manifest)
+    }
+
     /// The configuration as the strings the module receives.
     pub fn config_pairs(&self) -> Vec<(String, String)> {
         self.config
@@ -159,15 +157,7 @@ impl LoadedModule {
         models: &Arc<ModelRegistry>,
         path: &Path,
     ) -> Result<Self, LoadError> {
-        let manifest_error = |reason: String| LoadError::Manifest {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| manifest_error(e.to_string()))?;
-        let mut manifest: Manifest =
-            toml::from_str(&text).map_err(|e| manifest_error(e.to_string()))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        manifest.component = confined(dir, &manifest.component).map_err(manifest_error)?;
+        let manifest = Manifest::read(path)?;
         let bytes = std::fs::read(&manifest.component).map_err(|error| LoadError::Read {
             module: manifest.name.clone(),
             path: manifest.component.clone(),
@@ -185,7 +175,6 @@ impl LoadedModule {
         bytes: &[u8],
     ) -> Result<Self, LoadError> {
         let module = manifest.name.clone();
-        let kind = manifest.kind;
         if !bytes.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm { module });
         }
@@ -199,12 +188,49 @@ impl LoadedModule {
                 module: module.clone(),
                 reason: format!("{e:#}"),
             })?;
+        Self::from_component(engine, models, manifest, digest, &component)
+    }
+
+    /// Like [`Self::from_bytes`], from a component precompiled for this engine (see
+    /// [`SandboxEngine::load_precompiled`]); `digest` is the digest of the component it was
+    /// compiled from, which is what the module's identity is made of.
+    ///
+    /// # Safety
+    ///
+    /// As [`SandboxEngine::load_precompiled`]: the bytes must come from a verified release.
+    pub unsafe fn from_precompiled(
+        engine: &SandboxEngine,
+        models: &Arc<ModelRegistry>,
+        manifest: Manifest,
+        digest: String,
+        precompiled: &[u8],
+    ) -> Result<Self, LoadError> {
+        // SAFETY: passed on to the caller.
+        let component = unsafe { engine.load_precompiled(&digest, precompiled) }.map_err(|e| {
+            LoadError::Compile {
+                module: manifest.name.clone(),
+                reason: format!("precompiled: {e:#}"),
+            }
+        })?;
+        Self::from_component(engine, models, manifest, digest, &component)
+    }
+
+    /// The checks after compilation: imports, exports, and `init` with the configuration.
+    fn from_component(
+        engine: &SandboxEngine,
+        models: &Arc<ModelRegistry>,
+        manifest: Manifest,
+        digest: String,
+        component: &wasmtime::component::Component,
+    ) -> Result<Self, LoadError> {
+        let module = manifest.name.clone();
+        let kind = manifest.kind;
         let linker = linker_for(engine, kind).map_err(|e| LoadError::Compile {
             module: module.clone(),
             reason: format!("linker: {e:#}"),
         })?;
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| LoadError::Imports {
                 module: module.clone(),
                 kind,
@@ -349,7 +375,7 @@ pub(crate) fn confined(dir: &Path, component: &Path) -> Result<PathBuf, String> 
 }
 
 /// The `*.toml` files in `dir`, sorted.
-pub(crate) fn manifests_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn manifests_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))

@@ -12,26 +12,44 @@ use thiserror::Error;
 use crate::engine::SandboxEngine;
 use crate::inference::ModelRegistry;
 use crate::module::{LoadError, LoadedModule, Manifest, ModuleKind, manifests_in};
+use crate::release::{ReleaseInfo, ReleaseLoadError, ReleaseSource};
 
-/// The modules one batch runs through, with a generation number that changes on every swap.
+/// The modules one batch runs through and the models its scorer reads (a release swaps them
+/// together), with a generation number that changes on every swap.
 #[derive(Debug)]
 pub struct ModuleSet {
     pub generation: u64,
     pub features: LoadedModule,
     pub scorer: LoadedModule,
     pub policy: LoadedModule,
+    pub models: Arc<ModelRegistry>,
+    /// The signed release the set came from, if it came from one.
+    pub release: Option<Arc<ReleaseInfo>>,
 }
 
 impl ModuleSet {
     /// What decides how the set behaves, as one number: a hash of its modules' labels
-    /// (component and configuration). Two sets with the same identity decide alike.
+    /// (component and configuration) and its models' digests. Two sets with the same identity
+    /// decide alike.
     pub fn identity(&self) -> u64 {
-        let labels = [
+        let mut parts = vec![
             self.features.label(),
             self.scorer.label(),
             self.policy.label(),
         ];
-        xxhash_rust::xxh3::xxh3_64(labels.join("\u{1f}").as_bytes())
+        let mut models: Vec<String> = self
+            .models
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.digest))
+            .collect();
+        models.sort();
+        parts.extend(models);
+        xxhash_rust::xxh3::xxh3_64(parts.join("\u{1f}").as_bytes())
+    }
+
+    /// The release label decisions record (`name@version+id`), if the set is a release.
+    pub fn release_label(&self) -> Option<&str> {
+        self.release.as_deref().map(|r| r.label.as_str())
     }
 
     /// The module of one stage.
@@ -55,6 +73,9 @@ pub enum RegistryError {
     /// The directory does not hold exactly one module of each kind.
     #[error("module directory {dir}: {reason}")]
     Layout { dir: PathBuf, reason: String },
+    /// A release was refused (signature, digests, budget) or its models did not load.
+    #[error(transparent)]
+    Release(#[from] ReleaseLoadError),
     /// The features module and the model disagree on the feature list.
     #[error("features module {module} produces {produced:?} but model {model} reads {expected:?}")]
     FeatureMismatch {
@@ -72,6 +93,8 @@ pub enum ModuleSource {
     Embedded,
     /// A directory of `<name>.toml` manifests and their components.
     Dir(PathBuf),
+    /// A signed release file, verified against the fleet's release keys on every load.
+    Release(Arc<ReleaseSource>),
 }
 
 /// Holds the current [`ModuleSet`] and swaps it.
@@ -113,6 +136,7 @@ impl ModuleRegistry {
         &self.engine
     }
 
+    /// The models of sets that do not come from a release (a release carries its own).
     pub fn models(&self) -> &Arc<ModelRegistry> {
         &self.models
     }
@@ -144,32 +168,36 @@ impl ModuleRegistry {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current();
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        // With one module replaced the set is no longer the signed release it came from.
         let mut set = ModuleSet {
             generation,
             features: current.features.clone(),
             scorer: current.scorer.clone(),
             policy: current.policy.clone(),
+            models: current.models.clone(),
+            release: None,
         };
         match module.kind() {
             ModuleKind::Features => set.features = module,
             ModuleKind::Scorer => set.scorer = module,
             ModuleKind::Policy => set.policy = module,
         }
-        check_features(&self.engine, &self.models, &set)?;
+        check_features(&self.engine, &set)?;
         let set = Arc::new(set);
         self.current.store(set.clone());
         Ok(set)
     }
 
-    /// Whether the source can change on disk (a directory).
+    /// Whether the source can change on disk (a directory or a release file).
     pub fn is_watchable(&self) -> bool {
-        matches!(self.source, ModuleSource::Dir(_))
+        !matches!(self.source, ModuleSource::Embedded)
     }
 
     /// The manifest files a directory source is made of (for change detection).
     pub fn watched_files(&self) -> Vec<PathBuf> {
         match &self.source {
             ModuleSource::Embedded => Vec::new(),
+            ModuleSource::Release(release) => vec![release.path.clone()],
             ModuleSource::Dir(dir) => {
                 let mut files = manifests_in(dir).unwrap_or_default();
                 let components: Vec<PathBuf> = files
@@ -195,30 +223,19 @@ fn load_set(
     generation: u64,
 ) -> Result<ModuleSet, RegistryError> {
     let set = match source {
-        ModuleSource::Embedded => ModuleSet {
-            generation,
-            features: embedded(
-                engine,
-                models,
-                "late-risk-features",
-                ModuleKind::Features,
-                fleet_guest_modules::FEATURES_WASM,
-            )?,
-            scorer: embedded(
-                engine,
-                models,
-                "late-risk-scorer",
-                ModuleKind::Scorer,
-                fleet_guest_modules::SCORER_WASM,
-            )?,
-            policy: embedded(
-                engine,
-                models,
-                "late-risk-policy",
-                ModuleKind::Policy,
-                fleet_guest_modules::POLICY_WASM,
-            )?,
-        },
+        ModuleSource::Release(release) => crate::release::load_set(engine, release, generation)?,
+        ModuleSource::Embedded => {
+            let [features, scorer, policy] =
+                EMBEDDED.map(|(name, kind, bytes)| embedded(engine, models, name, kind, bytes));
+            ModuleSet {
+                generation,
+                models: models.clone(),
+                release: None,
+                features: features?,
+                scorer: scorer?,
+                policy: policy?,
+            }
+        }
         ModuleSource::Dir(dir) => {
             let layout = |reason: String| RegistryError::Layout {
                 dir: dir.clone(),
@@ -246,15 +263,36 @@ fn load_set(
             let missing = |kind: &str| layout(format!("no {kind} module"));
             ModuleSet {
                 generation,
+                models: models.clone(),
+                release: None,
                 features: features.ok_or_else(|| missing("features"))?,
                 scorer: scorer.ok_or_else(|| missing("scorer"))?,
                 policy: policy.ok_or_else(|| missing("policy"))?,
             }
         }
     };
-    check_features(engine, models, &set)?;
+    check_features(engine, &set)?;
     Ok(set)
 }
+
+/// The modules built into this binary: name, kind and component.
+pub const EMBEDDED: [(&str, ModuleKind, &[u8]); 3] = [
+    (
+        "late-risk-features",
+        ModuleKind::Features,
+        fleet_guest_modules::FEATURES_WASM,
+    ),
+    (
+        "late-risk-scorer",
+        ModuleKind::Scorer,
+        fleet_guest_modules::SCORER_WASM,
+    ),
+    (
+        "late-risk-policy",
+        ModuleKind::Policy,
+        fleet_guest_modules::POLICY_WASM,
+    ),
+];
 
 /// The default manifest of an embedded module.
 pub fn embedded_manifest(name: &str, kind: ModuleKind) -> Manifest {
@@ -284,11 +322,8 @@ pub fn embedded(
 }
 
 /// The features module must produce exactly the columns the scorer's model reads.
-fn check_features(
-    engine: &SandboxEngine,
-    models: &Arc<ModelRegistry>,
-    set: &ModuleSet,
-) -> Result<(), RegistryError> {
+pub(crate) fn check_features(engine: &SandboxEngine, set: &ModuleSet) -> Result<(), RegistryError> {
+    let models = &set.models;
     let mut instance =
         set.features
             .instantiate(engine, models)
@@ -301,13 +336,7 @@ fn check_features(
             module: set.features.label(),
             error,
         })?;
-    let model_name = set
-        .scorer
-        .manifest
-        .config_pairs()
-        .into_iter()
-        .find(|(k, _)| k == "model")
-        .map_or_else(|| "late_risk".to_string(), |(_, v)| v);
+    let model_name = scorer_model(&set.scorer);
     if let Some(model) = models.get(&model_name)
         && model.features != produced
     {
@@ -319,4 +348,14 @@ fn check_features(
         });
     }
     Ok(())
+}
+
+/// The model a scorer module reads: its `model` setting, else the built-in late-risk model.
+pub(crate) fn scorer_model(scorer: &LoadedModule) -> String {
+    scorer
+        .manifest
+        .config_pairs()
+        .into_iter()
+        .find(|(k, _)| k == "model")
+        .map_or_else(|| crate::defaults::LATE_RISK.to_string(), |(_, v)| v)
 }

@@ -69,7 +69,10 @@ pub(crate) struct DeviceArgs {
     quiet: bool,
 }
 
-pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
+    if args.runtime.release_keys.is_none() {
+        args.runtime.release_keys = Some(args.certs.join("release-keys"));
+    }
     let registry = args.runtime.registry()?;
     let _reloads = args.runtime.reload_triggers(&registry)?;
     let path = args

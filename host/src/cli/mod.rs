@@ -17,6 +17,8 @@ use fleet_host::features_only::FeatureExtractor;
 use fleet_host::inference::{Model, ModelRegistry};
 use fleet_host::module::{ModuleKind, load_kind_from_dir};
 use fleet_host::registry::{ModuleRegistry, ModuleSource, embedded};
+use fleet_host::release::ReleaseSource;
+use fleet_release::TrustedKeys;
 
 /// The delivery-fleet edge runtime: sandboxed WASM modules and on-device inference.
 #[derive(Parser, Debug)]
@@ -44,11 +46,23 @@ enum Command {
 pub(crate) struct RuntimeArgs {
     /// Directory of module manifests (`*.toml`) and components; watched and hot-swapped.
     /// Default: the modules built into this binary.
-    #[arg(long, env = "EDGE_MODULES")]
+    #[arg(long, env = "EDGE_MODULES", conflicts_with = "release")]
     modules: Option<PathBuf>,
     /// ONNX model to register (its metadata names it). Default: the built-in late_risk model.
-    #[arg(long, env = "EDGE_MODEL")]
+    #[arg(long, env = "EDGE_MODEL", conflicts_with = "release")]
     model: Vec<PathBuf>,
+    /// A signed release file (`fleetctl release build`): its modules and models, verified
+    /// against the keys in --release-keys; watched and hot-swapped like a directory.
+    #[arg(long, env = "EDGE_RELEASE")]
+    release: Option<PathBuf>,
+    /// The release keys this host trusts: a directory of `*.pub` files. Default: the fleet
+    /// directory's `release-keys/` (`certs/release-keys`, or under `device --certs`), kept
+    /// apart from its TLS CA.
+    #[arg(long)]
+    pub(crate) release_keys: Option<PathBuf>,
+    /// Largest release (its artifacts' total size) this host takes, in MiB.
+    #[arg(long, default_value_t = 64)]
+    release_budget_mib: u64,
     /// CPU deadline for one call into a module, in milliseconds.
     #[arg(long, default_value_t = 100)]
     deadline_ms: u64,
@@ -91,13 +105,33 @@ impl RuntimeArgs {
 
     /// Engine, models and the module set, ready for a pipeline.
     pub(crate) fn registry(&self) -> anyhow::Result<Arc<ModuleRegistry>> {
-        let source = match &self.modules {
-            Some(dir) => ModuleSource::Dir(dir.clone()),
-            None => ModuleSource::Embedded,
+        let source = match (&self.release, &self.modules) {
+            (Some(path), _) => ModuleSource::Release(Arc::new(self.release_source(path)?)),
+            (None, Some(dir)) => ModuleSource::Dir(dir.clone()),
+            (None, None) => ModuleSource::Embedded,
         };
         let registry = ModuleRegistry::new(self.engine()?, self.models()?, source)
             .context("loading modules")?;
         Ok(Arc::new(registry))
+    }
+
+    fn release_source(&self, path: &std::path::Path) -> anyhow::Result<ReleaseSource> {
+        let dir = self
+            .release_keys
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("certs/release-keys"));
+        let trusted = TrustedKeys::load(&dir)?;
+        anyhow::ensure!(
+            !trusted.is_empty(),
+            "no trusted release keys in {}: copy the operator's public key there \
+             (`fleetctl keys init` makes one and says how)",
+            dir.display()
+        );
+        Ok(ReleaseSource {
+            path: path.to_path_buf(),
+            trusted,
+            budget: self.release_budget_mib << 20,
+        })
     }
 
     /// Reloads `registry` when its directory changes or on SIGHUP, until dropped.
@@ -111,6 +145,15 @@ impl RuntimeArgs {
 
     /// Just the features module (no model needed), for feature extraction.
     pub(crate) fn feature_extractor(&self) -> anyhow::Result<FeatureExtractor> {
+        if self.release.is_some() {
+            let registry = self.registry()?;
+            let set = registry.current();
+            return FeatureExtractor::new(
+                registry.engine().clone(),
+                set.models.clone(),
+                set.features.clone(),
+            );
+        }
         let engine = self.engine()?;
         let models = Arc::new(ModelRegistry::new());
         let module = match &self.modules {

@@ -158,8 +158,8 @@ impl Pipeline {
             return outcome;
         }
         let engine = self.registry.engine().clone();
-        let models = self.registry.models().clone();
         let live = self.live.as_mut().expect("set above");
+        let models = live.set.models.clone();
         outcome.features_module = Some(live.set.features.label());
         let run = isolate::run(live, &engine, &models, self.states.as_ref(), &events);
         let failed: HashSet128 = run.failed.iter().map(|&(i, ..)| hashes[i]).collect();
@@ -195,7 +195,7 @@ impl Pipeline {
 
     fn make_live(&self, set: Arc<ModuleSet>) -> Result<Live, (Stage, String, ModuleError)> {
         let engine = self.registry.engine();
-        let models = self.registry.models();
+        let models = &set.models;
         let make = |module: &LoadedModule, stage: Stage| {
             module
                 .instantiate(engine, models)
@@ -218,6 +218,7 @@ impl Pipeline {
             features: set.features.label(),
             scorer: set.scorer.label(),
             policy: set.policy.label(),
+            release: set.release_label().map(str::to_string),
         };
         Ok(Live {
             decisions: DecisionMaker::new(

@@ -11,7 +11,7 @@ use fleet_net::pki::Pki;
 
 use crate::util;
 
-struct Device {
+pub(crate) struct Device {
     child: Child,
     stdin: ChildStdin,
     decisions: Receiver<serde_json::Value>,
@@ -21,6 +21,12 @@ struct Device {
 
 impl Device {
     fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, &["--modules".into(), dir.join("modules").into()])
+    }
+
+    /// A device whose modules come from `source` (`--modules DIR` or `--release FILE`, with
+    /// what else they need).
+    pub(crate) fn start_with(dir: &std::path::Path, source: &[std::ffi::OsString]) -> Self {
         let pki = Pki::at(dir.join("certs"));
         pki.init(&[]).unwrap();
         pki.issue_device("dev-1", 1).unwrap();
@@ -30,8 +36,7 @@ impl Device {
             .arg(dir.join("certs"))
             .arg("--journal")
             .arg(dir.join("journal"))
-            .arg("--modules")
-            .arg(dir.join("modules"))
+            .args(source)
             // Nothing listens there: the device journals and keeps trying to sync.
             .args(["--aggregator", "127.0.0.1:9"])
             .env("RUST_LOG", "info")
@@ -72,6 +77,14 @@ impl Device {
 
     /// Sends one task's five events and returns the policy label each decision names.
     fn task(&mut self) -> Vec<String> {
+        self.task_decisions()
+            .iter()
+            .map(|d| d["modules"]["policy"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Sends one task's five events and returns their decisions, checked to come in order.
+    pub(crate) fn task_decisions(&mut self) -> Vec<serde_json::Value> {
         self.tasks += 1;
         let task = format!("T-{}", self.tasks);
         for e in util::healthy_task(&task) {
@@ -91,7 +104,7 @@ impl Device {
                     task.as_str(),
                     "decisions in order, none dropped"
                 );
-                d["modules"]["policy"].as_str().unwrap().to_string()
+                d
             })
             .collect()
     }
@@ -115,8 +128,12 @@ impl Device {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     fn signal(&self, name: &str) {

@@ -8,6 +8,7 @@ mod features;
 mod fleet;
 mod guests;
 mod inference;
+mod release;
 mod sandbox;
 mod scenario;
 mod swap;

@@ -1,0 +1,29 @@
+//! `fleetctl release`: build a signed release from a module directory, inspect one, and
+//! export the modules and model that ship built in.
+
+mod build;
+mod export;
+mod inspect;
+
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ReleaseCommand {
+    /// Build and sign a release from a module directory (`*.toml` manifests, their
+    /// components, `*.onnx` models), precompiled for the fleet's engine; it is loaded once
+    /// here, as a device would, before it is kept.
+    Build(build::BuildArgs),
+    /// Verify a release file and show what it holds.
+    Inspect(inspect::InspectArgs),
+    /// Write the built-in modules and model as a module directory, to start a release from
+    /// what ships.
+    ExportBuiltin(export::ExportArgs),
+}
+
+pub(crate) fn run(command: ReleaseCommand) -> anyhow::Result<()> {
+    match command {
+        ReleaseCommand::Build(args) => build::run(args),
+        ReleaseCommand::Inspect(args) => inspect::run(args),
+        ReleaseCommand::ExportBuiltin(args) => export::run(args),
+    }
+}
