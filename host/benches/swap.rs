@@ -1,5 +1,6 @@
 //! Module compile latency, and swap latency: from new component bytes to the first decision
-//! made by the new version (compile, checks, instantiate, configure, publish, first batch).
+//! made by the new version (compile, checks, instantiate, configure, publish, first batch);
+//! the same from a release's precompiled artifact, and what verifying a release costs.
 //!
 //! `cargo bench -p fleet-host --bench swap`
 
@@ -164,6 +165,103 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    group.finish();
+    releases(c);
+}
+
+/// A handset receiving a new policy in a release: a process whose engine has compiled nothing
+/// (cold function cache), running the shipped features and scorer; the policy loaded from its
+/// verified precompiled artifact, against compiling its component there. And the cost of
+/// verifying a whole release file (signature, then sha256 of every artifact).
+fn releases(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    fleet_host::release::export_embedded(&modules).unwrap();
+    let signer = fleet_release::ReleaseSigner::generate().unwrap();
+    let mut trusted = fleet_release::TrustedKeys::default();
+    trusted.add_public_line(&signer.public_line("")).unwrap();
+    let path = dir.path().join("bench.release");
+    fleet_host::release::build_contents(
+        "bench",
+        "1.0.0".parse().unwrap(),
+        &modules,
+        &[],
+        Some(&common::engine()),
+    )
+    .unwrap()
+    .write(&path, &signer)
+    .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let source = Arc::new(fleet_host::release::ReleaseSource {
+        path: path.clone(),
+        trusted: trusted.clone(),
+        budget: u64::MAX,
+    });
+
+    // The new policy: the shipped one as new bytes (its own digest), and precompiled.
+    let policy = with_custom_section(fleet_guest_modules::POLICY_WASM, 1);
+    let digest = format!("sha256:{}", fleet_release::Sha256Digest::of(&policy).hex());
+    let precompiled = common::engine().precompile(&policy).unwrap();
+    let manifest = || {
+        let mut m = embedded_manifest("late-risk-policy", ModuleKind::Policy);
+        m.version = "9.1".into();
+        m
+    };
+
+    let mut group = c.benchmark_group("release");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function(format!("verify/{}-bytes", bytes.len()), |b| {
+        b.iter(|| fleet_release::read_bundle(&bytes[..], &trusted, u64::MAX).unwrap())
+    });
+    for how in ["precompiled", "compiled"] {
+        group.bench_function(format!("swap-cold/{how}-policy-to-first-decision"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let registry = Arc::new(
+                        ModuleRegistry::new(
+                            common::engine(),
+                            common::models(),
+                            ModuleSource::Release(source.clone()),
+                        )
+                        .unwrap(),
+                    );
+                    let mut pipeline = Pipeline::new(registry.clone());
+                    let mut feed = common::Feed::new(common::fleet_events(64, 1_000));
+                    pipeline.process(feed.next_batch(64));
+                    let set = registry.current();
+                    let start = Instant::now();
+                    let module = if how == "precompiled" {
+                        // SAFETY: precompiled above by an engine of the same configuration.
+                        unsafe {
+                            LoadedModule::from_precompiled(
+                                registry.engine(),
+                                &set.models,
+                                manifest(),
+                                digest.clone(),
+                                &precompiled,
+                            )
+                        }
+                    } else {
+                        LoadedModule::from_bytes(
+                            registry.engine(),
+                            &set.models,
+                            manifest(),
+                            &policy,
+                        )
+                    }
+                    .unwrap();
+                    registry.replace(module).unwrap();
+                    let decisions = pipeline.process(feed.next_batch(1)).decisions;
+                    total += start.elapsed();
+                    assert!(decisions[0].modules.policy.contains("@9.1+"));
+                }
+                total
+            })
+        });
+    }
     group.finish();
 }
 

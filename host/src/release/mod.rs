@@ -1,12 +1,15 @@
 //! Signed releases on the host: a release file as a module set (`load.rs`: verify it against
 //! the fleet's release keys, register its models, load its modules from their precompiled form
 //! when the release carries one for this engine, compiling them otherwise), and a module
-//! directory as a release's contents (`build.rs`, what `fleetctl release build` signs).
+//! directory as a release's contents (`build.rs`, what `fleetctl release build` signs), and
+//! the built-in modules and model as a module directory (`export.rs`).
 
 mod build;
+mod export;
 mod load;
 
 pub use build::{BuildError, ReleaseContents, build_contents};
+pub use export::export_embedded;
 pub(crate) use load::load_set;
 pub use load::{LoadStats, module_set};
 
