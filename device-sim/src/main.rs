@@ -228,12 +228,7 @@ fn parse_reset(s: &str) -> Result<fleet::JournalReset, String> {
 
 fn main() -> anyhow::Result<()> {
     fleet_process::prepare();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fleet_process::log_to_stderr("warn");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Aggregator {

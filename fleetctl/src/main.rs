@@ -26,12 +26,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     fleet_process::prepare();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fleet_process::log_to_stderr("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(command) => keys::run(command),

@@ -7,13 +7,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     fleet_process::prepare();
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,fleet_host=info".into()),
-        )
-        .init();
+    fleet_process::log_to_stderr("warn,fleet_host=info");
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

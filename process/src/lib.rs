@@ -16,6 +16,17 @@ pub fn prepare() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
+/// Logs with `tracing` to stderr, filtered by `RUST_LOG`, else by `default_filter`.
+pub fn log_to_stderr(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .init();
+}
+
 /// Replaces this process with a fresh run of the same program and arguments (same pid, same
 /// standard streams): what a store needs when it can only be reopened by a new process.
 /// Returns only if that fails.
