@@ -1,4 +1,5 @@
-//! The HTTP JSON API (loopback by default). Bad queries get a 400 with a JSON error naming
+//! The HTTP JSON API (loopback by default), behind bearer tokens with roles ([`crate::auth`]).
+//! Bad queries get a 400 with a JSON error naming
 //! the parameter (unknown, repeated or malformed); unknown things get a 404. Every list is
 //! paged: `limit` (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]) and `cursor` (the
 //! `next_cursor` of the previous page; absent on the last). Queries run on the blocking pool,
@@ -11,11 +12,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use fleet_proto::record::Severity;
 use serde_json::json;
 
 use crate::Shared;
+use crate::auth::{self, Authority, Gate, Role};
 use crate::history::{
     DeadLetterFilter, DeadLetterState, DeviceStatus, History, HistoryError, PageRequest,
 };
@@ -25,9 +27,19 @@ pub const DEFAULT_PAGE: usize = 1000;
 /// Most items per page.
 pub const MAX_PAGE: usize = 10_000;
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(health))
+/// The API. Every endpoint but `/healthz` needs a token (see [`crate::auth`]): the queries and
+/// `/metrics` a viewer's, the token endpoints an admin's.
+pub fn router(shared: Arc<Shared>, authority: Arc<Authority>) -> Router {
+    let gate = |role| {
+        middleware::from_fn_with_state(
+            Gate {
+                authority: authority.clone(),
+                role,
+            },
+            auth::require,
+        )
+    };
+    let viewer = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/devices", get(devices))
@@ -36,8 +48,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/couriers/{id}", get(courier))
         .route("/api/v1/couriers/{id}/route", get(route))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,dead-letters,tasks/ID,couriers/ID,couriers/ID/route}") })
+        .with_state(shared.clone())
+        .route_layer(gate(Role::Viewer));
+    let admin = auth::admin_routes(authority.clone()).route_layer(gate(Role::Admin));
+    let authenticated = viewer
+        .merge(admin)
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,tokens}") })
+        .layer(middleware::from_fn_with_state(authority, auth::authenticate));
+    Router::new()
+        .route("/healthz", get(health))
         .with_state(shared)
+        .merge(authenticated)
 }
 
 /// A JSON error response.

@@ -7,6 +7,7 @@
 //! they come.
 
 pub mod api;
+pub mod auth;
 pub mod committer;
 pub mod history;
 pub mod ingest;
@@ -96,7 +97,10 @@ pub struct ServeConfig {
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub http: SocketAddr,
+    /// The fleet directory: the PKI, and the API tokens (`api-tokens.json`).
     pub certs: PathBuf,
+    /// API requests per second per token.
+    pub api_rate: u32,
 }
 
 impl ServeConfig {
@@ -108,6 +112,7 @@ impl ServeConfig {
             listen: any,
             http: any,
             certs: certs.into(),
+            api_rate: auth::DEFAULT_RATE,
         }
     }
 }
@@ -130,9 +135,15 @@ pub async fn start(
         .await
         .with_context(|| format!("binding HTTP on {}", config.http))?;
     let (quic_addr, http_addr) = (endpoint.local_addr()?, http.local_addr()?);
+    let tokens = auth::TokenFile::in_dir(&config.certs);
+    let authority = Arc::new(auth::Authority::load(
+        tokens,
+        config.api_rate,
+        shared.metrics.clone(),
+    )?);
     let serving = async move {
-        let api = axum::serve(http, api::router(shared.clone()));
-        let revocations = revocation::watch(pki, endpoint.clone(), shared.clone());
+        let api = axum::serve(http, api::router(shared.clone(), authority.clone()));
+        let revocations = revocation::watch(pki, endpoint.clone(), shared.clone(), authority);
         tokio::select! {
             () = ingest::serve(endpoint, shared) => Ok(()),
             r = api => r.context("HTTP server"),
@@ -162,6 +173,10 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
         pki.init(&[])
             .with_context(|| format!("creating the fleet PKI in {}", config.certs.display()))?;
         tracing::info!(dir = %config.certs.display(), "created a fleet CA; issue device certificates with `aggregator certs issue --device ID`");
+    }
+    let tokens = auth::TokenFile::in_dir(&config.certs);
+    if tokens.bootstrap()?.is_some() {
+        tracing::info!(token = %tokens.admin_token_path().display(), "issued the first admin token for the HTTP API; issue more with `aggregator tokens issue --role viewer|operator|admin`");
     }
     let shared = Shared::open_sled(&config.data)?;
     watch_storage(&shared, &config.data);

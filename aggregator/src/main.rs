@@ -1,6 +1,7 @@
 //! `aggregator`: the central history of the fleet.
 
 use clap::{Parser, Subcommand};
+use fleet_aggregator::auth::{Role, TokenFile};
 use fleet_net::pki::Pki;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,38 @@ enum Command {
     /// Manages the fleet PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Manages the HTTP API's bearer tokens (roles: viewer, operator, admin). A running
+    /// aggregator applies changes within a second.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// Issues a token and prints it (only now: the aggregator keeps its hash).
+    Issue {
+        /// The fleet directory (where `api-tokens.json` is).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// viewer (queries, metrics), operator (releases, deployments), admin (keys, devices, tokens).
+        #[arg(long)]
+        role: Role,
+        /// Who holds it.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Lists the tokens: id, role, name, when issued.
+    List {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Revokes a token by id.
+    Revoke {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -39,9 +72,13 @@ struct ServeArgs {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// PKI directory (made with `certs init`; created on first start if absent).
+    /// Fleet directory: the PKI and the API tokens (made with `certs init`; created on first
+    /// start if absent, with a first admin token in `admin.token`).
     #[arg(long, default_value = "certs")]
     certs: PathBuf,
+    /// HTTP API requests per second per token (bursts of twice that); past it, 429.
+    #[arg(long, default_value_t = fleet_aggregator::auth::DEFAULT_RATE)]
+    api_rate: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,18 +113,44 @@ enum CertsCommand {
 
 fn main() -> anyhow::Result<()> {
     fleet_process::prepare();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fleet_process::log_to_stderr("info");
     let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Certs(c)) => certs(c),
+        Some(Command::Tokens(t)) => tokens(t),
     }
+}
+
+fn tokens(command: TokensCommand) -> anyhow::Result<()> {
+    match command {
+        TokensCommand::Issue { dir, role, name } => {
+            let (record, secret) = TokenFile::in_dir(&dir).issue(role, &name)?;
+            eprintln!("token {} ({role}) issued; it is shown only now:", record.id);
+            println!("{secret}");
+        }
+        TokensCommand::List { dir } => {
+            for t in TokenFile::in_dir(&dir).load()? {
+                println!(
+                    "{}  {:<8}  {}  {}",
+                    t.id,
+                    t.role.to_string(),
+                    t.issued_ms,
+                    t.name
+                );
+            }
+        }
+        TokensCommand::Revoke { dir, id } => {
+            anyhow::ensure!(
+                TokenFile::in_dir(&dir).revoke(&id)?,
+                "no token {id} in {}",
+                dir.display()
+            );
+            println!("token {id} revoked; a running aggregator refuses it within a second");
+        }
+    }
+    Ok(())
 }
 
 fn certs(command: CertsCommand) -> anyhow::Result<()> {
@@ -98,6 +161,13 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
                 "fleet CA and aggregator certificate written to {}",
                 dir.display()
             );
+            let tokens = TokenFile::in_dir(&dir);
+            if let Some(secret) = tokens.bootstrap()? {
+                println!(
+                    "admin token for the HTTP API (also in {}):\n{secret}",
+                    tokens.admin_token_path().display()
+                );
+            }
         }
         CertsCommand::Issue { dir, device, days } => {
             let files = Pki::at(&dir).issue_device(&device, days)?;
@@ -120,5 +190,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         http: args.http,
         certs: args.certs,
+        api_rate: args.api_rate,
     })
 }

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub stale_journals: AtomicU64,
     pub revoked_closed: AtomicU64,
     pub crl_reloads: AtomicU64,
+    pub api_unauthorized: AtomicU64,
+    pub api_forbidden: AtomicU64,
+    pub api_rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -143,6 +146,24 @@ impl Metrics {
             "Times the revocation list was read again while running.",
             "counter",
             self.crl_reloads.load(Relaxed),
+        );
+        counter(
+            "fleet_api_unauthorized_total",
+            "API requests refused for a missing or unknown token (401).",
+            "counter",
+            self.api_unauthorized.load(Relaxed),
+        );
+        counter(
+            "fleet_api_forbidden_total",
+            "API requests refused for a role too weak for the endpoint (403).",
+            "counter",
+            self.api_forbidden.load(Relaxed),
+        );
+        counter(
+            "fleet_api_rate_limited_total",
+            "API requests refused over their token's rate limit (429).",
+            "counter",
+            self.api_rate_limited.load(Relaxed),
         );
         counter(
             "fleet_dead_letters_open",

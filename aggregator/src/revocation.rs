@@ -1,6 +1,7 @@
-//! Revocation on a running aggregator: the revocation list (`crl.pem` in the PKI directory) is
-//! read again when it changes (polled every second) or on SIGHUP; new handshakes are checked
-//! against the new list at once, and open connections of revoked certificates are closed.
+//! Revocation on a running aggregator: the revocation list (`crl.pem` in the PKI directory) and
+//! the API tokens (`api-tokens.json`) are read again when they change (polled every second) or
+//! on SIGHUP; new handshakes are checked against the new list at once, open connections of
+//! revoked certificates are closed, and a revoked token is refused from its next request.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,13 +9,19 @@ use std::time::{Duration, SystemTime};
 use fleet_net::pki::Pki;
 
 use crate::Shared;
+use crate::auth::Authority;
 use crate::metrics::Metrics;
 
 /// How often the revocation list's modification time is checked.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Watches the revocation list of `pki` (until dropped).
-pub async fn watch(pki: Pki, endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+/// Watches the revocation list of `pki` and the API tokens (until dropped).
+pub async fn watch(
+    pki: Pki,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    authority: Arc<Authority>,
+) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -22,12 +29,13 @@ pub async fn watch(pki: Pki, endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             None
         }
     };
-    let stamp = |pki: &Pki| {
-        std::fs::metadata(pki.crl())
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
     };
-    let mut last = stamp(&pki);
+    let mut last = stamp(&pki.crl());
+    let mut last_tokens = stamp(authority.file().path());
     loop {
         let hangup = async {
             match &mut hangups {
@@ -39,7 +47,14 @@ pub async fn watch(pki: Pki, endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             () = tokio::time::sleep(POLL) => false,
             _ = hangup => true,
         };
-        let now = stamp(&pki);
+        let tokens = stamp(authority.file().path());
+        if signalled || tokens != last_tokens {
+            last_tokens = tokens;
+            if let Err(e) = authority.reload() {
+                tracing::error!(error = %e, "the API tokens do not load; keeping the ones in use");
+            }
+        }
+        let now = stamp(&pki.crl());
         if !signalled && now == last {
             continue;
         }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,45 +16,57 @@ pub enum Aggregator {
     InProcess {
         quic: SocketAddr,
         http: SocketAddr,
+        viewer: String,
         _shared: Arc<Shared>,
     },
     Child {
         child: Option<Child>,
         config: ServeConfig,
+        viewer: String,
     },
 }
 
+/// API requests per second per token the simulation's aggregator takes: its audit reads every
+/// courier's route back, one request or more each.
+pub const API_RATE: u32 = 5_000;
+
 impl Aggregator {
-    /// Serves on `rt` in this process.
+    /// Serves on `rt` in this process; `viewer` is a token its API takes.
     pub fn in_process(
         rt: &tokio::runtime::Runtime,
         data: &Path,
         certs: &Path,
+        viewer: String,
     ) -> anyhow::Result<Self> {
         let shared = Shared::open_sled(data)?;
-        let (quic, http, serving) = rt.block_on(fleet_aggregator::start(
-            &ServeConfig::loopback(data, certs),
-            shared.clone(),
-        ))?;
+        let config = ServeConfig {
+            api_rate: API_RATE,
+            ..ServeConfig::loopback(data, certs)
+        };
+        let (quic, http, serving) =
+            rt.block_on(fleet_aggregator::start(&config, shared.clone()))?;
         rt.spawn(serving);
         Ok(Self::InProcess {
             quic,
             http,
+            viewer,
             _shared: shared,
         })
     }
 
-    /// Starts `exe aggregator ...` on free loopback ports.
-    pub fn child(data: &Path, certs: &Path) -> anyhow::Result<Self> {
+    /// Starts `exe aggregator ...` on free loopback ports; `viewer` is a token its API takes.
+    pub fn child(data: &Path, certs: &Path, viewer: String) -> anyhow::Result<Self> {
         let config = ServeConfig {
             data: data.to_path_buf(),
             certs: certs.to_path_buf(),
             listen: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
             http: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
+            api_rate: API_RATE,
         };
         let mut me = Self::Child {
             child: None,
             config,
+            viewer,
         };
         me.start()?;
         Ok(me)
@@ -71,6 +83,15 @@ impl Aggregator {
         match self {
             Self::InProcess { http, .. } => *http,
             Self::Child { config, .. } => config.http,
+        }
+    }
+
+    /// Its HTTP API, as a viewer.
+    pub fn api(&self) -> crate::http::Api {
+        let (Self::InProcess { viewer, .. } | Self::Child { viewer, .. }) = self;
+        crate::http::Api {
+            addr: self.http(),
+            token: viewer.clone(),
         }
     }
 
@@ -97,7 +118,7 @@ impl Aggregator {
 
     /// (Re)starts the child on the same ports and data; returns once it listens.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let Self::Child { child, config } = self else {
+        let Self::Child { child, config, .. } = self else {
             return Ok(());
         };
         let exe = std::env::current_exe()?;
@@ -111,6 +132,8 @@ impl Aggregator {
             .arg(config.listen.to_string())
             .arg("--http")
             .arg(config.http.to_string())
+            .arg("--api-rate")
+            .arg(config.api_rate.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -135,18 +158,8 @@ impl Drop for Aggregator {
 }
 
 /// Runs the aggregator in this process until killed (the child's side).
-pub fn serve_child(
-    data: PathBuf,
-    certs: PathBuf,
-    listen: SocketAddr,
-    http: SocketAddr,
-) -> anyhow::Result<()> {
-    fleet_aggregator::run(&ServeConfig {
-        data,
-        listen,
-        http,
-        certs,
-    })
+pub fn serve_child(config: &ServeConfig) -> anyhow::Result<()> {
+    fleet_aggregator::run(config)
 }
 
 fn free_udp_port() -> std::io::Result<u16> {

@@ -1,7 +1,7 @@
 //! `device-sim`: runs a courier fleet against an aggregator and reports what happened.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,6 +12,7 @@ use device_sim::aggregator::{self, Aggregator};
 use device_sim::fleet::{self, FleetOptions};
 use device_sim::proxy::Impairment;
 use device_sim::source::{self, Scenario};
+use fleet_aggregator::auth::{Role, TokenFile};
 use fleet_wal::testing::SmallDisk;
 
 #[derive(Parser, Debug)]
@@ -43,6 +44,8 @@ enum Command {
         listen: SocketAddr,
         #[arg(long)]
         http: SocketAddr,
+        #[arg(long)]
+        api_rate: u32,
     },
 }
 
@@ -236,7 +239,14 @@ fn main() -> anyhow::Result<()> {
             certs,
             listen,
             http,
-        }) => aggregator::serve_child(data, certs, listen, http),
+            api_rate,
+        }) => aggregator::serve_child(&fleet_aggregator::ServeConfig {
+            data,
+            listen,
+            http,
+            certs,
+            api_rate,
+        }),
         Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }
@@ -335,6 +345,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     fleet_net::pki::Pki::at(&certs)
         .init(&[])
         .context("creating the fleet PKI")?;
+    let viewer = issue_token(&certs, &args.work, Role::Viewer)?;
+    issue_token(&certs, &args.work, Role::Operator)?;
     let registry = fleet_host::defaults::embedded_registry()
         .map_err(|e| anyhow::anyhow!("loading the embedded modules and model: {e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -342,9 +354,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut aggregator = if args.aggregator_process || args.kill_aggregator.is_some() {
-        Aggregator::child(&history, &certs)?
+        Aggregator::child(&history, &certs, viewer)?
     } else {
-        Aggregator::in_process(&rt, &history, &certs)?
+        Aggregator::in_process(&rt, &history, &certs, viewer)?
     };
     if args.report == ReportFormat::Text {
         eprintln!(
@@ -415,11 +427,20 @@ fn options(args: &RunArgs) -> FleetOptions {
 }
 
 /// How to ask the history: now, while it is served, or later with the aggregator binary.
+/// Issues an API token of `role` for this run and writes it to `WORK/<role>.token`.
+fn issue_token(certs: &Path, work: &Path, role: Role) -> anyhow::Result<String> {
+    let (_, secret) = TokenFile::in_dir(certs).issue(role, "device-sim")?;
+    let path = work.join(format!("{role}.token"));
+    std::fs::write(&path, format!("{secret}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
 fn print_hints(
     args: &RunArgs,
     report: &device_sim::report::Report,
-    history: &std::path::Path,
-    certs: &std::path::Path,
+    history: &Path,
+    certs: &Path,
     http: SocketAddr,
 ) {
     if args
@@ -448,14 +469,22 @@ fn print_hints(
         );
         "http://127.0.0.1:8080".to_string()
     };
-    println!("  curl -s {base}/api/v1/stats");
-    println!("  curl -s '{base}/api/v1/alerts?severity=critical&limit=5'");
+    let token = args.work.join("viewer.token");
+    let auth = format!(
+        "-H \"Authorization: Bearer $(cat {})\"",
+        std::path::absolute(&token).unwrap_or(token).display()
+    );
+    println!(
+        "  (the API needs a token: this run wrote viewer.token and operator.token to its work directory)"
+    );
+    println!("  curl -s {auth} {base}/api/v1/stats");
+    println!("  curl -s {auth} '{base}/api/v1/alerts?severity=critical&limit=5'");
     if let Some(task) = &report.sample_task {
-        println!("  curl -s {base}/api/v1/tasks/{task}");
+        println!("  curl -s {auth} {base}/api/v1/tasks/{task}");
     }
     if let Some(courier) = &report.sample_courier {
-        println!("  curl -s '{base}/api/v1/couriers/{courier}/route?limit=10'");
+        println!("  curl -s {auth} '{base}/api/v1/couriers/{courier}/route?limit=10'");
     }
-    println!("  curl -s {base}/api/v1/devices");
-    println!("  curl -s {base}/api/v1/dead-letters");
+    println!("  curl -s {auth} {base}/api/v1/devices");
+    println!("  curl -s {auth} {base}/api/v1/dead-letters");
 }

@@ -92,7 +92,7 @@ pub(super) fn report(run: Run<'_>) -> anyhow::Result<Report> {
     report.sync.faults = faults;
     report.burst = burst;
 
-    let stats = crate::http::get_json(aggregator.http(), "/api/v1/stats")?;
+    let stats = aggregator.api().get_json("/api/v1/stats")?;
     report.events.stored = stats["events"].as_u64().unwrap_or(0);
     let courier_ids: Vec<String> = release
         .feeds
@@ -182,7 +182,7 @@ fn audit(
                 None => format!("/api/v1/couriers/{courier}/route?limit=10000"),
                 Some(c) => format!("/api/v1/couriers/{courier}/route?limit=10000&cursor={c}"),
             };
-            let route = crate::http::get_json(aggregator.http(), &path)?;
+            let route = aggregator.api().get_json(&path)?;
             for p in route["points"]
                 .as_array()
                 .map(Vec::as_slice)

@@ -25,13 +25,13 @@ fn lines(task: &str) -> Vec<String> {
 
 /// Polls `GET path` (JSON) until `done` holds.
 fn until(
-    at: SocketAddr,
+    get: impl Fn(&str) -> serde_json::Value,
     path: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = fleet::get_json(at, path);
+        let v = get(path);
         if done(&v) {
             return v;
         }
@@ -67,7 +67,7 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
             .spawn()
             .unwrap(),
     );
-    until(device, "/v1/sync", |_| true);
+    until(|p| fleet::get_json(device, p), "/v1/sync", |_| true);
     let poison = lines("T-poison-1");
     let batch = [lines("T-ok"), poison.clone()].concat();
     let answer = post(device, &batch);
@@ -107,7 +107,11 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
         "{held}"
     );
 
-    let dead = until(agg.http, "/api/v1/dead-letters", |d| d["open"] == 7);
+    let dead = until(
+        |p| agg.api().get_json(p),
+        "/api/v1/dead-letters",
+        |d| d["open"] == 7,
+    );
     let causes: Vec<(&str, u64)> = dead["failures"]
         .as_array()
         .unwrap()
@@ -125,10 +129,18 @@ fn a_poison_task_is_parked_synced_counted_and_scored_once_after_a_module_swap() 
     // The operator swaps the policy: the device scores the parked events again, once.
     std::fs::remove_file(modules.join("hostile.toml")).unwrap();
     util::module_dir(&modules, "policy", "1.0.0", &[]);
-    until(device, "/v1/sync", |s| s["parked"] == 0);
-    let dead = until(agg.http, "/api/v1/dead-letters", |d| d["rescored"] == 7);
+    until(
+        |p| fleet::get_json(device, p),
+        "/v1/sync",
+        |s| s["parked"] == 0,
+    );
+    let dead = until(
+        |p| agg.api().get_json(p),
+        "/api/v1/dead-letters",
+        |d| d["rescored"] == 7,
+    );
     assert_eq!(dead["open"], 0, "{dead}");
-    let task = fleet::get_json(agg.http, "/api/v1/tasks/T-poison-1");
+    let task = agg.api().get_json("/api/v1/tasks/T-poison-1");
     let decisions = task["items"]
         .as_array()
         .unwrap()

@@ -37,8 +37,8 @@ fn wait_status(at: SocketAddr, path: &str, want: u16, within: Duration) -> Strin
 }
 
 /// A counter from the aggregator's `/metrics`.
-fn metric(api: SocketAddr, name: &str) -> u64 {
-    let (_, text) = fleet::http(api, "GET", "/metrics", "").expect("metrics answer");
+fn metric(api: &fleet::Api, name: &str) -> u64 {
+    let (_, text) = api.request("GET", "/metrics", "").expect("metrics answer");
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
@@ -103,10 +103,11 @@ fn a_full_disk_at_the_aggregator_loses_no_acknowledged_event_and_passes_by_itsel
     assert!(full.contains("ingest log cannot be written"), "{full}");
     // Full, it still answers questions, and welcomes the device back (with only what is
     // on disk: what sits in memory would be gone after the crash below).
-    fleet::get_json(addr(api), "/api/v1/stats");
-    let connections = metric(addr(api), "fleet_connections_total");
+    let viewer = fleet::Api::viewer(addr(api), &certs);
+    viewer.get_json("/api/v1/stats");
+    let connections = metric(&viewer, "fleet_connections_total");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(addr(api), "fleet_connections_total") < connections + 2 {
+    while metric(&viewer, "fleet_connections_total") < connections + 2 {
         assert!(Instant::now() < deadline, "the device did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -119,7 +120,7 @@ fn a_full_disk_at_the_aggregator_loses_no_acknowledged_event_and_passes_by_itsel
     let acked = producer.finish(Duration::from_secs(120));
     assert_eq!(acked.len(), lines.len());
     fleet::wait_device_synced(addr(dev_http), Duration::from_secs(120));
-    assert_eq!(fleet::audit(addr(api), "f", 4, &acked), lines.len());
+    assert_eq!(fleet::audit(&viewer, "f", 4, &acked), lines.len());
     // What was acknowledged survives a plain stop and a SIGKILL, each followed by a restart.
     for signal in ["TERM", "KILL"] {
         let status = std::process::Command::new("kill")
@@ -130,7 +131,7 @@ fn a_full_disk_at_the_aggregator_loses_no_acknowledged_event_and_passes_by_itsel
         aggregator.wait().unwrap();
         aggregator = KillOnDrop(fleet::spawn_aggregator(&certs, &history, quic, api));
         assert_eq!(
-            fleet::audit(addr(api), "f", 4, &acked),
+            fleet::audit(&viewer, "f", 4, &acked),
             lines.len(),
             "after SIG{signal}"
         );
@@ -180,7 +181,7 @@ fn a_full_disk_at_the_device_refuses_with_503_never_hangs_and_recovers() {
     assert_eq!(acked.len(), lines.len());
     wait_status(addr(dev_http), "/healthz", 200, Duration::from_secs(10));
     fleet::wait_device_synced(addr(dev_http), Duration::from_secs(120));
-    assert_eq!(fleet::audit(agg.http, "d", 4, &acked), lines.len());
+    assert_eq!(fleet::audit(&agg.api(), "d", 4, &acked), lines.len());
 }
 
 #[test]
@@ -204,11 +205,11 @@ fn a_device_that_starts_over_gets_a_new_range_and_a_copy_of_its_old_journal_is_r
     acked.extend(Producer::start(addr(dev_http), second.to_vec()).finish(Duration::from_secs(60)));
     fleet::wait_device_synced(addr(dev_http), Duration::from_secs(60));
     assert_eq!(
-        fleet::audit(agg.http, "r", 2, &acked),
+        fleet::audit(&agg.api(), "r", 2, &acked),
         lines.len(),
         "none absorbed"
     );
-    let devices = fleet::get_json(agg.http, "/api/v1/devices");
+    let devices = agg.api().get_json("/api/v1/devices");
     assert_eq!(devices["devices"][0]["journal_resets"], 1, "{devices}");
     device.kill().unwrap();
     device.wait().unwrap();
@@ -230,7 +231,7 @@ fn a_device_that_starts_over_gets_a_new_range_and_a_copy_of_its_old_journal_is_r
         sync["acked"].as_u64() < sync["journaled"].as_u64(),
         "{sync}"
     );
-    let route = fleet::stored_event_ids(agg.http, "rc0");
+    let route = fleet::stored_event_ids(&agg.api(), "rc0");
     assert!(!route.contains(&"r-late".to_string()));
 }
 
@@ -267,7 +268,7 @@ fn a_revoked_device_is_cut_off_while_connected_and_the_others_go_on() {
         !a.status.connected.load(Ordering::Relaxed),
         "the revoked device got back in"
     );
-    assert_eq!(fleet::stored_event_ids(agg.http, "ca"), ["a1"]);
-    assert_eq!(fleet::stored_event_ids(agg.http, "cb"), ["b1", "b2"]);
+    assert_eq!(fleet::stored_event_ids(&agg.api(), "ca"), ["a1"]);
+    assert_eq!(fleet::stored_event_ids(&agg.api(), "cb"), ["b1", "b2"]);
     assert!(agg.shared.metrics.crl_reloads.load(Ordering::Relaxed) >= 1);
 }

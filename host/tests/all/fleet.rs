@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use fleet_aggregator::auth::{Role, TokenFile};
 use fleet_aggregator::{ServeConfig, Shared};
 use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
 use fleet_host::device::writer::{self, DeviceRuntime};
@@ -19,14 +20,48 @@ use fleet_net::pki::Pki;
 use fleet_proto::sender::{Outbox, SenderConfig};
 use tokio::sync::Notify;
 
-/// A PKI with the given devices issued.
+/// A PKI with the given devices issued, and a viewer token for the HTTP API in
+/// `viewer.token` (issued before any aggregator reads the token file).
 pub(crate) fn pki(dir: &Path, devices: &[&str]) -> Pki {
     let pki = Pki::at(dir);
     pki.init(&[]).unwrap();
     for d in devices {
         pki.issue_device(d, 30).unwrap();
     }
+    let tokens = TokenFile::in_dir(dir);
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        let (_, secret) = tokens.issue(role, "tests").unwrap();
+        std::fs::write(dir.join(format!("{role}.token")), secret).unwrap();
+    }
     pki
+}
+
+/// An aggregator's HTTP API with a token of the fleet directory made by [`pki`].
+#[derive(Clone, Debug)]
+pub(crate) struct Api {
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: String,
+}
+
+impl Api {
+    /// The API at `addr`, called with the viewer token of the fleet directory `certs`.
+    pub(crate) fn viewer(addr: SocketAddr, certs: &Path) -> Self {
+        Self::with_role(addr, certs, Role::Viewer)
+    }
+
+    pub(crate) fn with_role(addr: SocketAddr, certs: &Path, role: Role) -> Self {
+        let token = std::fs::read_to_string(certs.join(format!("{role}.token")))
+            .expect("a fleet directory made by fleet::pki");
+        Self { addr, token }
+    }
+
+    pub(crate) fn request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        request(self.addr, Some(&self.token), method, path, body)
+    }
+
+    pub(crate) fn get_json(&self, path: &str) -> serde_json::Value {
+        get_json_as(self.addr, Some(&self.token), path)
+    }
 }
 
 /// A free loopback port (UDP and TCP are checked separately by their users).
@@ -42,6 +77,7 @@ pub(crate) struct InProcess {
     pub(crate) shared: Arc<Shared>,
     pub(crate) quic: SocketAddr,
     pub(crate) http: SocketAddr,
+    certs: PathBuf,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -51,16 +87,20 @@ impl InProcess {
     }
 
     pub(crate) fn start_at(certs: &Path, data: &Path, quic: SocketAddr) -> Self {
+        Self::start_with(ServeConfig {
+            listen: quic,
+            ..ServeConfig::loopback(data, certs)
+        })
+    }
+
+    pub(crate) fn start_with(config: ServeConfig) -> Self {
+        let (certs, data) = (config.certs.clone(), config.data.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let shared = Shared::open_sled(data).unwrap();
-        let config = ServeConfig {
-            listen: quic,
-            ..ServeConfig::loopback(data, certs)
-        };
+        let shared = Shared::open_sled(&data).unwrap();
         let (quic, http, serving) = runtime
             .block_on(fleet_aggregator::start(&config, shared.clone()))
             .unwrap();
@@ -69,8 +109,14 @@ impl InProcess {
             shared,
             quic,
             http,
+            certs,
             runtime: Some(runtime),
         }
+    }
+
+    /// Its HTTP API, as a viewer.
+    pub(crate) fn api(&self) -> Api {
+        Api::viewer(self.http, &self.certs)
     }
 }
 
@@ -117,21 +163,38 @@ pub(crate) fn child_config() -> Option<ServeConfig> {
         certs: PathBuf::from(parts[1]),
         listen: parts[2].parse().unwrap(),
         http: parts[3].parse().unwrap(),
+        api_rate: fleet_aggregator::auth::DEFAULT_RATE,
     })
 }
 
-/// One HTTP/1.1 request; `None` when the server is not there.
+/// One HTTP/1.1 request, without a token (a device's loopback endpoints); `None` when the
+/// server is not there.
 pub(crate) fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
 ) -> Option<(u16, String)> {
+    request(addr, None, method, path, body)
+}
+
+/// One HTTP/1.1 request, with a bearer token if given.
+pub(crate) fn request(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut headers = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    if !body.is_empty() {
+        headers.push_str("Content-Type: application/json\r\n");
+    }
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -142,11 +205,16 @@ pub(crate) fn http(
     Some((status, body.to_string()))
 }
 
+/// `GET path` as JSON from a device's loopback endpoint (no token).
 pub(crate) fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    get_json_as(addr, None, path)
+}
+
+fn get_json_as(addr: SocketAddr, token: Option<&str>, path: &str) -> serde_json::Value {
     // A freshly (re)started server may take a moment to listen.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
-        match http(addr, "GET", path, "") {
+        match request(addr, token, "GET", path, "") {
             Some(answer) => break answer,
             None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             None => panic!("GET {path}: nothing listens on {addr}"),
@@ -220,11 +288,11 @@ pub(crate) fn traffic(
 }
 
 /// A courier's whole stored route, page after page.
-pub(crate) fn route_points(api: SocketAddr, courier: &str) -> Vec<serde_json::Value> {
+pub(crate) fn route_points(api: &Api, courier: &str) -> Vec<serde_json::Value> {
     let mut points = Vec::new();
     let mut path = format!("/api/v1/couriers/{courier}/route?limit=10000");
     loop {
-        let page = get_json(api, &path);
+        let page = api.get_json(&path);
         points.extend(page["points"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(next) => {
@@ -236,7 +304,7 @@ pub(crate) fn route_points(api: SocketAddr, courier: &str) -> Vec<serde_json::Va
 }
 
 /// Event ids in a courier's stored route, in order.
-pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
+pub(crate) fn stored_event_ids(api: &Api, courier: &str) -> Vec<String> {
     route_points(api, courier)
         .iter()
         .map(|p| p["event_id"].as_str().unwrap().to_string())
@@ -244,7 +312,7 @@ pub(crate) fn stored_event_ids(api: SocketAddr, courier: &str) -> Vec<String> {
 }
 
 /// Status (non-location) events stored for couriers `{prefix}c0..{prefix}c{couriers}`.
-pub(crate) fn stored_statuses(api: SocketAddr, prefix: &str, couriers: usize) -> usize {
+pub(crate) fn stored_statuses(api: &Api, prefix: &str, couriers: usize) -> usize {
     (0..couriers)
         .map(|c| {
             route_points(api, &format!("{prefix}c{c}"))
@@ -441,12 +509,7 @@ pub(crate) fn wait_device_synced(device: SocketAddr, within: Duration) {
 
 /// Reads back the routes of couriers `{prefix}c0..{prefix}c{couriers}`: every acknowledged
 /// event is there, none twice, and the stats count exactly those. Returns how many.
-pub(crate) fn audit(
-    api: SocketAddr,
-    prefix: &str,
-    couriers: usize,
-    acked: &HashSet<String>,
-) -> usize {
+pub(crate) fn audit(api: &Api, prefix: &str, couriers: usize, acked: &HashSet<String>) -> usize {
     let mut stored = HashSet::new();
     for c in 0..couriers {
         for id in stored_event_ids(api, &format!("{prefix}c{c}")) {
@@ -460,9 +523,6 @@ pub(crate) fn audit(
         lost.len(),
         lost.first()
     );
-    assert_eq!(
-        get_json(api, "/api/v1/stats")["events"],
-        stored.len() as u64
-    );
+    assert_eq!(api.get_json("/api/v1/stats")["events"], stored.len() as u64);
     stored.len()
 }

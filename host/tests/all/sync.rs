@@ -54,11 +54,11 @@ fn events_reach_history_exactly_once_with_exact_counts() {
     assert!(stderr.contains("line 6: field event_time"), "{stderr}");
     let decisions = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
 
-    let stats = fleet::get_json(agg.http, "/api/v1/stats");
+    let stats = agg.api().get_json("/api/v1/stats");
     assert_eq!(stats["events"], unique as u64, "{stats}");
     assert_eq!(stats["decisions"], decisions, "{stats}");
     assert_eq!(stats["devices"], 1);
-    let devices = fleet::get_json(agg.http, "/api/v1/devices");
+    let devices = agg.api().get_json("/api/v1/devices");
     let devices = &devices["devices"];
     assert_eq!(devices[0]["device"], "dev-1");
     assert_eq!(devices[0]["events"], unique as u64);
@@ -68,7 +68,7 @@ fn events_reach_history_exactly_once_with_exact_counts() {
     );
     let mut stored = 0;
     for c in 0..3 {
-        let ids = fleet::stored_event_ids(agg.http, &format!("xc{c}"));
+        let ids = fleet::stored_event_ids(&agg.api(), &format!("xc{c}"));
         assert_eq!(
             ids.len(),
             ids.iter().collect::<HashSet<_>>().len(),
@@ -78,7 +78,7 @@ fn events_reach_history_exactly_once_with_exact_counts() {
     }
     assert_eq!(stored, unique);
     // The analyst's questions.
-    let task = fleet::get_json(agg.http, "/api/v1/tasks/xc1-t1");
+    let task = agg.api().get_json("/api/v1/tasks/xc1-t1");
     let items = task["items"].as_array().unwrap();
     assert!(
         items.iter().any(|i| i["kind"] == "event") && items.iter().any(|i| i["kind"] == "decision")
@@ -90,12 +90,15 @@ fn events_reach_history_exactly_once_with_exact_counts() {
         "decisions carry named features"
     );
     assert_eq!(task["latest"]["event_type"], "delivered");
-    let statuses_stored = fleet::stored_statuses(agg.http, "x", 3);
+    let statuses_stored = fleet::stored_statuses(&agg.api(), "x", 3);
     assert_eq!(statuses_stored, statuses);
-    let (status, body) = fleet::http(agg.http, "GET", "/api/v1/alerts?severity=loud", "").unwrap();
+    let (status, body) = agg
+        .api()
+        .request("GET", "/api/v1/alerts?severity=loud", "")
+        .unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("severity"), "{body}");
-    let (status, _) = fleet::http(agg.http, "GET", "/api/v1/tasks/nope", "").unwrap();
+    let (status, _) = agg.api().request("GET", "/api/v1/tasks/nope", "").unwrap();
     assert_eq!(status, 404);
     // Every endpoint names what it refuses: unknown, repeated and out-of-range parameters.
     for (path, names) in [
@@ -114,21 +117,20 @@ fn events_reach_history_exactly_once_with_exact_counts() {
         ("/api/v1/alerts?cursor=zz", "cursor"),
         ("/api/v1/dead-letters?state=lost", "state"),
     ] {
-        let (status, body) = fleet::http(agg.http, "GET", path, "").unwrap();
+        let (status, body) = agg.api().request("GET", path, "").unwrap();
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains(names), "{path}: {body}");
     }
     // Lists come in pages, the next one named by its cursor.
-    let first = fleet::get_json(agg.http, "/api/v1/couriers/xc0/route?limit=7");
+    let first = agg.api().get_json("/api/v1/couriers/xc0/route?limit=7");
     let next = first["next_cursor"].as_str().expect("more than 7 points");
-    let second = fleet::get_json(
-        agg.http,
-        &format!("/api/v1/couriers/xc0/route?limit=7&cursor={next}"),
-    );
+    let second = agg
+        .api()
+        .get_json(&format!("/api/v1/couriers/xc0/route?limit=7&cursor={next}"));
     assert_ne!(first["points"][0], second["points"][0]);
-    let whole = fleet::route_points(agg.http, "xc0");
+    let whole = fleet::route_points(&agg.api(), "xc0");
     assert_eq!(whole[7], second["points"][0]);
-    let metrics = fleet::http(agg.http, "GET", "/metrics", "").unwrap().1;
+    let metrics = agg.api().request("GET", "/metrics", "").unwrap().1;
     assert!(
         metrics.contains(&format!("fleet_ingest_events_total {unique}")),
         "{metrics}"
@@ -345,7 +347,7 @@ fn a_day_offline_catches_up_with_pings_thinned_by_policy_and_statuses_kept() {
         thinned,
         "thinning is counted"
     );
-    let stored_statuses = fleet::stored_statuses(agg.http, "o", 3);
+    let stored_statuses = fleet::stored_statuses(&agg.api(), "o", 3);
     assert_eq!(stored_statuses, statuses, "status events are never thinned");
     eprintln!(
         "24 h backlog: {} events generated, {thinned} pings thinned, caught up in {catch_up:?}",
@@ -408,7 +410,7 @@ fn kill_9_of_device_and_aggregator_under_load_loses_and_duplicates_nothing() {
         lines.len(),
         "the producer got every batch acknowledged in the end"
     );
-    let stored = fleet::audit(api_addr, "k", 4, &acked);
+    let stored = fleet::audit(&fleet::Api::viewer(api_addr, &certs), "k", 4, &acked);
     eprintln!("kills: {kills:?}, {stored} events acknowledged and stored once");
     assert!(
         kills.get("device").copied().unwrap_or(0) >= 2
