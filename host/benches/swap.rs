@@ -193,9 +193,10 @@ fn releases(c: &mut Criterion) {
     .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let source = Arc::new(fleet_host::release::ReleaseSource {
-        path: path.clone(),
+        path: Some(path.clone()),
         trusted: trusted.clone(),
         budget: u64::MAX,
+        store: None,
     });
 
     // The new policy: the shipped one as new bytes (its own digest), and precompiled.

@@ -197,7 +197,7 @@ impl ModuleRegistry {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         match &self.source {
             ModuleSource::Embedded => Vec::new(),
-            ModuleSource::Release(release) => vec![release.path.clone()],
+            ModuleSource::Release(release) => release.path.iter().cloned().collect(),
             ModuleSource::Dir(dir) => {
                 let mut files = manifests_in(dir).unwrap_or_default();
                 let components: Vec<PathBuf> = files

@@ -73,12 +73,14 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
     if args.runtime.release_keys.is_none() {
         args.runtime.release_keys = Some(args.certs.join("release-keys"));
     }
-    let registry = args.runtime.registry()?;
-    let _reloads = args.runtime.reload_triggers(&registry)?;
     let path = args
         .journal
         .clone()
         .unwrap_or_else(|| PathBuf::from("device-data").join(&args.device));
+    let registry = args
+        .runtime
+        .registry_with_store(Some(&path.join("releases")))?;
+    let _reloads = args.runtime.reload_triggers(&registry)?;
     let mut config = JournalConfig::new(&path);
     config.thin = ThinPolicy {
         budget_bytes: args.journal_budget_mib << 20,

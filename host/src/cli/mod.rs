@@ -17,7 +17,7 @@ use fleet_host::features_only::FeatureExtractor;
 use fleet_host::inference::{Model, ModelRegistry};
 use fleet_host::module::{ModuleKind, load_kind_from_dir};
 use fleet_host::registry::{ModuleRegistry, ModuleSource, embedded};
-use fleet_host::release::ReleaseSource;
+use fleet_host::release::{ReleaseSource, ReleaseStore};
 use fleet_release::TrustedKeys;
 
 /// The delivery-fleet edge runtime: sandboxed WASM modules and on-device inference.
@@ -105,17 +105,42 @@ impl RuntimeArgs {
 
     /// Engine, models and the module set, ready for a pipeline.
     pub(crate) fn registry(&self) -> anyhow::Result<Arc<ModuleRegistry>> {
+        self.registry_with_store(None)
+    }
+
+    /// Like [`Self::registry`], for a host with a release store in `store` (a device): a
+    /// release it installed runs without `--release`, an offered one is installed through it.
+    pub(crate) fn registry_with_store(
+        &self,
+        store: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<ModuleRegistry>> {
+        let store = match store {
+            Some(dir) if self.modules.is_none() => Some(
+                ReleaseStore::open(dir)
+                    .with_context(|| format!("opening the release store {}", dir.display()))?,
+            ),
+            _ => None,
+        };
+        let installed = store
+            .as_ref()
+            .map(ReleaseStore::state)
+            .transpose()?
+            .is_some_and(|s| s.active.is_some() || s.candidate.is_some());
         let source = match (&self.release, &self.modules) {
-            (Some(path), _) => ModuleSource::Release(Arc::new(self.release_source(path)?)),
+            (None, None) if !installed => ModuleSource::Embedded,
             (None, Some(dir)) => ModuleSource::Dir(dir.clone()),
-            (None, None) => ModuleSource::Embedded,
+            (path, _) => ModuleSource::Release(Arc::new(self.release_source(path.clone(), store)?)),
         };
         let registry = ModuleRegistry::new(self.engine()?, self.models()?, source)
             .context("loading modules")?;
         Ok(Arc::new(registry))
     }
 
-    fn release_source(&self, path: &std::path::Path) -> anyhow::Result<ReleaseSource> {
+    fn release_source(
+        &self,
+        path: Option<PathBuf>,
+        store: Option<ReleaseStore>,
+    ) -> anyhow::Result<ReleaseSource> {
         let dir = self
             .release_keys
             .clone()
@@ -128,9 +153,10 @@ impl RuntimeArgs {
             dir.display()
         );
         Ok(ReleaseSource {
-            path: path.to_path_buf(),
+            path,
             trusted,
             budget: self.release_budget_mib << 20,
+            store,
         })
     }
 

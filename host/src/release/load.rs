@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use fleet_release::VerifiedRelease;
 
-use super::{ReleaseInfo, ReleaseLoadError, ReleaseSource};
+use super::{ReleaseInfo, ReleaseLoadError};
 use crate::engine::SandboxEngine;
 use crate::inference::{Model, ModelRegistry};
 use crate::module::{LoadError, LoadedModule, Manifest};
@@ -16,27 +16,6 @@ pub struct LoadStats {
     pub precompiled: usize,
     /// Modules compiled here (no precompiled form for this engine, or it failed to load).
     pub compiled: usize,
-}
-
-/// Reads, verifies and loads the release at `source.path`.
-pub(crate) fn load_set(
-    engine: &SandboxEngine,
-    source: &ReleaseSource,
-    generation: u64,
-) -> Result<ModuleSet, RegistryError> {
-    let release = fleet_release::open_bundle(&source.path, &source.trusted, source.budget)
-        .map_err(|error| ReleaseLoadError::Refused {
-            path: source.path.clone(),
-            error,
-        })?;
-    let (set, stats) = module_set(engine, &release, generation)?;
-    tracing::info!(
-        release = %release.label(),
-        precompiled = stats.precompiled,
-        compiled = stats.compiled,
-        "release verified and loaded"
-    );
-    Ok(set)
 }
 
 /// The module set of a verified release.

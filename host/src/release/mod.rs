@@ -2,16 +2,21 @@
 //! the fleet's release keys, register its models, load its modules from their precompiled form
 //! when the release carries one for this engine, compiling them otherwise), and a module
 //! directory as a release's contents (`build.rs`, what `fleetctl release build` signs), and
-//! the built-in modules and model as a module directory (`export.rs`).
+//! the built-in modules and model as a module directory (`export.rs`); on a device, the
+//! releases it holds (`store.rs`: active, previous, candidate, durable) and how an offered
+//! release is installed through them (`install.rs`).
 
 mod build;
 mod export;
+mod install;
 mod load;
+mod store;
 
 pub use build::{BuildError, ReleaseContents, build_contents};
 pub use export::export_embedded;
-pub(crate) use load::load_set;
+pub(crate) use install::load_set;
 pub use load::{LoadStats, module_set};
+pub use store::{ReleaseStore, StoreState};
 
 use std::path::PathBuf;
 
@@ -41,13 +46,17 @@ impl ReleaseInfo {
     }
 }
 
-/// A release file and what it is checked against.
+/// Where a host's release comes from and what it is checked against.
 #[derive(Debug)]
 pub struct ReleaseSource {
-    pub path: PathBuf,
+    /// A release file offered to the host (watched).
+    pub path: Option<PathBuf>,
     pub trusted: TrustedKeys,
     /// Most bytes of artifacts this host takes.
     pub budget: u64,
+    /// A device's store: what it installed survives restarts, an offered release is staged
+    /// there and installed from there, and an older one is refused.
+    pub store: Option<ReleaseStore>,
 }
 
 /// Why a release did not become a module set (its modules' own failures are
@@ -58,6 +67,15 @@ pub enum ReleaseLoadError {
     /// The release file was refused: signature, digests, budget, format.
     #[error("release {path}: {error}")]
     Refused { path: PathBuf, error: ReleaseError },
+    /// The host's release store cannot be read or written.
+    #[error("release store {dir}: {error}")]
+    Store { dir: PathBuf, error: ReleaseError },
+    /// Not newer than the active release of the same name (a replayed or older release).
+    #[error("release {offered} is not newer than the active {active}; refused")]
+    NotNewer { offered: String, active: String },
+    /// Neither a release file nor an installed release.
+    #[error("no release: no release file was given and none is installed")]
+    Nothing,
     /// A model of the release did not load.
     #[error("release {release}: {error}")]
     Model {
@@ -75,7 +93,9 @@ impl ReleaseLoadError {
     /// A short code for the reason (metrics, the operator's status).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Refused { error, .. } => error.reason(),
+            Self::Refused { error, .. } | Self::Store { error, .. } => error.reason(),
+            Self::NotNewer { .. } => "not-newer",
+            Self::Nothing => "none",
             Self::Model { .. } | Self::MissingModel { .. } => "model",
         }
     }

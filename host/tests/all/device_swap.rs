@@ -16,7 +16,9 @@ pub(crate) struct Device {
     stdin: ChildStdin,
     decisions: Receiver<serde_json::Value>,
     stderr: Arc<Mutex<String>>,
-    tasks: usize,
+    /// Tasks sent so far (ids go on from here, so a restarted device on the same journal
+    /// sees new events, not duplicates).
+    pub(crate) tasks: usize,
 }
 
 impl Device {
@@ -28,8 +30,10 @@ impl Device {
     /// what else they need).
     pub(crate) fn start_with(dir: &std::path::Path, source: &[std::ffi::OsString]) -> Self {
         let pki = Pki::at(dir.join("certs"));
-        pki.init(&[]).unwrap();
-        pki.issue_device("dev-1", 1).unwrap();
+        if !pki.ca_cert().exists() {
+            pki.init(&[]).unwrap();
+            pki.issue_device("dev-1", 1).unwrap();
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-host"))
             .args(["device", "--device", "dev-1", "--no-http", "--input", "-"])
             .arg("--certs")
@@ -136,7 +140,13 @@ impl Device {
         self.child.try_wait().unwrap().is_none()
     }
 
-    fn signal(&self, name: &str) {
+    /// SIGKILL, and wait for the process to be gone.
+    pub(crate) fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()

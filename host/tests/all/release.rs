@@ -73,9 +73,10 @@ impl Workshop {
 
     fn source(&self, path: &Path) -> ModuleSource {
         ModuleSource::Release(Arc::new(ReleaseSource {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             trusted: self.trusted(),
             budget: fleet_release::DEFAULT_BUDGET,
+            store: None,
         }))
     }
 
@@ -240,6 +241,14 @@ fn install(source: &Path, target: &Path) {
     std::fs::rename(&tmp, target).unwrap();
 }
 
+/// Restarts `device` (SIGKILL, then a new process on the same journal) with `source`.
+fn restart(device: &mut Device, dir: &Path, source: &[std::ffi::OsString]) {
+    device.kill9();
+    let tasks = device.tasks;
+    *device = Device::start_with(dir, source);
+    device.tasks = tasks;
+}
+
 /// The release label and severities of one task's decisions.
 fn decided(device: &mut Device) -> (String, Vec<String>) {
     let decisions = device.task_decisions();
@@ -341,4 +350,107 @@ fn a_device_swaps_to_a_new_release_and_keeps_its_release_when_a_bad_one_arrives(
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(device.is_running());
+}
+
+#[test]
+fn a_device_keeps_its_installed_release_across_kill_9_and_refuses_an_older_one() {
+    let shop = Workshop::new();
+    let v1 = shop.release(
+        "1.0.0",
+        &[("warning_threshold", "1.0"), ("critical_threshold", "1.0")],
+    );
+    let v2 = shop.release(
+        "1.1.0",
+        &[("warning_threshold", "0.0"), ("critical_threshold", "0.0")],
+    );
+    let keys = shop.path("certs/release-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(shop.path("release-keys/ops.pub"), keys.join("ops.pub")).unwrap();
+    let active = shop.path("active.release");
+    install(&v1, &active);
+    let with_file = ["--release".into(), active.clone().into_os_string()];
+    let mut device = Device::start_with(shop.dir.path(), &with_file);
+    let first = decided(&mut device).0;
+    assert!(first.starts_with("late-risk@1.0.0+"), "{first}");
+    let v1_label = first;
+
+    // The new release arrives and the device is killed at some instant of its install
+    // (verify, stage, load, activate, swap); started again, it runs one whole release, and
+    // finishes the install.
+    let dir = shop.dir.path();
+    let mut v2_label = None;
+    for delay_ms in [0u64, 40, 120, 400] {
+        // Back to 1.0.0 for each round: a fresh journal and release store.
+        install(&v1, &active);
+        device.kill9();
+        std::fs::remove_dir_all(shop.path("journal")).unwrap();
+        restart(&mut device, dir, &with_file);
+        assert_eq!(decided(&mut device).0, v1_label);
+        install(&v2, &active);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        restart(&mut device, dir, &with_file);
+        let (label, severities) = decided(&mut device);
+        assert!(
+            label == v1_label || label.starts_with("late-risk@1.1.0+"),
+            "{label}"
+        );
+        let expected = if label == v1_label {
+            "info"
+        } else {
+            "critical"
+        };
+        assert!(
+            severities.iter().all(|s| s == expected),
+            "{label}: {severities:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let label = loop {
+            let (label, _) = decided(&mut device);
+            if label != v1_label {
+                break label;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the install never finished:\n{}",
+                device.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        v2_label = Some(label);
+    }
+    let v2_label = v2_label.unwrap();
+
+    // Installed means installed: without the file, after a restart, the device runs 1.1.0.
+    std::fs::remove_file(&active).unwrap();
+    restart(&mut device, dir, &[]);
+    assert_eq!(decided(&mut device).0, v2_label);
+
+    // A crash right after staging (the candidate whole on disk, not yet active): the next
+    // start finishes the install, with no release file offered.
+    let v3 = shop.release("1.2.0", &[("critical_threshold", "0.99")]);
+    device.kill9();
+    let store = fleet_host::release::ReleaseStore::open(&shop.path("journal/releases")).unwrap();
+    let staged = fleet_release::open_bundle(&v3, &shop.trusted(), u64::MAX).unwrap();
+    store.stage(&staged).unwrap();
+    assert_eq!(store.state().unwrap().candidate, Some(staged.id));
+    restart(&mut device, dir, &[]);
+    assert_eq!(decided(&mut device).0, staged.label());
+    let state = store.state().unwrap();
+    assert_eq!(state.active, Some(staged.id));
+    assert_eq!(state.candidate, None);
+    assert!(
+        state
+            .previous
+            .is_some_and(|p| v2_label.contains(&p.hex()[..12]))
+    );
+    let v2_label = staged.label();
+
+    // An older release (a replay of 1.0.0) is refused, at start and while running.
+    install(&v1, &active);
+    restart(&mut device, dir, &with_file);
+    assert_eq!(decided(&mut device).0, v2_label);
+    assert!(device.log().contains("not newer"), "{}", device.log());
+    device.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(decided(&mut device).0, v2_label);
 }
