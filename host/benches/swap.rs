@@ -192,12 +192,12 @@ fn releases(c: &mut Criterion) {
     .write(&path, &signer)
     .unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    let source = Arc::new(fleet_host::release::ReleaseSource {
-        path: Some(path.clone()),
-        trusted: trusted.clone(),
-        budget: u64::MAX,
-        store: None,
-    });
+    let source = Arc::new(fleet_host::release::ReleaseSource::new(
+        Some(path.clone()),
+        trusted.clone(),
+        u64::MAX,
+        None,
+    ));
 
     // The new policy: the shipped one as new bytes (its own digest), and precompiled.
     let policy = with_custom_section(fleet_guest_modules::POLICY_WASM, 1);

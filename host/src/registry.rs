@@ -86,6 +86,18 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// A short code for the reason (a refused release's report, metrics).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Load(_) => "module",
+            Self::Layout { .. } => "layout",
+            Self::Release(e) => e.reason(),
+            Self::FeatureMismatch { .. } => "features",
+        }
+    }
+}
+
 /// Where modules come from.
 #[derive(Clone, Debug)]
 pub enum ModuleSource {
@@ -186,6 +198,10 @@ impl ModuleRegistry {
         let set = Arc::new(set);
         self.current.store(set.clone());
         Ok(set)
+    }
+
+    pub fn source(&self) -> &ModuleSource {
+        &self.source
     }
 
     /// Whether the source can change on disk (a directory or a release file).

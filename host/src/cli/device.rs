@@ -109,7 +109,11 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
     let wake = Arc::new(Notify::new());
     let stop = Arc::new(Notify::new());
     let status = Arc::new(SyncStatus::default());
-    let handle = writer::spawn(DeviceRuntime::new(registry), journal.clone(), wake.clone());
+    let handle = writer::spawn(
+        DeviceRuntime::new(registry.clone()),
+        journal.clone(),
+        wake.clone(),
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -137,7 +141,7 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
             .block_on(tokio::net::TcpListener::bind(args.http))
             .with_context(|| format!("binding HTTP on {}", args.http))?;
         tracing::info!(http = %listener.local_addr()?, "accepting events over HTTP");
-        let app = http::router(handle.clone(), status.clone());
+        let app = http::router(handle.clone(), status.clone(), registry.clone());
         rt.spawn(async move { axum::serve(listener, app).await });
     }
 

@@ -152,12 +152,12 @@ impl RuntimeArgs {
              (`fleetctl keys init` makes one and says how)",
             dir.display()
         );
-        Ok(ReleaseSource {
+        Ok(ReleaseSource::new(
             path,
             trusted,
-            budget: self.release_budget_mib << 20,
+            self.release_budget_mib << 20,
             store,
-        })
+        ))
     }
 
     /// Reloads `registry` when its directory changes or on SIGHUP, until dropped.

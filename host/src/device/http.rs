@@ -2,7 +2,8 @@
 //! per line, bodies up to [`MAX_BODY`]). The answer comes once the accepted events are durable
 //! in the journal; malformed lines are reported by line number and field and do not hold back
 //! the others. `/healthz` says whether the journal can take writes; `/v1/dead-letters` lists
-//! the parked events and `POST /v1/dead-letters/retry` scores them again.
+//! the parked events and `POST /v1/dead-letters/retry` scores them again; `/v1/release` says
+//! which release runs, what the release store holds and which releases were refused, and why.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use fleet_journal::{Journal, StoreHealth};
 use serde_json::json;
 
 use crate::event::{Event, MAX_LINE};
+use crate::registry::{ModuleRegistry, ModuleSource};
 
 use super::sync::SyncStatus;
 use super::writer::{SubmitError, WriterHandle};
@@ -30,17 +32,27 @@ const DEAD_LETTER_PAGE_MAX: usize = 1000;
 struct AppState {
     writer: WriterHandle,
     status: Arc<SyncStatus>,
+    registry: Arc<ModuleRegistry>,
 }
 
-pub fn router(writer: WriterHandle, status: Arc<SyncStatus>) -> Router {
+pub fn router(
+    writer: WriterHandle,
+    status: Arc<SyncStatus>,
+    registry: Arc<ModuleRegistry>,
+) -> Router {
     Router::new()
         .route("/v1/events", post(events))
         .route("/healthz", get(health))
         .route("/v1/sync", get(sync_status))
+        .route("/v1/release", get(release))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/retry", post(retry))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { writer, status })
+        .with_state(AppState {
+            writer,
+            status,
+            registry,
+        })
 }
 
 fn journal(s: &AppState) -> &Arc<Journal> {
@@ -74,6 +86,29 @@ async fn sync_status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "failures": s.status.failures.load(Relaxed),
         "rtt_micros": s.status.rtt_micros.load(Relaxed),
     }))
+}
+
+/// The release the device runs, what its store holds, and the releases it refused.
+async fn release(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let registry = &s.registry;
+    let set = registry.current();
+    let mut answer = json!({
+        "running": {
+            "release": set.release_label(),
+            "generation": set.generation,
+            "modules": [set.features.label(), set.scorer.label(), set.policy.label()],
+        },
+    });
+    if let ModuleSource::Release(source) = registry.source() {
+        if let Some(store) = &source.store {
+            answer["store"] = match store.state() {
+                Ok(state) => json!(state),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+        }
+        answer["refused"] = json!(source.refusals.report());
+    }
+    Json(answer)
 }
 
 async fn dead_letters(

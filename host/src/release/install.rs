@@ -11,10 +11,19 @@ use super::{ReleaseLoadError, ReleaseSource, ReleaseStore};
 use crate::engine::SandboxEngine;
 use crate::registry::{ModuleSet, RegistryError};
 
+/// The set to run from `source`, counting what is refused in `source.refusals`.
+pub(crate) fn load_set(
+    engine: &SandboxEngine,
+    source: &ReleaseSource,
+    generation: u64,
+) -> Result<ModuleSet, RegistryError> {
+    install(engine, source, generation).inspect_err(|e| source.refusals.record(e))
+}
+
 /// The set to run from `source`. `generation` 1 is the host's start: a refused offer is then
 /// logged and the installed release runs; later (a reload), a refused offer is an error and
 /// the running set stays.
-pub(crate) fn load_set(
+fn install(
     engine: &SandboxEngine,
     source: &ReleaseSource,
     generation: u64,
@@ -32,10 +41,12 @@ pub(crate) fn load_set(
     };
     let starting = generation == 1;
     if let Err(refused) = offer(store, source) {
+        let refused = RegistryError::from(refused);
         if !starting {
-            return Err(refused.into());
+            return Err(refused);
         }
         tracing::error!(error = %refused, "release refused; starting on the installed release");
+        source.refusals.record(&refused);
     }
     let stored = |e: ReleaseError| ReleaseLoadError::Store {
         dir: store.dir().to_path_buf(),
@@ -60,6 +71,7 @@ pub(crate) fn load_set(
                     return Err(e);
                 }
                 tracing::error!(error = %e, "the staged release does not load; staying on the active one");
+                source.refusals.record(&e);
             }
         }
     }

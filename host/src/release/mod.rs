@@ -57,6 +57,58 @@ pub struct ReleaseSource {
     /// A device's store: what it installed survives restarts, an offered release is staged
     /// there and installed from there, and an older one is refused.
     pub store: Option<ReleaseStore>,
+    /// Releases refused so far, by reason.
+    pub refusals: Refusals,
+}
+
+impl ReleaseSource {
+    pub fn new(
+        path: Option<PathBuf>,
+        trusted: TrustedKeys,
+        budget: u64,
+        store: Option<ReleaseStore>,
+    ) -> Self {
+        Self {
+            path,
+            trusted,
+            budget,
+            store,
+            refusals: Refusals::default(),
+        }
+    }
+}
+
+/// Releases a host refused: counts by reason code, and the last refusal.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    inner: std::sync::Mutex<RefusalReport>,
+}
+
+/// What [`Refusals`] hold, as reported (`GET /v1/release` on a device).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RefusalReport {
+    pub total: u64,
+    pub by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// The last refusal: its reason code, the error, and when (ms since the epoch).
+    pub last: Option<(&'static str, String, i64)>,
+}
+
+impl Refusals {
+    pub(crate) fn record(&self, error: &crate::registry::RegistryError) {
+        let reason = error.reason();
+        let mut report = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        report.total += 1;
+        *report.by_reason.entry(reason).or_default() += 1;
+        report.last = Some((
+            reason,
+            error.to_string(),
+            chrono::Utc::now().timestamp_millis(),
+        ));
+    }
+
+    pub fn report(&self) -> RefusalReport {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Why a release did not become a module set (its modules' own failures are

@@ -27,15 +27,32 @@ impl Device {
     }
 
     /// A device whose modules come from `source` (`--modules DIR` or `--release FILE`, with
-    /// what else they need).
+    /// what else they need), without its HTTP endpoint.
     pub(crate) fn start_with(dir: &std::path::Path, source: &[std::ffi::OsString]) -> Self {
+        Self::spawn(dir, source, None)
+    }
+
+    /// The same, serving its loopback HTTP endpoint on `port`.
+    pub(crate) fn start_serving(
+        dir: &std::path::Path,
+        source: &[std::ffi::OsString],
+        port: u16,
+    ) -> Self {
+        Self::spawn(dir, source, Some(port))
+    }
+
+    fn spawn(dir: &std::path::Path, source: &[std::ffi::OsString], http: Option<u16>) -> Self {
         let pki = Pki::at(dir.join("certs"));
         if !pki.ca_cert().exists() {
             pki.init(&[]).unwrap();
             pki.issue_device("dev-1", 1).unwrap();
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-host"))
-            .args(["device", "--device", "dev-1", "--no-http", "--input", "-"])
+            .args(["device", "--device", "dev-1", "--input", "-"])
+            .args(match http {
+                Some(port) => vec!["--http".to_string(), format!("127.0.0.1:{port}")],
+                None => vec!["--no-http".to_string()],
+            })
             .arg("--certs")
             .arg(dir.join("certs"))
             .arg("--journal")

@@ -72,12 +72,12 @@ impl Workshop {
     }
 
     fn source(&self, path: &Path) -> ModuleSource {
-        ModuleSource::Release(Arc::new(ReleaseSource {
-            path: Some(path.to_path_buf()),
-            trusted: self.trusted(),
-            budget: fleet_release::DEFAULT_BUDGET,
-            store: None,
-        }))
+        ModuleSource::Release(Arc::new(ReleaseSource::new(
+            Some(path.to_path_buf()),
+            self.trusted(),
+            fleet_release::DEFAULT_BUDGET,
+            None,
+        )))
     }
 
     /// Verifies and loads a release on a fresh engine (nothing compiled before).
@@ -288,9 +288,12 @@ fn a_device_swaps_to_a_new_release_and_keeps_its_release_when_a_bad_one_arrives(
     let keys = certs.join("release-keys");
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::copy(shop.path("release-keys/ops.pub"), keys.join("ops.pub")).unwrap();
-    let mut device = Device::start_with(
+    let port = crate::fleet::free_port();
+    let http: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut device = Device::start_serving(
         shop.dir.path(),
         &["--release".into(), active.clone().into_os_string()],
+        port,
     );
     let (first, severities) = decided(&mut device);
     assert!(first.starts_with("late-risk@1.0.0+"), "{first}");
@@ -331,6 +334,28 @@ fn a_device_swaps_to_a_new_release_and_keeps_its_release_when_a_bad_one_arrives(
             "still on its release after {reason}"
         );
     }
+
+    // The device says what it runs and what it refused, and why.
+    let report = crate::fleet::get_json(http, "/v1/release");
+    assert_eq!(report["running"]["release"], first.as_str(), "{report}");
+    assert_eq!(report["refused"]["total"], 3, "{report}");
+    for reason in ["untrusted-key", "digest", "corrupt"] {
+        assert_eq!(
+            report["refused"]["by_reason"][reason], 1,
+            "{reason}: {report}"
+        );
+    }
+    assert!(
+        report["refused"]["last"][1]
+            .as_str()
+            .unwrap()
+            .contains("corrupt")
+    );
+    assert!(
+        report["store"]["active"]
+            .as_str()
+            .is_some_and(|a| first.contains(&a[7..19]))
+    );
 
     // The good release swaps in between two batches: its label and its thresholds.
     install(&loud, &active);
