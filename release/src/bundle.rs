@@ -329,7 +329,7 @@ mod tests {
         trusted.add_public_line(&signer.public_line("")).unwrap();
         let files = files();
         let refs: Vec<(&[u8], ArtifactKind)> = files.iter().map(|(b, k)| (&b[..], *k)).collect();
-        let manifest = crate::manifest::tests::manifest_over(&refs);
+        let manifest = crate::testing::manifest_over("1.4.0", &refs);
         let artifacts = files
             .iter()
             .map(|(b, _)| (Sha256Digest::of(b), b.clone()))

@@ -11,6 +11,8 @@
 pub mod bundle;
 pub mod keys;
 pub mod manifest;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::path::PathBuf;
 

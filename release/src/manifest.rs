@@ -316,52 +316,16 @@ fn valid_name(name: &str) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    /// A valid manifest over the given component and model bytes.
-    pub(crate) fn manifest_over(files: &[(&[u8], ArtifactKind)]) -> ReleaseManifest {
-        let artifacts: Vec<Artifact> = files
-            .iter()
-            .map(|(bytes, kind)| Artifact {
-                sha256: Sha256Digest::of(bytes),
-                size: bytes.len() as u64,
-                kind: *kind,
-            })
-            .collect();
-        let component = |i: usize| artifacts[i].sha256;
-        let modules = ModuleKind::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, &kind)| ModuleEntry {
-                name: format!("m-{kind}"),
-                kind,
-                version: "1.0.0".into(),
-                component: component(i),
-                config: BTreeMap::from([("threshold".to_string(), "0.9".to_string())]),
-                precompiled: Vec::new(),
-            })
-            .collect();
-        let models = vec![ModelEntry {
-            name: "late_risk".into(),
-            artifact: artifacts[3].sha256,
-        }];
-        let mut manifest = ReleaseManifest {
-            format: FORMAT,
-            name: "late-risk".into(),
-            version: "1.4.0".parse().unwrap(),
-            modules,
-            models,
-            artifacts,
-        };
-        manifest.normalize();
-        manifest
-    }
-
     pub(crate) fn sample() -> ReleaseManifest {
-        manifest_over(&[
-            (b"features", ArtifactKind::Component),
-            (b"scorer", ArtifactKind::Component),
-            (b"policy", ArtifactKind::Component),
-            (b"model", ArtifactKind::Model),
-        ])
+        crate::testing::manifest_over(
+            "1.4.0",
+            &[
+                (b"features", ArtifactKind::Component),
+                (b"scorer", ArtifactKind::Component),
+                (b"policy", ArtifactKind::Component),
+                (b"model", ArtifactKind::Model),
+            ],
+        )
     }
 
     #[test]

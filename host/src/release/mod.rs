@@ -112,7 +112,7 @@ impl Refusals {
 }
 
 /// Why a release did not become a module set (its modules' own failures are
-/// [`RegistryError::Load`]).
+/// [`crate::registry::RegistryError::Load`]).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ReleaseLoadError {

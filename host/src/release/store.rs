@@ -177,59 +177,14 @@ mod tests {
         version: &str,
         policy: &[u8],
     ) -> VerifiedRelease {
-        use fleet_release::{
-            Artifact, ArtifactKind, ModelEntry, ModuleEntry, ModuleKind, ReleaseManifest,
-        };
-        let files: Vec<(&[u8], ArtifactKind)> = vec![
-            (b"features", ArtifactKind::Component),
-            (b"scorer", ArtifactKind::Component),
-            (policy, ArtifactKind::Component),
-            (b"model", ArtifactKind::Model),
+        use fleet_release::ArtifactKind::{Component, Model};
+        let files: [(&[u8], _); 4] = [
+            (b"features", Component),
+            (b"scorer", Component),
+            (policy, Component),
+            (b"model", Model),
         ];
-        let artifacts: Vec<Artifact> = files
-            .iter()
-            .map(|(b, kind)| Artifact {
-                sha256: Sha256Digest::of(b),
-                size: b.len() as u64,
-                kind: *kind,
-            })
-            .collect();
-        let modules = ModuleKind::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, &kind)| ModuleEntry {
-                name: format!("m-{kind}"),
-                kind,
-                version: "1".into(),
-                component: artifacts[i].sha256,
-                config: Default::default(),
-                precompiled: Vec::new(),
-            })
-            .collect();
-        let mut manifest = ReleaseManifest {
-            format: fleet_release::manifest::FORMAT,
-            name: "late-risk".into(),
-            version: version.parse().unwrap(),
-            modules,
-            models: vec![ModelEntry {
-                name: "late_risk".into(),
-                artifact: artifacts[3].sha256,
-            }],
-            artifacts,
-        };
-        manifest.normalize();
-        let bytes = manifest.canonical_bytes();
-        let signature = signer.sign(&bytes).to_bytes();
-        let mut trusted = TrustedKeys::default();
-        trusted.add_public_line(&signer.public_line("")).unwrap();
-        let by_digest: std::collections::HashMap<Sha256Digest, Vec<u8>> = files
-            .iter()
-            .map(|(b, _)| (Sha256Digest::of(b), b.to_vec()))
-            .collect();
-        VerifiedRelease::from_parts(&bytes, &signature, &trusted, u64::MAX, |d| {
-            by_digest.get(d).cloned()
-        })
-        .unwrap()
+        fleet_release::testing::verified(signer, version, &files).0
     }
 
     #[test]
