@@ -218,12 +218,7 @@ impl ModuleRegistry {
                 let mut files = manifests_in(dir).unwrap_or_default();
                 let components: Vec<PathBuf> = files
                     .iter()
-                    .filter_map(|m| {
-                        std::fs::read_to_string(m)
-                            .ok()
-                            .and_then(|t| toml::from_str::<Manifest>(&t).ok())
-                            .and_then(|man| crate::module::confined(dir, &man.component).ok())
-                    })
+                    .filter_map(|m| Manifest::read(m).ok().map(|man| man.component))
                     .collect();
                 files.extend(components);
                 files

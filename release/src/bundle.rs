@@ -89,9 +89,7 @@ impl Pending {
         trusted: &TrustedKeys,
         budget: u64,
     ) -> Result<Self, ReleaseError> {
-        let signature = SignatureFile::from_bytes(signature)?;
-        trusted.verify(manifest_bytes, &signature)?;
-        let manifest = ReleaseManifest::from_canonical_bytes(manifest_bytes)?;
+        let (manifest, signature) = verify_manifest(manifest_bytes, signature, trusted)?;
         if manifest.size() > budget {
             return Err(ReleaseError::TooLarge {
                 size: manifest.size(),
@@ -155,6 +153,21 @@ impl Pending {
             artifacts: self.artifacts,
         })
     }
+}
+
+/// Checks a signature over a manifest and reads the manifest, without its artifacts: what a
+/// release says about itself (name, version), trustworthy, for the cost of one signature check.
+pub fn verify_manifest(
+    manifest_bytes: &[u8],
+    signature: &[u8],
+    trusted: &TrustedKeys,
+) -> Result<(ReleaseManifest, SignatureFile), ReleaseError> {
+    let signature = SignatureFile::from_bytes(signature)?;
+    trusted.verify(manifest_bytes, &signature)?;
+    Ok((
+        ReleaseManifest::from_canonical_bytes(manifest_bytes)?,
+        signature,
+    ))
 }
 
 /// Signs `manifest` and writes the release file to `out` (whole: a temporary file renamed into

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use bundle::{VerifiedRelease, open_bundle, read_bundle, write_bundle};
+pub use bundle::{VerifiedRelease, open_bundle, read_bundle, verify_manifest, write_bundle};
 pub use keys::{KeyId, ReleaseSigner, SignatureFile, TrustedKeys};
 pub use manifest::{
     Artifact, ArtifactKind, ModelEntry, ModuleEntry, ModuleKind, Precompiled, ReleaseId,

@@ -109,20 +109,10 @@ impl TokenFile {
     }
 
     fn store(&self, tokens: Vec<TokenRecord>) -> anyhow::Result<()> {
-        use std::io::Write as _;
         let tmp = self.path.with_extension("json.tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
         let mut bytes = serde_json::to_vec_pretty(&TokenList { tokens })?;
         bytes.push(b'\n');
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        write_private(&tmp, &bytes)?;
         std::fs::rename(&tmp, &self.path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
     }
@@ -168,16 +158,7 @@ impl TokenFile {
             return Ok(None);
         }
         let (_, secret) = self.issue(Role::Admin, "first admin (certs init)")?;
-        let path = self.admin_token_path();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        use std::io::Write as _;
-        options
-            .open(&path)
-            .and_then(|mut f| f.write_all(format!("{secret}\n").as_bytes()))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        write_private(&self.admin_token_path(), format!("{secret}\n").as_bytes())?;
         Ok(Some(secret))
     }
 
@@ -185,6 +166,19 @@ impl TokenFile {
     pub fn admin_token_path(&self) -> PathBuf {
         self.path.with_file_name("admin.token")
     }
+}
+
+/// Writes `bytes` to `path` (created with mode 0600, or truncated) and syncs it.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

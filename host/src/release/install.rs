@@ -48,10 +48,7 @@ fn install(
         tracing::error!(error = %refused, "release refused; starting on the installed release");
         source.refusals.record(&refused);
     }
-    let stored = |e: ReleaseError| ReleaseLoadError::Store {
-        dir: store.dir().to_path_buf(),
-        error: e,
-    };
+    let stored = stored(store);
     let state = store.state().map_err(stored)?;
     if let Some(candidate) = state.candidate {
         let installed = store
@@ -91,10 +88,7 @@ fn offer(store: &ReleaseStore, source: &ReleaseSource) -> Result<(), ReleaseLoad
         path: path.clone(),
         error,
     };
-    let stored = |error| ReleaseLoadError::Store {
-        dir: store.dir().to_path_buf(),
-        error,
-    };
+    let stored = stored(store);
     let offered =
         fleet_release::open_bundle(path, &source.trusted, source.budget).map_err(refused)?;
     let state = store.state().map_err(stored)?;
@@ -102,11 +96,10 @@ fn offer(store: &ReleaseStore, source: &ReleaseSource) -> Result<(), ReleaseLoad
         return Ok(());
     }
     if let Some(active) = state.active {
-        let active = store
-            .load(&active, &source.trusted, source.budget)
-            .map_err(stored)?;
-        let same_line = active.manifest.name == offered.manifest.name;
-        if same_line && offered.manifest.version <= active.manifest.version {
+        // The signed manifest says the version; the artifacts are verified when loaded.
+        let active = store.manifest(&active, &source.trusted).map_err(stored)?;
+        let same_line = active.name == offered.manifest.name;
+        if same_line && offered.manifest.version <= active.version {
             return Err(ReleaseLoadError::NotNewer {
                 offered: offered.label(),
                 active: active.label(),
@@ -116,6 +109,14 @@ fn offer(store: &ReleaseStore, source: &ReleaseSource) -> Result<(), ReleaseLoad
     store.stage(&offered).map_err(stored)?;
     tracing::info!(release = %offered.label(), "release verified and staged");
     Ok(())
+}
+
+/// How a store failure is reported.
+fn stored(store: &ReleaseStore) -> impl Fn(ReleaseError) -> ReleaseLoadError + Copy + '_ {
+    move |error| ReleaseLoadError::Store {
+        dir: store.dir().to_path_buf(),
+        error,
+    }
 }
 
 fn loaded(

@@ -36,6 +36,7 @@ pub fn module_set(
     }
     let models = Arc::new(models);
     let mut stats = LoadStats::default();
+    let compatibility = engine.compatibility();
     let mut load = |kind| -> Result<LoadedModule, RegistryError> {
         let entry = release
             .manifest
@@ -53,7 +54,6 @@ pub fn module_set(
                 .collect(),
         };
         let digest = entry.component.to_string();
-        let compatibility = engine.compatibility();
         if let Some(pre) = entry.precompiled.iter().find(|p| p.engine == compatibility) {
             let bytes = release.artifact(&pre.artifact).expect("verified");
             // SAFETY: the bytes are an artifact of a release whose signature and digests were

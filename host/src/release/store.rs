@@ -14,7 +14,9 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use fleet_release::{ReleaseError, ReleaseId, Sha256Digest, TrustedKeys, VerifiedRelease};
+use fleet_release::{
+    ReleaseError, ReleaseId, ReleaseManifest, Sha256Digest, TrustedKeys, VerifiedRelease,
+};
 use serde::{Deserialize, Serialize};
 
 /// Which releases the device runs, ran, and is installing.
@@ -119,6 +121,27 @@ impl ReleaseStore {
         self.set_state(&state)
     }
 
+    /// The signed manifest and signature of a stored release, as stored.
+    fn signed(&self, id: &ReleaseId) -> Result<(Vec<u8>, Vec<u8>), ReleaseError> {
+        let dir = self.release_dir(id);
+        let manifest = dir.join("release.json");
+        let signature = dir.join("release.sig");
+        Ok((
+            std::fs::read(&manifest).map_err(io(&manifest))?,
+            std::fs::read(&signature).map_err(io(&signature))?,
+        ))
+    }
+
+    /// The manifest of a stored release, its signature checked; its artifacts are not read.
+    pub fn manifest(
+        &self,
+        id: &ReleaseId,
+        trusted: &TrustedKeys,
+    ) -> Result<ReleaseManifest, ReleaseError> {
+        let (manifest, signature) = self.signed(id)?;
+        Ok(fleet_release::verify_manifest(&manifest, &signature, trusted)?.0)
+    }
+
     /// Reads a stored release and verifies it again, as if it had just arrived.
     pub fn load(
         &self,
@@ -127,10 +150,7 @@ impl ReleaseStore {
         budget: u64,
     ) -> Result<VerifiedRelease, ReleaseError> {
         let dir = self.release_dir(id);
-        let manifest = dir.join("release.json");
-        let signature = dir.join("release.sig");
-        let manifest = std::fs::read(&manifest).map_err(io(&manifest))?;
-        let signature = std::fs::read(&signature).map_err(io(&signature))?;
+        let (manifest, signature) = self.signed(id)?;
         let release = VerifiedRelease::from_parts(&manifest, &signature, trusted, budget, |d| {
             std::fs::read(self.object(d)).ok()
         })?;
