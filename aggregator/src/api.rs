@@ -16,11 +16,11 @@ use axum::{Json, Router, middleware};
 use fleet_proto::record::Severity;
 use serde_json::json;
 
-use crate::Shared;
 use crate::auth::{self, Authority, Gate, Role};
 use crate::history::{
     DeadLetterFilter, DeadLetterState, DeviceStatus, History, HistoryError, PageRequest,
 };
+use crate::{Shared, releases};
 
 /// Items per page when `limit` is not given.
 pub const DEFAULT_PAGE: usize = 1000;
@@ -29,7 +29,11 @@ pub const MAX_PAGE: usize = 10_000;
 
 /// The API. Every endpoint but `/healthz` needs a token (see [`crate::auth`]): the queries and
 /// `/metrics` a viewer's, the token endpoints an admin's.
-pub fn router(shared: Arc<Shared>, authority: Arc<Authority>) -> Router {
+pub fn router(
+    shared: Arc<Shared>,
+    authority: Arc<Authority>,
+    release_keys: std::path::PathBuf,
+) -> Router {
     let gate = |role| {
         middleware::from_fn_with_state(
             Gate {
@@ -49,11 +53,15 @@ pub fn router(shared: Arc<Shared>, authority: Arc<Authority>) -> Router {
         .route("/api/v1/couriers/{id}", get(courier))
         .route("/api/v1/couriers/{id}/route", get(route))
         .with_state(shared.clone())
+        .merge(releases::viewer_routes(shared.releases.clone()))
         .route_layer(gate(Role::Viewer));
+    let operator = releases::operator_routes(shared.releases.clone(), release_keys)
+        .route_layer(gate(Role::Operator));
     let admin = auth::admin_routes(authority.clone()).route_layer(gate(Role::Admin));
     let authenticated = viewer
+        .merge(operator)
         .merge(admin)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,tokens}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
         .layer(middleware::from_fn_with_state(authority, auth::authenticate));
     Router::new()
         .route("/healthz", get(health))
@@ -235,7 +243,7 @@ async fn metrics(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResu
     .await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&devices, &dead),
+        s.metrics.render(&devices, &dead) + &s.releases.render_metrics(),
     )
         .into_response())
 }
@@ -250,7 +258,20 @@ async fn devices(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResu
     let page = page_param(&p)?;
     let now = crate::now_ms();
     let devices = query(&s, move |h| h.devices(now, &page)).await?;
-    Ok(Json(json!({"devices": devices.items, "next_cursor": devices.next})).into_response())
+    // Each device with what it last reported of its releases and labels.
+    let reports = s.releases.devices();
+    let items: Vec<serde_json::Value> = devices
+        .items
+        .iter()
+        .map(|d| {
+            let mut item = serde_json::to_value(d).unwrap_or_default();
+            if let Some(report) = reports.get(&d.device) {
+                item["release"] = json!(report);
+            }
+            item
+        })
+        .collect();
+    Ok(Json(json!({"devices": items, "next_cursor": devices.next})).into_response())
 }
 
 async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {

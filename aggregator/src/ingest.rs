@@ -1,6 +1,7 @@
 //! The QUIC side: accepts devices (mutual TLS against the fleet CA), takes the device id from
-//! the verified certificate, and runs one [`Receiver`] per bulk stream. Control streams are
-//! separate QUIC streams, so they never wait behind bulk data.
+//! the verified certificate, and runs one [`Receiver`] per bulk stream. Control streams
+//! (pings, releases: [`crate::releases`]) are separate QUIC streams, so they never wait
+//! behind bulk data, nor bulk data behind a download.
 //!
 //! A peer that sends a malformed, oversized or out-of-place frame gets an `error` frame and
 //! its connection is closed; nothing else is affected.
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use fleet_net::framed::{FrameReader, write_frame};
-use fleet_proto::frame::{Control, ErrorCode};
+use fleet_proto::frame::ErrorCode;
 use fleet_proto::receiver::{Receiver, ReceiverAction};
 use fleet_proto::{Frame, ProtocolError, Seq};
 use tokio::sync::mpsc;
@@ -174,7 +175,7 @@ impl From<fleet_net::framed::StreamError> for StreamEnd {
 
 async fn stream(
     conn: &quinn::Connection,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: &Arc<Shared>,
     device: &Arc<str>,
@@ -194,23 +195,15 @@ async fn stream(
             Err(StreamEnd::Unauthorized(message))
         }
         hello @ Frame::Hello { .. } => bulk(conn, send, reader, hello, shared, device).await,
-        Frame::Control(Control::Ping { nonce }) => {
-            write_frame(&mut send, &Frame::Control(Control::Pong { nonce })).await?;
-            while let Some(frame) = reader.next().await? {
-                match frame {
-                    Frame::Control(Control::Ping { nonce }) => {
-                        write_frame(&mut send, &Frame::Control(Control::Pong { nonce })).await?;
-                    }
-                    other => {
-                        return Err(StreamEnd::Protocol(ProtocolError::Unexpected {
-                            got: other.name(),
-                            state: "control stream",
-                        }));
-                    }
-                }
-            }
-            Ok(())
-        }
+        control @ Frame::Control(_) => crate::releases::serve_control(
+            send,
+            reader,
+            control,
+            shared.releases.clone(),
+            device.clone(),
+        )
+        .await
+        .map_err(StreamEnd::from),
         other => {
             let e = ProtocolError::Unexpected {
                 got: other.name(),

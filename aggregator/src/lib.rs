@@ -13,6 +13,7 @@ pub mod history;
 pub mod ingest;
 pub mod ingest_log;
 pub mod metrics;
+pub mod releases;
 pub mod revocation;
 
 use std::net::SocketAddr;
@@ -33,13 +34,21 @@ pub struct Shared {
     pub storage: Arc<committer::StorageHealth>,
     /// Open device connections, to close those of a device whose certificate is revoked.
     pub connections: ingest::Connections,
+    /// Published releases, deployments and what devices report (`DATA/releases/`).
+    pub releases: Arc<releases::FleetReleases>,
 }
 
 impl Shared {
-    /// Starts the committer on `history` with its ingest log in `log_dir`, first replaying
+    /// Starts the committer on `history` with its ingest log in `data`, first replaying
     /// into `history` whatever the log holds (batches acknowledged before a crash that the
-    /// history may not have made durable).
-    pub fn open(history: Arc<dyn History>, log_dir: &Path) -> anyhow::Result<Arc<Self>> {
+    /// history may not have made durable); opens the releases kept in `data`.
+    pub fn open(history: Arc<dyn History>, data: &Path) -> anyhow::Result<Arc<Self>> {
+        let log_dir = &data.join(INGEST_LOG_DIR);
+        let releases_dir = data.join(RELEASES_DIR);
+        let releases = Arc::new(
+            releases::FleetReleases::open(&releases_dir)
+                .with_context(|| format!("opening releases at {}", releases_dir.display()))?,
+        );
         let started = std::time::Instant::now();
         let (log, batches) = IngestLog::recover(
             log_dir,
@@ -67,6 +76,7 @@ impl Shared {
             committer,
             storage,
             connections: ingest::Connections::default(),
+            releases,
         }))
     }
 
@@ -79,12 +89,15 @@ impl Shared {
     pub fn open_sled(data: &Path) -> anyhow::Result<Arc<Self>> {
         let history = SledHistory::open(data)
             .with_context(|| format!("opening history at {}", data.display()))?;
-        Self::open(Arc::new(history), &data.join(INGEST_LOG_DIR))
+        Self::open(Arc::new(history), data)
     }
 }
 
 /// The ingest log's directory inside the aggregator's data directory.
 pub const INGEST_LOG_DIR: &str = "ingest-log";
+
+/// Published releases, deployments and device reports, inside the data directory.
+pub const RELEASES_DIR: &str = "releases";
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -141,8 +154,13 @@ pub async fn start(
         config.api_rate,
         shared.metrics.clone(),
     )?);
+    let release_keys = config.certs.join("release-keys");
     let serving = async move {
-        let api = axum::serve(http, api::router(shared.clone(), authority.clone()));
+        releases::spawn_saver(shared.releases.clone());
+        let api = axum::serve(
+            http,
+            api::router(shared.clone(), authority.clone(), release_keys),
+        );
         let revocations = revocation::watch(pki, endpoint.clone(), shared.clone(), authority);
         tokio::select! {
             () = ingest::serve(endpoint, shared) => Ok(()),

@@ -1,12 +1,15 @@
 //! `fleetctl`: the operator's command line. Release keys, signed releases built from a module
-//! directory and models, and what ships built in as a starting point.
+//! directory and models, and what ships built in as a starting point; through the
+//! aggregator's API: publishing, deploying, and where each device stands.
 
+mod api;
+mod fleet;
 mod keys;
 mod release;
 
 use clap::{Parser, Subcommand};
 
-/// The fleet operator's tool: release keys and signed releases.
+/// The fleet operator's tool: release keys, signed releases, deployments.
 #[derive(Parser, Debug)]
 #[command(name = "fleetctl", version, about)]
 struct Cli {
@@ -19,9 +22,18 @@ enum Command {
     /// Release signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Signed releases: build, inspect, and export what ships built in.
+    /// Signed releases: build, inspect, export what ships built in; publish to and list on
+    /// the aggregator.
     #[command(subcommand)]
     Release(release::ReleaseCommand),
+    /// Deploy a published release: to every device, to listed devices, or to devices
+    /// carrying labels. The newest deployment that targets a device decides what it runs.
+    Deploy(fleet::DeployArgs),
+    /// Where a release stands on each device it targets: offered, downloading, verified,
+    /// active, failed (with the reason), pending.
+    Status(fleet::StatusArgs),
+    /// Every device: the release it runs, its labels, when it was last seen.
+    Devices(fleet::DevicesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +43,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Keys(command) => keys::run(command),
         Command::Release(command) => release::run(command),
+        Command::Deploy(args) => fleet::deploy(args),
+        Command::Status(args) => fleet::status(args),
+        Command::Devices(args) => fleet::devices(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

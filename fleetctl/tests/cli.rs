@@ -121,3 +121,41 @@ fn a_release_that_would_not_load_on_a_device_is_not_written() {
     let err = refused(dir, &["release", "build", "mods", "--version", "1.0.0"]);
     assert!(err.contains("no scorer module"), "{err}");
 }
+
+#[test]
+fn commands_that_need_the_aggregator_say_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for command in [
+        &["release", "publish", "--help"][..],
+        &["release", "list", "--help"],
+        &["deploy", "--help"],
+        &["status", "--help"],
+        &["devices", "--help"],
+    ] {
+        assert!(ok(dir, command).contains("--token-file"), "{command:?}");
+    }
+    // No token anywhere: the error names where one was looked for and how to give one.
+    let err = refused(dir, &["devices"]);
+    assert!(
+        err.contains("certs/admin.token") && err.contains("--token-file"),
+        "{err}"
+    );
+    // A token but nothing listening: the address is named.
+    std::fs::write(dir.join("op.token"), "fleet_x").unwrap();
+    let err = refused(
+        dir,
+        &[
+            "status",
+            "late-risk@1.0.0",
+            "--token-file",
+            "op.token",
+            "--api",
+            "http://127.0.0.1:9",
+        ],
+    );
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    // A deploy needs a target.
+    let err = refused(dir, &["deploy", "late-risk@1.0.0"]);
+    assert!(err.contains("--all"), "{err}");
+}

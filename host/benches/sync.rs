@@ -87,6 +87,7 @@ fn main() {
             sender: SenderConfig::default(),
             endpoint: None,
             handshakes: None,
+            releases: None,
         },
         status.clone(),
         Arc::new(Notify::new()),

@@ -234,19 +234,19 @@ fn load_set(
     generation: u64,
 ) -> Result<ModuleSet, RegistryError> {
     let set = match source {
-        ModuleSource::Release(release) => crate::release::load_set(engine, release, generation)?,
-        ModuleSource::Embedded => {
-            let [features, scorer, policy] =
-                EMBEDDED.map(|(name, kind, bytes)| embedded(engine, models, name, kind, bytes));
-            ModuleSet {
-                generation,
-                models: models.clone(),
-                release: None,
-                features: features?,
-                scorer: scorer?,
-                policy: policy?,
+        ModuleSource::Release(release) => {
+            match crate::release::load_set(engine, release, generation) {
+                // A device whose store holds no release yet runs the built-in modules until
+                // one is installed.
+                Err(RegistryError::Release(ReleaseLoadError::Nothing))
+                    if release.path.is_none() =>
+                {
+                    embedded_set(engine, models, generation)?
+                }
+                other => other?,
             }
         }
+        ModuleSource::Embedded => embedded_set(engine, models, generation)?,
         ModuleSource::Dir(dir) => {
             let layout = |reason: String| RegistryError::Layout {
                 dir: dir.clone(),
@@ -284,6 +284,23 @@ fn load_set(
     };
     check_features(engine, &set)?;
     Ok(set)
+}
+
+fn embedded_set(
+    engine: &SandboxEngine,
+    models: &Arc<ModelRegistry>,
+    generation: u64,
+) -> Result<ModuleSet, RegistryError> {
+    let [features, scorer, policy] =
+        EMBEDDED.map(|(name, kind, bytes)| embedded(engine, models, name, kind, bytes));
+    Ok(ModuleSet {
+        generation,
+        models: models.clone(),
+        release: None,
+        features: features?,
+        scorer: scorer?,
+        policy: policy?,
+    })
 }
 
 /// The modules built into this binary: name, kind and component.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::batch::Codec;
+use crate::distribution::{DeviceReport, Digest, Offer};
 use crate::record::{JournalId, Seq};
 
 /// Largest encoded frame accepted (length prefix excluded).
@@ -73,11 +74,52 @@ pub enum ErrorCode {
     Unavailable,
 }
 
-/// Control messages. Module updates arrive here next.
+/// Control messages, on a stream of their own. Version 3 adds release distribution (see
+/// [`crate::distribution`]); variants are only ever added at the end, so a version-2 peer
+/// decodes what it knows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Control {
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// Device -> aggregator: its releases and labels, and where an offered install stands.
+    Report(DeviceReport),
+    /// Aggregator -> device: the release it should run.
+    Offer(Offer),
+    /// Device -> aggregator: `len` bytes of an artifact of the offered release at `offset`.
+    Fetch {
+        artifact: Digest,
+        offset: u64,
+        len: u32,
+    },
+    /// Aggregator -> device: the bytes asked for.
+    Piece {
+        artifact: Digest,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Aggregator -> device: that artifact cannot be served (not in the offered release).
+    Unavailable {
+        artifact: Digest,
+    },
+}
+
+impl Control {
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
+            Self::Report(_) => "report",
+            Self::Offer(_) => "offer",
+            Self::Fetch { .. } => "fetch",
+            Self::Piece { .. } => "piece",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
 }
 
 /// Why bytes could not become a frame (or a frame was out of place).

@@ -7,12 +7,16 @@
 //!   that pays.
 //! - [`sender`] / [`receiver`]: the two ends as state machines driven by frames and an explicit
 //!   clock. The caller moves bytes and persists; these decide what to send and when to ack.
+//! - [`distribution`]: releases on the control stream: offer, fetch by digest in pieces,
+//!   reports ([`distribution::Fetcher`] on the device, [`distribution::Distributor`] at the
+//!   aggregator).
 //!
 //! Delivery is at-least-once on the wire and exactly-once in history: the device resends from
 //! the last acknowledged sequence, the aggregator absorbs anything at or below what it has
 //! made durable, keyed by (device, sequence).
 
 pub mod batch;
+pub mod distribution;
 pub mod frame;
 pub mod receiver;
 pub mod record;
@@ -22,9 +26,22 @@ pub use batch::{BatchBody, Codec, Entry};
 pub use frame::{Frame, FrameDecoder, ProtocolError};
 pub use record::{JournalId, Record, Seq};
 
-/// Version spoken by this build; `hello`/`welcome` carry it and a mismatch is refused.
+/// Highest version spoken by this build. A device's `hello` carries the highest it speaks;
+/// the aggregator welcomes with the highest both speak (refusing below
+/// [`MIN_PROTOCOL_VERSION`]), and the device refuses a welcome below its own minimum. A
+/// device refused by an older aggregator offers one version less on its next connection. So
+/// a fleet upgrades gradually, the aggregator first.
 /// 2: journal ids in `hello`, the device's journal head in `batch`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: release distribution on the control stream ([`distribution`]).
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// Lowest version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+
+/// The version two peers speak, given the other's highest: `None` when there is none.
+pub fn negotiate(theirs: u16) -> Option<u16> {
+    (theirs >= MIN_PROTOCOL_VERSION).then(|| theirs.min(PROTOCOL_VERSION))
+}
 
 /// Entry points shared by the cargo-fuzz targets (`proto/fuzz`) and their smoke run in
 /// `cargo test`: whatever the bytes, these return and never panic.

@@ -2,10 +2,10 @@
 //! batches in sequence order, hands them to the driver to persist, and acknowledges only what
 //! the driver reports durable.
 
-use crate::PROTOCOL_VERSION;
 use crate::batch::{BatchBody, Entry};
 use crate::frame::{Control, Frame, ProtocolError};
 use crate::record::{JournalId, Seq};
+use crate::{PROTOCOL_VERSION, negotiate};
 
 /// What the driver must do after a frame.
 #[derive(Debug, PartialEq)]
@@ -57,6 +57,8 @@ pub struct Receiver {
     accepted: Seq,
     /// Batches that were entirely duplicates (absorbed).
     pub duplicate_batches: u64,
+    /// The version agreed in the hello.
+    version: u16,
 }
 
 impl Receiver {
@@ -69,7 +71,13 @@ impl Receiver {
             durable: 0,
             accepted: 0,
             duplicate_batches: 0,
+            version: PROTOCOL_VERSION,
         }
+    }
+
+    /// The version agreed with the device (this build's until it says hello).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     pub fn durable(&self) -> Seq {
@@ -150,12 +158,13 @@ impl Receiver {
     }
 
     fn hello(&mut self, version: u16, journal: JournalId) -> Result<ReceiverAction, ProtocolError> {
-        if version != PROTOCOL_VERSION {
+        let Some(agreed) = negotiate(version) else {
             return Err(ProtocolError::VersionMismatch {
                 theirs: version,
                 ours: PROTOCOL_VERSION,
             });
-        }
+        };
+        self.version = agreed;
         match self.state {
             State::AwaitingHello => {
                 self.state = State::Opening(journal);
@@ -185,7 +194,7 @@ impl Receiver {
 
     fn welcome(&self) -> Frame {
         Frame::Welcome {
-            version: PROTOCOL_VERSION,
+            version: self.version,
             acked_through: self.durable,
             window: self.window,
         }
@@ -268,5 +277,45 @@ mod tests {
             r.handle(batch(1, 5, 4)),
             Err(ProtocolError::BadRange { .. })
         ));
+    }
+
+    #[test]
+    fn an_older_device_is_welcomed_in_its_version_and_a_too_old_one_refused() {
+        let mut r = Receiver::new(4);
+        let old = Frame::Hello {
+            version: crate::MIN_PROTOCOL_VERSION,
+            journal: 7,
+            acked_through: 0,
+            device: None,
+            agent: "old".into(),
+        };
+        r.handle(old).unwrap();
+        assert!(matches!(
+            r.opened(0),
+            Frame::Welcome { version, .. } if version == crate::MIN_PROTOCOL_VERSION
+        ));
+        let mut r = Receiver::new(4);
+        let ancient = Frame::Hello {
+            version: crate::MIN_PROTOCOL_VERSION - 1,
+            journal: 7,
+            acked_through: 0,
+            device: None,
+            agent: "ancient".into(),
+        };
+        assert!(matches!(
+            r.handle(ancient),
+            Err(ProtocolError::VersionMismatch { .. })
+        ));
+        // A newer device is welcomed in this build's version.
+        let mut r = Receiver::new(4);
+        let newer = Frame::Hello {
+            version: PROTOCOL_VERSION + 1,
+            journal: 7,
+            acked_through: 0,
+            device: None,
+            agent: "newer".into(),
+        };
+        r.handle(newer).unwrap();
+        assert_eq!(r.version(), PROTOCOL_VERSION);
     }
 }

@@ -4,10 +4,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::PROTOCOL_VERSION;
 use crate::batch::{BatchBody, Codec, Entry};
+use crate::frame::ErrorCode;
 use crate::frame::{Frame, ProtocolError};
 use crate::record::{JournalId, Record, Seq};
+use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// The device's journal, as the sender sees it.
 pub trait Outbox {
@@ -103,6 +104,10 @@ pub struct Sender {
     in_flight: VecDeque<InFlight>,
     /// Batches given up on after a timeout and sent again (a measure of waste).
     pub resent_batches: u64,
+    /// The highest version offered in `hello`: lowered when an older aggregator refuses it.
+    offered_version: u16,
+    /// The version agreed in the last welcome.
+    version: Option<u16>,
 }
 
 impl Sender {
@@ -118,7 +123,14 @@ impl Sender {
             window,
             in_flight: VecDeque::new(),
             resent_batches: 0,
+            offered_version: PROTOCOL_VERSION,
+            version: None,
         }
+    }
+
+    /// The version agreed with the aggregator on this connection, once welcomed.
+    pub fn version(&self) -> Option<u16> {
+        self.version.filter(|_| self.state == State::Streaming)
     }
 
     pub fn acked(&self) -> Seq {
@@ -138,8 +150,9 @@ impl Sender {
         self.state = State::AwaitingWelcome;
         self.in_flight.clear();
         self.sent_max = self.acked;
+        self.version = None;
         Frame::Hello {
-            version: PROTOCOL_VERSION,
+            version: self.offered_version,
             journal: self.config.journal,
             acked_through: self.acked,
             device: self.config.device.clone(),
@@ -166,12 +179,13 @@ impl Sender {
                 acked_through,
                 window,
             } if self.state == State::AwaitingWelcome => {
-                if version != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=self.offered_version).contains(&version) {
                     return Err(ProtocolError::VersionMismatch {
                         theirs: version,
-                        ours: PROTOCOL_VERSION,
+                        ours: self.offered_version,
                     });
                 }
+                self.version = Some(version);
                 self.state = State::Streaming;
                 self.window = window.clamp(1, self.config.window.max(1));
                 // The aggregator's record decides where to resume. Behind ours means it lost
@@ -206,7 +220,15 @@ impl Sender {
                 Ok(Some(SenderEvent::Pong(nonce)))
             }
             Frame::Control(crate::frame::Control::Ping { .. }) => Ok(None),
-            Frame::Error { code, message } => Err(ProtocolError::Refused { code, message }),
+            Frame::Error { code, message } => {
+                // An older aggregator: offer one version less next time (it says which it
+                // speaks only in its message).
+                if code == ErrorCode::VersionMismatch && self.offered_version > MIN_PROTOCOL_VERSION
+                {
+                    self.offered_version -= 1;
+                }
+                Err(ProtocolError::Refused { code, message })
+            }
             other => Err(unexpected(self.state, &other)),
         }
     }
@@ -267,6 +289,57 @@ impl Sender {
             self.resent_batches += self.in_flight.len() as u64;
             self.in_flight.clear();
             self.next = self.acked + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(frame: &Frame) -> u16 {
+        match frame {
+            Frame::Hello { version, .. } => *version,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn welcome(version: u16) -> Frame {
+        Frame::Welcome {
+            version,
+            acked_through: 0,
+            window: 4,
+        }
+    }
+
+    #[test]
+    fn a_device_refused_by_an_older_aggregator_offers_an_older_version_next() {
+        let mut s = Sender::new(SenderConfig::default(), 0);
+        assert_eq!(offered(&s.connected()), PROTOCOL_VERSION);
+        let refused = Frame::Error {
+            code: ErrorCode::VersionMismatch,
+            message: "protocol version 3 is not supported (this build speaks 2)".into(),
+        };
+        assert!(s.handle(refused).is_err());
+        s.disconnected();
+        assert_eq!(offered(&s.connected()), PROTOCOL_VERSION - 1);
+        s.handle(welcome(PROTOCOL_VERSION - 1)).unwrap();
+        assert_eq!(s.version(), Some(PROTOCOL_VERSION - 1));
+    }
+
+    #[test]
+    fn a_welcome_outside_the_offered_range_is_refused() {
+        for version in [MIN_PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            let mut s = Sender::new(SenderConfig::default(), 0);
+            s.connected();
+            assert!(
+                matches!(
+                    s.handle(welcome(version)),
+                    Err(ProtocolError::VersionMismatch { .. })
+                ),
+                "{version}"
+            );
+            assert_eq!(s.version(), None);
         }
     }
 }

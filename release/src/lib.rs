@@ -7,10 +7,13 @@
 //! - [`manifest`]: the manifest, its canonical encoding and its rules.
 //! - [`keys`]: signing keys, trusted keys, the signature file.
 //! - [`bundle`]: the release file (a tar archive) and its verified form.
+//! - [`store`]: releases on disk, content-addressed: a device's active, previous and candidate
+//!   release; the aggregator's published releases.
 
 pub mod bundle;
 pub mod keys;
 pub mod manifest;
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

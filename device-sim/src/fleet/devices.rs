@@ -135,6 +135,7 @@ impl Fleet {
                 sender: SenderConfig::default(),
                 endpoint: Some(endpoint),
                 handshakes: Some(handshakes.clone()),
+                releases: None,
             };
             let lane = fleet.lane(&name, &sync)?;
             fleet.devices.push(Arc::new(Device {

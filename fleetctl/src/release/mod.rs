@@ -1,5 +1,5 @@
-//! `fleetctl release`: build a signed release from a module directory, inspect one, and
-//! export the modules and model that ship built in.
+//! `fleetctl release`: build a signed release from a module directory, inspect one, export
+//! the modules and model that ship built in; publish one to the aggregator and list them.
 
 mod build;
 mod export;
@@ -18,6 +18,11 @@ pub(crate) enum ReleaseCommand {
     /// Write the built-in modules and model as a module directory, to start a release from
     /// what ships.
     ExportBuiltin(export::ExportArgs),
+    /// Upload a release file to the aggregator (an operator's token); the aggregator verifies
+    /// it against its own release keys before it keeps it.
+    Publish(crate::fleet::PublishArgs),
+    /// The releases published on the aggregator.
+    List(crate::fleet::ListArgs),
 }
 
 pub(crate) fn run(command: ReleaseCommand) -> anyhow::Result<()> {
@@ -25,5 +30,7 @@ pub(crate) fn run(command: ReleaseCommand) -> anyhow::Result<()> {
         ReleaseCommand::Build(args) => build::run(args),
         ReleaseCommand::Inspect(args) => inspect::run(args),
         ReleaseCommand::ExportBuiltin(args) => export::run(args),
+        ReleaseCommand::Publish(args) => crate::fleet::publish(args),
+        ReleaseCommand::List(args) => crate::fleet::list(args),
     }
 }

@@ -21,6 +21,8 @@ use fleet_proto::sender::{Outbox, SenderConfig};
 use tokio::sync::Notify;
 
 use super::score::{DeadLetterSink, write_outcome};
+use fleet_host::release::{DeviceLabels, ReleaseAgent};
+
 use super::{RuntimeArgs, lines};
 
 #[derive(Args, Debug)]
@@ -49,6 +51,10 @@ pub(crate) struct DeviceArgs {
     /// Do not serve HTTP.
     #[arg(long)]
     no_http: bool,
+    /// A label of this device (`region=north`), repeatable: deployments select devices by
+    /// label (`fleetctl deploy --label region=north`).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Events as JSON lines; `-` or absent reads stdin.
     #[arg(long, short)]
     input: Option<PathBuf>,
@@ -67,6 +73,16 @@ pub(crate) struct DeviceArgs {
     /// Do not print decisions on stdout.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `KEY=VALUE`, both non-empty.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
@@ -132,6 +148,13 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
             sender: SenderConfig::default(),
             endpoint: None,
             handshakes: None,
+            releases: Some(Arc::new(ReleaseAgent::new(
+                registry.clone(),
+                DeviceLabels {
+                    labels: args.labels.clone(),
+                    agent: concat!("edge-host/", env!("CARGO_PKG_VERSION"), " device").into(),
+                },
+            ))),
         },
         status.clone(),
         stop.clone(),

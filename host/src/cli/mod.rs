@@ -121,13 +121,10 @@ impl RuntimeArgs {
             ),
             _ => None,
         };
-        let installed = store
-            .as_ref()
-            .map(ReleaseStore::state)
-            .transpose()?
-            .is_some_and(|s| s.active.is_some() || s.candidate.is_some());
+        // A device (a store) takes releases: it runs the built-in modules until one is
+        // installed, from a file or from the aggregator.
         let source = match (&self.release, &self.modules) {
-            (None, None) if !installed => ModuleSource::Embedded,
+            (None, None) if store.is_none() => ModuleSource::Embedded,
             (None, Some(dir)) => ModuleSource::Dir(dir.clone()),
             (path, _) => ModuleSource::Release(Arc::new(self.release_source(path.clone(), store)?)),
         };
@@ -146,8 +143,9 @@ impl RuntimeArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from("certs/release-keys"));
         let trusted = TrustedKeys::load(&dir)?;
+        // A device without release keys runs what it has and refuses every offered release.
         anyhow::ensure!(
-            !trusted.is_empty(),
+            !trusted.is_empty() || path.is_none(),
             "no trusted release keys in {}: copy the operator's public key there \
              (`fleetctl keys init` makes one and says how)",
             dir.display()

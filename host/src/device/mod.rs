@@ -6,9 +6,12 @@
 //! - [`writer`]: the one thread that runs the runtime and writes the journal, group-committing
 //!   whatever producers submitted meanwhile.
 //! - [`sync`]: the QUIC client driving the sans-IO [`fleet_proto::sender::Sender`].
+//! - `control`: the control stream: pings, and releases offered by the aggregator, fetched
+//!   and installed (the sans-IO [`fleet_proto::distribution::Fetcher`]).
 //! - [`http`]: the loopback endpoint for the handset app.
 
 mod blocked;
+mod control;
 pub mod http;
 pub mod records;
 pub mod runtime;

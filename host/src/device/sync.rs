@@ -1,8 +1,8 @@
 //! The device's QUIC client: connects to the aggregator with its fleet certificate, streams
 //! the journal through the sans-IO [`Sender`], and drops from the journal whatever the
 //! aggregator acknowledges. Reconnects with exponential backoff and jitter, resuming from the
-//! aggregator's record; a separate control stream carries pings, so control never waits
-//! behind bulk data.
+//! aggregator's record; a separate control stream (`control.rs`) carries pings and releases,
+//! so control never waits behind bulk data.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use fleet_journal::Journal;
 use fleet_net::framed::{FrameReader, write_frame};
-use fleet_proto::Frame;
-use fleet_proto::frame::Control;
 use fleet_proto::sender::{Sender, SenderConfig, SenderEvent};
 use tokio::sync::{Notify, Semaphore};
 
@@ -35,6 +33,8 @@ pub struct SyncConfig {
     /// out against a busy aggregator. A permit is held from connect to the end of the
     /// handshake. `None`: no limit.
     pub handshakes: Option<Arc<Semaphore>>,
+    /// Takes releases the aggregator offers (`None`: this host takes none).
+    pub releases: Option<Arc<crate::release::ReleaseAgent>>,
 }
 
 /// Live figures of the sync loop.
@@ -100,7 +100,15 @@ pub async fn run(
             status.connects.fetch_add(1, Ordering::Relaxed);
             status.connected.store(true, Ordering::Relaxed);
             tracing::info!(aggregator = %config.aggregator, "connected");
-            let result = session(&conn, &journal, &wake, &mut sender, &status).await;
+            let result = session(
+                &conn,
+                &journal,
+                &wake,
+                &mut sender,
+                &status,
+                config.releases.clone(),
+            )
+            .await;
             status.connected.store(false, Ordering::Relaxed);
             sender.disconnected();
             conn.close(0u32.into(), b"bye");
@@ -151,15 +159,27 @@ async fn session(
     wake: &Notify,
     sender: &mut Sender,
     status: &Arc<SyncStatus>,
+    releases: Option<Arc<crate::release::ReleaseAgent>>,
 ) -> Result<(), String> {
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(recv);
     write_frame(&mut send, &sender.connected())
         .await
         .map_err(|e| e.to_string())?;
-    let control = tokio::spawn(control(conn.clone(), status.clone()));
+    // The control stream opens once the welcome says which version the aggregator speaks.
+    let mut control = None;
     let clock = Instant::now();
     let result = loop {
+        if control.is_none()
+            && let Some(version) = sender.version()
+        {
+            let (conn, releases, status) = (conn.clone(), releases.clone(), status.clone());
+            control = Some(tokio::spawn(async move {
+                if let Err(e) = super::control::run(conn, version, releases, status).await {
+                    tracing::debug!(error = %e, "control stream ended");
+                }
+            }));
+        }
         // Fill the window.
         let mut write_error = None;
         while let Some(batch) = sender.poll_transmit(clock.elapsed(), &**journal) {
@@ -193,32 +213,8 @@ async fn session(
             () = tokio::time::sleep(timeout.max(Duration::from_millis(1))) => sender.handle_timeout(clock.elapsed()),
         }
     };
-    control.abort();
-    result
-}
-
-/// Pings on a stream of its own every few seconds (keeps RTT visible in logs).
-async fn control(conn: quinn::Connection, status: Arc<SyncStatus>) {
-    let Ok((mut send, recv)) = conn.open_bi().await else {
-        return;
-    };
-    let mut reader = FrameReader::new(recv);
-    for nonce in 0u64.. {
-        let sent = Instant::now();
-        if write_frame(&mut send, &Frame::Control(Control::Ping { nonce }))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        match reader.next().await {
-            Ok(Some(Frame::Control(Control::Pong { .. }))) => {
-                status
-                    .rtt_micros
-                    .store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
-            }
-            _ => return,
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Some(control) = control {
+        control.abort();
     }
+    result
 }

@@ -4,7 +4,7 @@
 //! the store (verified again) and only then made active; a crash at any point leaves the
 //! device on one complete release, and the next start resumes the install.
 
-use fleet_release::{ReleaseError, VerifiedRelease};
+use fleet_release::{ReleaseError, ReleaseManifest, TrustedKeys, VerifiedRelease};
 
 use super::load::module_set;
 use super::{ReleaseLoadError, ReleaseSource, ReleaseStore};
@@ -17,7 +17,11 @@ pub(crate) fn load_set(
     source: &ReleaseSource,
     generation: u64,
 ) -> Result<ModuleSet, RegistryError> {
-    install(engine, source, generation).inspect_err(|e| source.refusals.record(e))
+    install(engine, source, generation).inspect_err(|e| {
+        if !matches!(e, RegistryError::Release(ReleaseLoadError::Nothing)) {
+            source.refusals.record(e);
+        }
+    })
 }
 
 /// The set to run from `source`. `generation` 1 is the host's start: a refused offer is then
@@ -64,7 +68,9 @@ fn install(
             }
             Err(e) => {
                 store.drop_candidate(&candidate).map_err(stored)?;
-                if !starting || state.active.is_none() {
+                // At start a device stays on its active release (or its built-in modules);
+                // a host given only a release file has nothing else to run.
+                if !starting || (state.active.is_none() && source.path.is_some()) {
                     return Err(e);
                 }
                 tracing::error!(error = %e, "the staged release does not load; staying on the active one");
@@ -95,24 +101,38 @@ fn offer(store: &ReleaseStore, source: &ReleaseSource) -> Result<(), ReleaseLoad
     if state.active == Some(offered.id) || state.candidate == Some(offered.id) {
         return Ok(());
     }
-    if let Some(active) = state.active {
-        // The signed manifest says the version; the artifacts are verified when loaded.
-        let active = store.manifest(&active, &source.trusted).map_err(stored)?;
-        let same_line = active.name == offered.manifest.name;
-        if same_line && offered.manifest.version <= active.version {
-            return Err(ReleaseLoadError::NotNewer {
-                offered: offered.label(),
-                active: active.label(),
-            });
-        }
-    }
+    check_newer(store, &source.trusted, &offered.manifest)?;
     store.stage(&offered).map_err(stored)?;
     tracing::info!(release = %offered.label(), "release verified and staged");
     Ok(())
 }
 
+/// Refuses an offered release that is not newer than the active release of the same name
+/// (a replayed or older release). The active release's signed manifest says its version; its
+/// artifacts are verified when it is loaded.
+pub(crate) fn check_newer(
+    store: &ReleaseStore,
+    trusted: &TrustedKeys,
+    offered: &ReleaseManifest,
+) -> Result<(), ReleaseLoadError> {
+    let stored = stored(store);
+    let Some(active) = store.state().map_err(stored)?.active else {
+        return Ok(());
+    };
+    let active = store.manifest(&active, trusted).map_err(stored)?;
+    if active.name == offered.name && offered.version <= active.version {
+        return Err(ReleaseLoadError::NotNewer {
+            offered: offered.label(),
+            active: active.label(),
+        });
+    }
+    Ok(())
+}
+
 /// How a store failure is reported.
-fn stored(store: &ReleaseStore) -> impl Fn(ReleaseError) -> ReleaseLoadError + Copy + '_ {
+pub(crate) fn stored(
+    store: &ReleaseStore,
+) -> impl Fn(ReleaseError) -> ReleaseLoadError + Copy + '_ {
     move |error| ReleaseLoadError::Store {
         dir: store.dir().to_path_buf(),
         error,

@@ -2,21 +2,23 @@
 //! the fleet's release keys, register its models, load its modules from their precompiled form
 //! when the release carries one for this engine, compiling them otherwise), and a module
 //! directory as a release's contents (`build.rs`, what `fleetctl release build` signs), and
-//! the built-in modules and model as a module directory (`export.rs`); on a device, the
-//! releases it holds (`store.rs`: active, previous, candidate, durable) and how an offered
-//! release is installed through them (`install.rs`).
+//! the built-in modules and model as a module directory (`export.rs`); on a device, how an
+//! offered release is installed through the releases it holds (`install.rs`, over
+//! [`fleet_release::store`]: active, previous, candidate, durable), and a release offered by
+//! the aggregator checked, fetched and installed (`agent.rs`).
 
+mod agent;
 mod build;
 mod export;
 mod install;
 mod load;
-mod store;
 
+pub use agent::{Accepted, DeviceLabels, ReleaseAgent};
 pub use build::{BuildError, ReleaseContents, build_contents};
 pub use export::export_embedded;
+pub use fleet_release::store::{ReleaseStore, StoreState};
 pub(crate) use install::load_set;
 pub use load::{LoadStats, module_set};
-pub use store::{ReleaseStore, StoreState};
 
 use std::path::PathBuf;
 

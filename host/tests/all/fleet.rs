@@ -411,6 +411,7 @@ impl LocalDevice {
                 sender: SenderConfig::default(),
                 endpoint: None,
                 handshakes: None,
+                releases: None,
             },
             status.clone(),
             stop.clone(),

@@ -4,6 +4,7 @@ mod api_auth;
 mod cli;
 mod dead_letters;
 mod device_swap;
+mod distribution;
 mod faults;
 mod features;
 mod fleet;

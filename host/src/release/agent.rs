@@ -1,0 +1,211 @@
+//! A device's side of release distribution, without the network: what to make of an offered
+//! release (its signature, its size against the budget, whether it is newer than the active
+//! one, which artifacts are missing), storing downloaded pieces, and installing the release
+//! once whole: staged as the candidate in the store, then loaded through the registry (which
+//! verifies it again and activates it only once loaded). Every refusal has a short reason
+//! code, reported back to the aggregator and counted in the host's refusals.
+//!
+//! The control stream (`device/control.rs`) drives it; each call blocks on files (and the
+//! install on compiling), so it runs on the blocking pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fleet_proto::distribution::{DeviceReport, Digest, Need, Offer, Step};
+use fleet_release::{ReleaseManifest, Sha256Digest};
+
+use super::install::{check_newer, stored};
+use super::{ReleaseLoadError, ReleaseSource};
+use crate::registry::{ModuleRegistry, ModuleSource, RegistryError};
+
+/// What a device says about itself beyond its releases.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceLabels {
+    pub labels: Vec<(String, String)>,
+    pub agent: String,
+}
+
+/// An offer that verified, and what of it is missing.
+#[derive(Debug)]
+pub struct Accepted {
+    pub manifest: ReleaseManifest,
+    pub offer: Offer,
+    pub needs: Vec<Need>,
+}
+
+/// The device's release agent.
+pub struct ReleaseAgent {
+    registry: Arc<ModuleRegistry>,
+    about: DeviceLabels,
+    /// Releases refused here, and why: an offer of one is answered at once, without work.
+    refused: Mutex<HashMap<Digest, Step>>,
+}
+
+impl ReleaseAgent {
+    pub fn new(registry: Arc<ModuleRegistry>, about: DeviceLabels) -> Self {
+        Self {
+            registry,
+            about,
+            refused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn source(&self) -> Option<&ReleaseSource> {
+        match self.registry.source() {
+            ModuleSource::Release(source) if source.store.is_some() => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The report for the aggregator: what runs, and where `offered` stands.
+    pub fn report(&self, offered: Option<(Digest, Step)>) -> DeviceReport {
+        let set = self.registry.current();
+        let (active, active_label) = match &set.release {
+            Some(release) => (Some(release.id.0), release.label.clone()),
+            None => (None, format!("unreleased:{:016x}", set.identity())),
+        };
+        DeviceReport {
+            active,
+            active_label,
+            labels: self.about.labels.clone(),
+            agent: self.about.agent.clone(),
+            offered,
+        }
+    }
+
+    fn refuse(&self, release: Digest, error: &RegistryError) -> Step {
+        if let Some(source) = self.source() {
+            source.refusals.record(error);
+        }
+        let step = Step::Failed {
+            reason: error.reason().into(),
+            message: error.to_string(),
+        };
+        self.lock().insert(release, step.clone());
+        step
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Step>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What to do with an offer: `Ok` with the artifacts to fetch, or the step to report
+    /// (active already, or refused with its reason).
+    pub fn consider(&self, offer: Offer) -> Result<Accepted, Step> {
+        let release = offer.release;
+        if let Some(step) = self.lock().get(&release) {
+            return Err(step.clone());
+        }
+        if self.registry.current().release.as_ref().map(|r| r.id.0) == Some(release) {
+            return Err(Step::Active);
+        }
+        let Some(source) = self.source() else {
+            return Err(Step::Failed {
+                reason: "no-store".into(),
+                message: "this host runs modules from a directory (--modules), not releases".into(),
+            });
+        };
+        self.check(source, &offer)
+            .map(|(manifest, needs)| Accepted {
+                manifest,
+                offer,
+                needs,
+            })
+            .map_err(|e| self.refuse(release, &e))
+    }
+
+    fn check(
+        &self,
+        source: &ReleaseSource,
+        offer: &Offer,
+    ) -> Result<(ReleaseManifest, Vec<Need>), RegistryError> {
+        let store = source.store.as_ref().expect("a source with a store");
+        let refused = |error| ReleaseLoadError::Refused {
+            path: "(offered by the aggregator)".into(),
+            error,
+        };
+        let (manifest, _) =
+            fleet_release::verify_manifest(&offer.manifest, &offer.signature, &source.trusted)
+                .map_err(refused)?;
+        if Sha256Digest::of(&offer.manifest).0 != offer.release {
+            return Err(refused(fleet_release::ReleaseError::Manifest(
+                "the offered id is not the manifest's".into(),
+            ))
+            .into());
+        }
+        if manifest.size() > source.budget {
+            return Err(refused(fleet_release::ReleaseError::TooLarge {
+                size: manifest.size(),
+                budget: source.budget,
+            })
+            .into());
+        }
+        check_newer(store, &source.trusted, &manifest)?;
+        let needs = manifest
+            .artifacts
+            .iter()
+            .map(|a| Need {
+                artifact: a.sha256.0,
+                size: a.size,
+                have: store.downloaded(a),
+            })
+            .collect();
+        Ok((manifest, needs))
+    }
+
+    /// Stores a downloaded piece; returns how much of the artifact is here. A refused piece
+    /// (out of place, past the size, or completing an artifact that is not what the manifest
+    /// says) fails the release.
+    pub fn write_piece(
+        &self,
+        accepted: &Accepted,
+        artifact: Digest,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, Step> {
+        let source = self.source().expect("accepted by a source with a store");
+        let store = source.store.as_ref().expect("a source with a store");
+        let Some(entry) = accepted.manifest.artifact(&Sha256Digest(artifact)) else {
+            return Err(Step::Failed {
+                reason: "corrupt".into(),
+                message: "a piece of an artifact the release does not name".into(),
+            });
+        };
+        store.write_piece(entry, offset, data).map_err(|error| {
+            let e = RegistryError::from(ReleaseLoadError::Refused {
+                path: "(downloaded)".into(),
+                error,
+            });
+            self.refuse(accepted.offer.release, &e)
+        })
+    }
+
+    /// Every artifact is here: stages the release as the candidate and installs it through
+    /// the registry. `Active`, or `Failed` with the reason (the device stays on its release).
+    pub fn install(&self, accepted: &Accepted) -> Step {
+        let release = accepted.offer.release;
+        let source = self.source().expect("accepted by a source with a store");
+        let store = source.store.as_ref().expect("a source with a store");
+        let staged = store
+            .stage_downloaded(
+                &accepted.manifest,
+                &accepted.offer.manifest,
+                &accepted.offer.signature,
+            )
+            .map_err(|e| RegistryError::from(stored(store)(e)));
+        let installed = staged.and_then(|_| self.registry.reload());
+        match installed {
+            Ok(set) if set.release.as_ref().map(|r| r.id.0) == Some(release) => Step::Active,
+            Ok(set) => {
+                // Another install (a release file, say) won the race; this one stays staged
+                // for the next start only if it is still the candidate.
+                let running = set.release_label().unwrap_or("built-in").to_string();
+                Step::Failed {
+                    reason: "superseded".into(),
+                    message: format!("{running} was installed instead"),
+                }
+            }
+            Err(e) => self.refuse(release, &e),
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Releases pushed by the aggregator: an operator publishes a signed release and deploys it;
+//! every device process (under continuous load) fetches what it lacks over its QUIC control
+//! stream, verifies it, and swaps it in between two batches. Nothing is dropped or reordered,
+//! decisions after the swap carry the new release and its threshold, a policy-only release
+//! sends only the policy, and refusals reach the operator's status with their reason.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet_aggregator::auth::Role;
+use fleet_host::release::build_contents;
+use fleet_release::ReleaseSigner;
+
+use crate::fleet::{self, Api, KillOnDrop};
+use crate::util;
+
+const DEVICES: usize = 20;
+
+/// Builds a release whose policy has `policy_config`, signed by `signer`.
+fn release(dir: &Path, signer: &ReleaseSigner, version: &str, policy: &[(&str, &str)]) -> PathBuf {
+    let modules = dir.join(format!("modules-{version}"));
+    std::fs::create_dir_all(&modules).unwrap();
+    util::module_dir(&modules, "policy", "1.0.0", policy);
+    std::fs::write(
+        modules.join("late_risk.onnx"),
+        fleet_host::defaults::LATE_RISK_ONNX,
+    )
+    .unwrap();
+    let out = dir.join(format!("late-risk-{version}.release"));
+    build_contents(
+        "late-risk",
+        version.parse().unwrap(),
+        &modules,
+        &[],
+        Some(&util::engine()),
+    )
+    .unwrap()
+    .write(&out, signer)
+    .unwrap();
+    out
+}
+
+/// `POST path` with a binary body; status and body.
+fn post_bytes(api: &Api, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api.addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        api.addr,
+        api.token,
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+fn deploy(api: &Api, release: &str, target: serde_json::Value) -> u16 {
+    let body = serde_json::json!({ "release": release, "target": target }).to_string();
+    api.request("POST", "/api/v1/deployments", &body).unwrap().0
+}
+
+/// Waits until the release's status counts `want` devices at `step`.
+fn wait_step(
+    api: &Api,
+    release: &str,
+    step: &str,
+    want: u64,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = api.get_json(&format!("/api/v1/releases/{release}"));
+        if status["status"]["counts"][step].as_u64() == Some(want) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{step} never reached {want}: {:#}",
+            status["status"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn bytes_served(api: &Api) -> u64 {
+    let (status, text) = api.request("GET", "/metrics", "").unwrap();
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix("fleet_release_bytes_served_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// What a producer saw: for each decision, in order, its release label, score and severity.
+type Seen = Arc<Mutex<Vec<(Option<String>, f64, String)>>>;
+
+/// Posts a courier's traffic to a device in small batches until `stop`, remembering what
+/// was acknowledged and the decisions that came back.
+fn producer(
+    http: SocketAddr,
+    lines: Vec<String>,
+    acked: Arc<Mutex<HashSet<String>>>,
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+) {
+    for chunk in lines.chunks(10) {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Some((200, body)) = fleet::http(http, "POST", "/v1/events", &chunk.join("\n")) {
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let mut seen = seen.lock().unwrap();
+                for d in answer["decisions"].as_array().unwrap() {
+                    seen.push((
+                        d["modules"]["release"].as_str().map(str::to_string),
+                        d["score"].as_f64().unwrap(),
+                        d["severity"].as_str().unwrap().to_lowercase(),
+                    ));
+                }
+                let mut acked = acked.lock().unwrap();
+                for l in chunk {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    acked.insert(v["event_id"].as_str().unwrap().to_string());
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let names: Vec<String> = (0..DEVICES).map(|i| format!("rel-d{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    fleet::pki(&certs, &refs);
+    let signer = ReleaseSigner::generate().unwrap();
+    std::fs::create_dir_all(certs.join("release-keys")).unwrap();
+    std::fs::write(
+        certs.join("release-keys/ops.pub"),
+        signer.public_line("ops"),
+    )
+    .unwrap();
+    // One device trusts no release key: it refuses every release, and says why.
+    let untrusting = dir.path().join("no-keys");
+    std::fs::create_dir_all(&untrusting).unwrap();
+
+    let (quic, http) = (fleet::free_port(), fleet::free_port());
+    let _aggregator = KillOnDrop(fleet::spawn_aggregator(
+        &certs,
+        &dir.path().join("aggregator"),
+        quic,
+        http,
+    ));
+    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let operator = Api::with_role(http, &certs, Role::Operator);
+    let viewer = Api::with_role(http, &certs, Role::Viewer);
+    let quic: SocketAddr = format!("127.0.0.1:{quic}").parse().unwrap();
+
+    let mut devices = Vec::new();
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    let mut seen = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let port = fleet::free_port();
+        let mut cmd = fleet::edge_host_device(&certs, &dir.path().join(name), name, quic);
+        cmd.args(["--quiet", "--http", &format!("127.0.0.1:{port}")])
+            .args(["--label", if i == 0 { "ring=canary" } else { "ring=main" }])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if i == DEVICES - 1 {
+            cmd.arg("--release-keys").arg(&untrusting);
+        }
+        devices.push(KillOnDrop(cmd.spawn().unwrap()));
+        let device: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (lines, _) = fleet::traffic(1, 200, 20, 1_767_261_600_000, &format!("rel{i}-"));
+        let log: Seen = Arc::default();
+        seen.push(log.clone());
+        let (acked, stop) = (acked.clone(), stop.clone());
+        producers.push(std::thread::spawn(move || {
+            producer(device, lines, acked, log, stop)
+        }));
+    }
+
+    // Every device reports (its control stream is up) before the deploy.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let devices = viewer.get_json("/api/v1/devices");
+        let reported = devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["release"]["active_label"].is_string())
+            .count();
+        if reported == DEVICES {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {reported} devices reported"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Roles: a viewer cannot publish; nobody without a token learns anything.
+    let v1 = std::fs::read(release(
+        dir.path(),
+        &signer,
+        "1.1.0",
+        &[
+            ("warning_threshold", "0.001"),
+            ("critical_threshold", "0.002"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(post_bytes(&viewer, "/api/v1/releases", &v1).0, 403);
+    let anonymous = Api {
+        addr: http,
+        token: "nope".into(),
+    };
+    assert_eq!(post_bytes(&anonymous, "/api/v1/releases", &v1).0, 401);
+    // A release signed by a key the aggregator does not trust is refused with its reason.
+    let stranger = ReleaseSigner::generate().unwrap();
+    let forged = std::fs::read(release(dir.path(), &stranger, "9.0.0", &[])).unwrap();
+    let (status, answer) = post_bytes(&operator, "/api/v1/releases", &forged);
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (422, Some("untrusted-key"))
+    );
+    // A truncated file is refused too.
+    let (status, _) = post_bytes(&operator, "/api/v1/releases", &v1[..v1.len() / 2]);
+    assert_eq!(status, 422);
+
+    let (status, answer) = post_bytes(&operator, "/api/v1/releases", &v1);
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["release"]["id"].as_str().unwrap().to_string();
+    let label = answer["release"]["label"].as_str().unwrap().to_string();
+    assert_eq!(deploy(&viewer, &id, serde_json::json!("all")), 403);
+    let before = bytes_served(&viewer);
+    let deployed = Instant::now();
+    assert_eq!(deploy(&operator, &id, serde_json::json!("all")), 201);
+    let status = wait_step(
+        &viewer,
+        &id,
+        "active",
+        DEVICES as u64 - 1,
+        Duration::from_secs(120),
+    );
+    eprintln!(
+        "{} devices active {:.2} s after the deploy",
+        DEVICES - 1,
+        deployed.elapsed().as_secs_f64()
+    );
+    let refused = status["status"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["step"] == "failed")
+        .expect("the device without release keys refused it");
+    assert_eq!(refused["device"], names[DEVICES - 1].as_str());
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("untrusted-key"),
+        "{refused}"
+    );
+    let full = bytes_served(&viewer) - before;
+
+    // A release that changes only the policy's threshold: only the policy travels.
+    let v2 = std::fs::read(release(
+        dir.path(),
+        &signer,
+        "1.2.0",
+        &[
+            ("warning_threshold", "0.001"),
+            ("critical_threshold", "0.003"),
+        ],
+    ))
+    .unwrap();
+    let (status, answer) = post_bytes(&operator, "/api/v1/releases", &v2);
+    assert_eq!(status, 201, "{answer}");
+    let id2 = answer["release"]["id"].as_str().unwrap().to_string();
+    let before = bytes_served(&viewer);
+    let target = serde_json::json!({"labels": {"ring": "canary"}});
+    assert_eq!(deploy(&operator, &id2, target), 201);
+    wait_step(&viewer, &id2, "active", 1, Duration::from_secs(60));
+    let policy_only = bytes_served(&viewer) - before;
+    eprintln!(
+        "bytes per device: whole release {} (x{}), policy-only release {policy_only}",
+        full / (DEVICES as u64 - 1),
+        DEVICES - 1
+    );
+    // Its components are the ones the device holds (the threshold is configuration, in the
+    // signed manifest): no artifact travels at all.
+    assert!(
+        policy_only < 100 << 10,
+        "a policy-only release sent {policy_only} bytes"
+    );
+    // An older release offered again is refused by the device that runs a newer one.
+    assert_eq!(
+        deploy(&operator, &id, serde_json::json!({"devices": [names[0]]})),
+        201
+    );
+    let status = wait_step(&viewer, &id, "failed", 2, Duration::from_secs(60));
+    assert!(
+        status["status"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["device"] == names[0].as_str()
+                && d["detail"].as_str().unwrap().starts_with("not-newer")),
+        "{status:#}"
+    );
+
+    // Stop the load; every acknowledged event is in history once.
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.join().unwrap();
+    }
+    for (i, log) in seen.iter().enumerate() {
+        let log = log.lock().unwrap();
+        // Decisions come in order: the built-in set, then the release, never back.
+        let first_new = log
+            .iter()
+            .position(|(r, _, _)| r.as_deref() == Some(label.as_str()));
+        if i == DEVICES - 1 {
+            assert!(
+                first_new.is_none(),
+                "the untrusting device kept its modules"
+            );
+            continue;
+        }
+        let first_new =
+            first_new.unwrap_or_else(|| panic!("device {i} never decided with {label}"));
+        for (release, score, severity) in &log[first_new..] {
+            if i == 0 && release.as_deref() != Some(label.as_str()) {
+                break; // the canary moved on to 1.2.0
+            }
+            assert_eq!(
+                release.as_deref(),
+                Some(label.as_str()),
+                "device {i}: a mix"
+            );
+            // The new thresholds decide.
+            let want = if *score >= 0.002 {
+                "critical"
+            } else if *score >= 0.001 {
+                "warning"
+            } else {
+                "info"
+            };
+            assert_eq!(severity, want, "device {i}: score {score}");
+        }
+        assert!(log[..first_new].iter().all(|(r, _, _)| r.is_none()));
+    }
+    let acked = acked.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = viewer.get_json("/api/v1/stats");
+        if stats["events"].as_u64() == Some(acked.len() as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history holds {} of {} events",
+            stats["events"],
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut stored = 0;
+    for i in 0..DEVICES {
+        for id in fleet::stored_event_ids(&viewer, &format!("rel{i}-c0")) {
+            assert!(acked.contains(&id), "{id} stored, never acknowledged");
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, acked.len(), "each acknowledged event stored once");
+}
