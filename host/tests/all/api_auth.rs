@@ -9,7 +9,8 @@ use fleet_aggregator::auth::{Role, TokenFile};
 
 use crate::fleet::{self, Api, InProcess};
 
-/// What each role gets from each endpoint (no data was synced: unknown ids are 404).
+/// What each role gets from each endpoint (no data was synced: unknown ids are 404; a POST
+/// without a body is a 400 once past the gate).
 const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/metrics", Some(Role::Viewer)),
     ("GET", "/api/v1/stats", Some(Role::Viewer)),
@@ -19,6 +20,11 @@ const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/tasks/T-1", Some(Role::Viewer)),
     ("GET", "/api/v1/couriers/c1", Some(Role::Viewer)),
     ("GET", "/api/v1/couriers/c1/route", Some(Role::Viewer)),
+    ("GET", "/api/v1/releases", Some(Role::Viewer)),
+    ("GET", "/api/v1/releases/r@1.0.0", Some(Role::Viewer)),
+    ("GET", "/api/v1/deployments", Some(Role::Viewer)),
+    ("POST", "/api/v1/releases", Some(Role::Operator)),
+    ("POST", "/api/v1/deployments", Some(Role::Operator)),
     ("GET", "/api/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/api/v1/tokens/00000000", Some(Role::Admin)),
     ("GET", "/api/v1/no-such-thing", Some(Role::Viewer)),
@@ -51,6 +57,7 @@ fn every_endpoint_answers_each_role_as_its_role_allows() {
                 Some(needed) if role < needed => {
                     assert_eq!(got, 403, "{role} {method} {path}");
                 }
+                _ if method == "POST" => assert_eq!(got, 400, "{role} {method} {path}"),
                 _ => assert!(matches!(got, 200 | 404), "{role} {method} {path}: {got}"),
             }
         }
