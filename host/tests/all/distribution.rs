@@ -230,12 +230,17 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
         ],
     ))
     .unwrap();
-    assert_eq!(post_bytes(&viewer, "/api/v1/releases", &v1).0, 403);
+    // (A part of the file: the gate answers before the body is read and closes, so a large
+    // body could meet a closed connection.)
+    assert_eq!(post_bytes(&viewer, "/api/v1/releases", &v1[..1024]).0, 403);
     let anonymous = Api {
         addr: http,
         token: "nope".into(),
     };
-    assert_eq!(post_bytes(&anonymous, "/api/v1/releases", &v1).0, 401);
+    assert_eq!(
+        post_bytes(&anonymous, "/api/v1/releases", &v1[..1024]).0,
+        401
+    );
     // A release signed by a key the aggregator does not trust is refused with its reason.
     let stranger = ReleaseSigner::generate().unwrap();
     let forged = std::fs::read(release(dir.path(), &stranger, "9.0.0", &[])).unwrap();
