@@ -343,12 +343,18 @@ mod tests {
         crate::testing::verified(signer, version, &files).0
     }
 
-    #[test]
-    fn staged_releases_become_active_and_the_previous_one_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A signing key and the trusted keys holding it.
+    fn signer_and_trust() -> (crate::ReleaseSigner, TrustedKeys) {
         let signer = crate::ReleaseSigner::generate().unwrap();
         let mut trusted = TrustedKeys::default();
         trusted.add_public_line(&signer.public_line("")).unwrap();
+        (signer, trusted)
+    }
+
+    #[test]
+    fn staged_releases_become_active_and_the_previous_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, trusted) = signer_and_trust();
         let store = ReleaseStore::open(dir.path()).unwrap();
         assert_eq!(store.state().unwrap(), StoreState::default());
 
@@ -393,9 +399,7 @@ mod tests {
     #[test]
     fn a_download_resumes_where_it_stopped_and_only_whole_verified_artifacts_become_objects() {
         let dir = tempfile::tempdir().unwrap();
-        let signer = crate::ReleaseSigner::generate().unwrap();
-        let mut trusted = TrustedKeys::default();
-        trusted.add_public_line(&signer.public_line("")).unwrap();
+        let (signer, trusted) = signer_and_trust();
         let v1 = release(&signer, "1.0.0", &[7u8; 1000]);
         let store = ReleaseStore::open(dir.path()).unwrap();
         let policy = v1

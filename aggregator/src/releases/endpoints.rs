@@ -95,17 +95,11 @@ async fn publish(State(api): State<ApiState>, body: Bytes) -> Response {
         Ok(Ok(release)) => {
             (StatusCode::CREATED, Json(json!({ "release": release }))).into_response()
         }
-        Ok(Err(e @ PublishError::Refused(_))) => {
-            let reason = match &e {
-                PublishError::Refused(r) => r.reason(),
-                _ => unreachable!(),
-            };
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "error": e.to_string(), "reason": reason })),
-            )
-                .into_response()
-        }
+        Ok(Err(e @ PublishError::Refused(_))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": e.to_string(), "reason": e.reason() })),
+        )
+            .into_response(),
         Ok(Err(e @ PublishError::NoKeys(_))) => error(StatusCode::CONFLICT, e),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),

@@ -98,6 +98,8 @@ pub struct FleetReleases {
     /// Bumped on every deployment: control streams check whether their device's desired
     /// release changed.
     changes: watch::Sender<u64>,
+    /// Bumped on every change to `devices`, for the saver.
+    device_changes: std::sync::atomic::AtomicU64,
 }
 
 /// Writes a file whole (temporary file, fsync, rename, fsync of the directory).
@@ -129,6 +131,7 @@ impl FleetReleases {
             offers: Mutex::new(HashMap::new()),
             counters: Mutex::new(Counters::default()),
             changes: watch::Sender::new(0),
+            device_changes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -266,6 +269,7 @@ impl FleetReleases {
             .offered
             .as_ref()
             .map(|(id, step)| (hex(id), step.clone()));
+        self.devices_changed();
         let mut devices = lock(&self.devices);
         let entry = devices.entry(device.to_string()).or_default();
         if let Some((id, Step::Failed { reason, .. })) = &offered {
@@ -292,6 +296,7 @@ impl FleetReleases {
 
     /// An offer was sent to `device` that it had not reported on yet.
     pub fn offered(&self, device: &str, release: &ReleaseId) {
+        self.devices_changed();
         let mut devices = lock(&self.devices);
         let entry = devices.entry(device.to_string()).or_default();
         let hex = release.hex();
@@ -302,9 +307,15 @@ impl FleetReleases {
 
     /// The device's control stream closed.
     pub fn disconnected(&self, device: &str) {
+        self.devices_changed();
         if let Some(entry) = lock(&self.devices).get_mut(device) {
             entry.connected = false;
         }
+    }
+
+    fn devices_changed(&self) {
+        self.device_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every device that reported, by id.
@@ -459,20 +470,32 @@ pub enum PublishError {
     Store(fleet_release::ReleaseError),
 }
 
+impl PublishError {
+    /// The refusal's short code (`untrusted-key`, `digest`, ...), when the release was refused.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Refused(e) => Some(e.reason()),
+            _ => None,
+        }
+    }
+}
+
 /// Saves device reports every few seconds when they changed, until the process ends.
 pub fn spawn_saver(releases: Arc<FleetReleases>) {
     tokio::spawn(async move {
-        let mut last = String::new();
+        let mut saved_at = 0;
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            let now = serde_json::to_string(&releases.devices()).unwrap_or_default();
-            if now != last {
+            let now = releases
+                .device_changes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now != saved_at {
                 let releases = releases.clone();
                 let saved = tokio::task::spawn_blocking(move || releases.save_devices()).await;
                 if let Ok(Err(e)) = saved {
                     tracing::warn!(error = %e, "saving device release reports");
                 }
-                last = now;
+                saved_at = now;
             }
         }
     });

@@ -15,7 +15,7 @@ use fleet_proto::distribution::{DeviceReport, Digest, Need, Offer, Step};
 use fleet_release::{ReleaseManifest, Sha256Digest};
 
 use super::install::{check_newer, stored};
-use super::{ReleaseLoadError, ReleaseSource};
+use super::{ReleaseLoadError, ReleaseSource, ReleaseStore};
 use crate::registry::{ModuleRegistry, ModuleSource, RegistryError};
 
 /// What a device says about itself beyond its releases.
@@ -55,6 +55,13 @@ impl ReleaseAgent {
             ModuleSource::Release(source) if source.store.is_some() => Some(source),
             _ => None,
         }
+    }
+
+    /// The store an offer [`Self::consider`] accepted goes to (only a source with a store
+    /// accepts one).
+    fn store(&self) -> &ReleaseStore {
+        let source = self.source().expect("accepted by a source with a store");
+        source.store.as_ref().expect("a source with a store")
     }
 
     /// The report for the aggregator: what runs, and where `offered` stands.
@@ -163,8 +170,7 @@ impl ReleaseAgent {
         offset: u64,
         data: &[u8],
     ) -> Result<u64, Step> {
-        let source = self.source().expect("accepted by a source with a store");
-        let store = source.store.as_ref().expect("a source with a store");
+        let store = self.store();
         let Some(entry) = accepted.manifest.artifact(&Sha256Digest(artifact)) else {
             return Err(Step::Failed {
                 reason: "corrupt".into(),
@@ -184,8 +190,7 @@ impl ReleaseAgent {
     /// the registry. `Active`, or `Failed` with the reason (the device stays on its release).
     pub fn install(&self, accepted: &Accepted) -> Step {
         let release = accepted.offer.release;
-        let source = self.source().expect("accepted by a source with a store");
-        let store = source.store.as_ref().expect("a source with a store");
+        let store = self.store();
         let staged = store
             .stage_downloaded(
                 &accepted.manifest,

@@ -44,24 +44,18 @@ fn release(dir: &Path, signer: &ReleaseSigner, version: &str, policy: &[(&str, &
     out
 }
 
-/// `POST path` with a binary body; status and body.
+/// `POST path` with a release file as the body; status and JSON answer.
 fn post_bytes(api: &Api, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(api.addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+    let (status, body) = fleet::request_bytes(
         api.addr,
-        api.token,
-        body.len()
+        Some(&api.token),
+        "POST",
+        path,
+        "application/x-tar",
+        body,
     )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body).unwrap_or_default())
+    .expect("the API answers");
+    (status, serde_json::from_str(&body).unwrap_or_default())
 }
 
 fn deploy(api: &Api, release: &str, target: serde_json::Value) -> u16 {

@@ -178,7 +178,7 @@ pub(crate) fn http(
     request(addr, None, method, path, body)
 }
 
-/// One HTTP/1.1 request, with a bearer token if given.
+/// One HTTP/1.1 request, with a bearer token if given (a JSON body, if any).
 pub(crate) fn request(
     addr: SocketAddr,
     token: Option<&str>,
@@ -186,18 +186,38 @@ pub(crate) fn request(
     path: &str,
     body: &str,
 ) -> Option<(u16, String)> {
+    request_bytes(
+        addr,
+        token,
+        method,
+        path,
+        "application/json",
+        body.as_bytes(),
+    )
+}
+
+/// One HTTP/1.1 request with a body of `content_type` (none when the body is empty).
+pub(crate) fn request_bytes(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let mut headers = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     if !body.is_empty() {
-        headers.push_str("Content-Type: application/json\r\n");
+        headers.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     )
     .ok()?;
+    s.write_all(body).ok()?;
     let mut response = String::new();
     s.read_to_string(&mut response).ok()?;
     let status = response.get(9..12)?.parse().ok()?;
