@@ -66,7 +66,8 @@ impl Step {
 pub struct DeviceReport {
     /// The release it runs (`None`: the built-in modules).
     pub active: Option<Digest>,
-    /// Its label (`name@version+id`), or the built-in set's.
+    /// Its label (`name@version+id`); without a release, `built-in:` (or `directory:`) and
+    /// the module set's identity.
     pub active_label: String,
     /// The device's labels (`region=north`), for deployments that select by label.
     pub labels: Vec<(String, String)>,

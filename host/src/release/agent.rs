@@ -69,7 +69,15 @@ impl ReleaseAgent {
         let set = self.registry.current();
         let (active, active_label) = match &set.release {
             Some(release) => (Some(release.id.0), release.label.clone()),
-            None => (None, format!("unreleased:{:016x}", set.identity())),
+            // No release: the built-in modules, or a module directory (`--modules`).
+            None => {
+                let origin = if self.source().is_some() {
+                    "built-in"
+                } else {
+                    "directory"
+                };
+                (None, format!("{origin}:{:016x}", set.identity()))
+            }
         };
         DeviceReport {
             active,
