@@ -55,26 +55,17 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn list(State(releases): State<Arc<FleetReleases>>) -> Response {
-    match tokio::task::spawn_blocking(move || releases.list()).await {
-        Ok(Ok(list)) => Json(json!({ "releases": list })).into_response(),
-        Ok(Err(e)) => internal(e),
-        Err(e) => internal(e),
-    }
+    Json(json!({ "releases": releases.list() })).into_response()
 }
 
 async fn show(State(releases): State<Arc<FleetReleases>>, Path(id): Path<String>) -> Response {
-    let found = {
-        let releases = releases.clone();
-        tokio::task::spawn_blocking(move || releases.find(&id)).await
-    };
-    match found {
-        Ok(Ok(Some(release))) => {
+    match releases.find(&id) {
+        Ok(Some(release)) => {
             let status = releases.status(&release);
             Json(json!({ "release": release, "status": status })).into_response()
         }
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such release"),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => internal(e),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such release"),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -143,7 +134,10 @@ async fn deploy(
     let releases = api.releases.clone();
     let by = caller.token.id.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let Some(release) = releases.find(&request.release)? else {
+        let Some(release) = releases
+            .find(&request.release)
+            .map_err(anyhow::Error::msg)?
+        else {
             return Ok(None);
         };
         releases

@@ -91,6 +91,9 @@ struct Counters {
 pub struct FleetReleases {
     dir: PathBuf,
     store: ReleaseStore,
+    /// Every published release (read from the store once, at open), by name, version and id
+    /// (two builds may carry the same version).
+    published: Mutex<BTreeMap<(String, semver::Version, ReleaseId), Published>>,
     deployments: Mutex<Deployments>,
     devices: Mutex<BTreeMap<String, DeviceReleases>>,
     offers: Mutex<HashMap<ReleaseId, Arc<Ready>>>,
@@ -123,16 +126,29 @@ impl FleetReleases {
             }),
             Err(_) => BTreeMap::new(),
         };
-        Ok(Self {
+        let releases = Self {
             dir: dir.to_path_buf(),
             store,
+            published: Mutex::new(BTreeMap::new()),
             deployments: Mutex::new(deployments),
             devices: Mutex::new(devices),
             offers: Mutex::new(HashMap::new()),
             counters: Mutex::new(Counters::default()),
             changes: watch::Sender::new(0),
             device_changes: std::sync::atomic::AtomicU64::new(0),
-        })
+        };
+        for id in releases.store.releases()? {
+            let (manifest, _) = releases.store.signed(&id)?;
+            releases.remember(&id, &ReleaseManifest::from_canonical_bytes(&manifest)?);
+        }
+        Ok(releases)
+    }
+
+    fn remember(&self, id: &ReleaseId, manifest: &ReleaseManifest) -> Published {
+        let published = Published::of(id, manifest);
+        let key = (manifest.name.clone(), manifest.version.clone(), *id);
+        lock(&self.published).insert(key, published.clone());
+        published
     }
 
     /// Verifies a release file against `keys` and stores it; publishing the same release
@@ -146,24 +162,17 @@ impl FleetReleases {
             .map_err(PublishError::Refused)?;
         self.store.publish(&release).map_err(PublishError::Store)?;
         tracing::info!(release = %release.label(), "release published");
-        Ok(Published::of(&release.id, &release.manifest))
+        Ok(self.remember(&release.id, &release.manifest))
     }
 
-    /// Every published release, oldest version first.
-    pub fn list(&self) -> anyhow::Result<Vec<Published>> {
-        let mut out = Vec::new();
-        for id in self.store.releases()? {
-            let (manifest, _) = self.store.signed(&id)?;
-            let manifest = ReleaseManifest::from_canonical_bytes(&manifest)?;
-            out.push(Published::of(&id, &manifest));
-        }
-        out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-        Ok(out)
+    /// Every published release, by name, oldest version first.
+    pub fn list(&self) -> Vec<Published> {
+        lock(&self.published).values().cloned().collect()
     }
 
     /// A published release by id (hex, or a unique prefix of at least 8) or label.
-    pub fn find(&self, wanted: &str) -> anyhow::Result<Option<Published>> {
-        let all = self.list()?;
+    pub fn find(&self, wanted: &str) -> Result<Option<Published>, String> {
+        let all = self.list();
         let matches: Vec<&Published> = all
             .iter()
             .filter(|p| {
@@ -175,7 +184,9 @@ impl FleetReleases {
         match matches.as_slice() {
             [one] => Ok(Some((*one).clone())),
             [] => Ok(None),
-            _ => anyhow::bail!("{wanted:?} names more than one release; give its id"),
+            _ => Err(format!(
+                "{wanted:?} names more than one release; give its id"
+            )),
         }
     }
 
@@ -499,4 +510,48 @@ pub fn spawn_saver(releases: Arc<FleetReleases>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_release::ArtifactKind::{Component, Model};
+
+    fn publish(releases: &FleetReleases, signer: &fleet_release::ReleaseSigner, version: &str) {
+        let files: [(&[u8], _); 4] = [
+            (b"features", Component),
+            (b"scorer", Component),
+            (version.as_bytes(), Component),
+            (b"model", Model),
+        ];
+        let (release, _) = fleet_release::testing::verified(signer, version, &files);
+        releases.store.publish(&release).unwrap();
+        releases.remember(&release.id, &release.manifest);
+    }
+
+    #[test]
+    fn published_releases_are_listed_by_semantic_version_and_found_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = fleet_release::ReleaseSigner::generate().unwrap();
+        let releases = FleetReleases::open(dir.path()).unwrap();
+        for version in ["1.10.0", "1.9.0", "1.9.1"] {
+            publish(&releases, &signer, version);
+        }
+        let versions = |r: &FleetReleases| -> Vec<String> {
+            r.list().into_iter().map(|p| p.version).collect()
+        };
+        assert_eq!(versions(&releases), ["1.9.0", "1.9.1", "1.10.0"]);
+        // A restart reads them back from the store.
+        drop(releases);
+        let releases = FleetReleases::open(dir.path()).unwrap();
+        assert_eq!(versions(&releases), ["1.9.0", "1.9.1", "1.10.0"]);
+        let newest = releases.list().pop().unwrap();
+        let name_version = format!("{}@{}", newest.name, newest.version);
+        for wanted in [&newest.label, &name_version, &newest.id[..8].to_string()] {
+            assert_eq!(releases.find(wanted).unwrap().unwrap().id, newest.id);
+        }
+        assert!(releases.find("nothing@1.0.0").unwrap().is_none());
+        // Too short to be an id prefix.
+        assert!(releases.find(&newest.id[..7]).unwrap().is_none());
+    }
 }

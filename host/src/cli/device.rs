@@ -15,14 +15,13 @@ use clap::Args;
 use fleet_host::device::http;
 use fleet_host::device::sync::{self, SyncConfig, SyncStatus};
 use fleet_host::device::writer::{self, DeviceRuntime};
+use fleet_host::release::{DeviceLabels, ReleaseAgent};
 use fleet_journal::{Journal, JournalConfig, ThinPolicy};
 use fleet_net::pki::{DeviceFiles, Pki};
 use fleet_proto::sender::{Outbox, SenderConfig};
 use tokio::sync::Notify;
 
 use super::score::{DeadLetterSink, write_outcome};
-use fleet_host::release::{DeviceLabels, ReleaseAgent};
-
 use super::{RuntimeArgs, lines};
 
 #[derive(Args, Debug)]
