@@ -32,8 +32,13 @@ pub use record::{JournalId, Record, Seq};
 /// device refused by an older aggregator offers one version less on its next connection. So
 /// a fleet upgrades gradually, the aggregator first.
 /// 2: journal ids in `hello`, the device's journal head in `batch`.
-/// 3: release distribution on the control stream ([`distribution`]).
+/// 3: release distribution on the control stream ([`distribution`]); decisions name their
+///    release ([`RELEASED_DECISIONS`]).
 pub const PROTOCOL_VERSION: u16 = 3;
+
+/// First version whose decisions carry their release: a device speaking an older one leaves
+/// it out of what it sends (its journal keeps it).
+pub const RELEASED_DECISIONS: u16 = 3;
 
 /// Lowest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

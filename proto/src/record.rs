@@ -13,7 +13,13 @@ pub type Seq = u64;
 pub type JournalId = u64;
 
 /// One journal entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Encoded as a tagged union whose tags never change meaning (journals, ingest logs and
+/// history on disk hold them): a decision that names no release keeps the layout of
+/// protocol version 2 (tag 1); one that names its release is tag 5, the same fields followed
+/// by the release label. See [`WireRecord`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(from = "WireRecord")]
 pub enum Record {
     Event(EventRecord),
     Decision(DecisionRecord),
@@ -24,6 +30,54 @@ pub enum Record {
     Schema(Schema),
     /// An event its modules failed on (kept, and retried later), or its later rescoring.
     DeadLetter(DeadLetterRecord),
+}
+
+/// [`Record`] as encoded: the tag of each variant is its position.
+#[derive(Deserialize)]
+enum WireRecord {
+    Event(EventRecord),
+    Decision(DecisionRecord),
+    State(StateRecord),
+    Schema(Schema),
+    DeadLetter(DeadLetterRecord),
+    ReleasedDecision(DecisionRecord, String),
+}
+
+impl From<WireRecord> for Record {
+    fn from(w: WireRecord) -> Self {
+        match w {
+            WireRecord::Event(e) => Self::Event(e),
+            WireRecord::Decision(d) => Self::Decision(d),
+            WireRecord::State(s) => Self::State(s),
+            WireRecord::Schema(s) => Self::Schema(s),
+            WireRecord::DeadLetter(d) => Self::DeadLetter(d),
+            WireRecord::ReleasedDecision(mut d, release) => {
+                d.release = Some(release);
+                Self::Decision(d)
+            }
+        }
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const NAME: &str = "Record";
+        match self {
+            Self::Event(e) => s.serialize_newtype_variant(NAME, 0, "Event", e),
+            Self::Decision(d) => match &d.release {
+                None => s.serialize_newtype_variant(NAME, 1, "Decision", d),
+                Some(release) => {
+                    let mut v = s.serialize_tuple_variant(NAME, 5, "ReleasedDecision", 2)?;
+                    serde::ser::SerializeTupleVariant::serialize_field(&mut v, d)?;
+                    serde::ser::SerializeTupleVariant::serialize_field(&mut v, release)?;
+                    serde::ser::SerializeTupleVariant::end(v)
+                }
+            },
+            Self::State(st) => s.serialize_newtype_variant(NAME, 2, "State", st),
+            Self::Schema(sc) => s.serialize_newtype_variant(NAME, 3, "Schema", sc),
+            Self::DeadLetter(d) => s.serialize_newtype_variant(NAME, 4, "DeadLetter", d),
+        }
+    }
 }
 
 impl Record {
@@ -184,6 +238,10 @@ pub struct DecisionRecord {
     pub features: Vec<f32>,
     /// Top contributing factors: feature index into the schema, signed log-odds contribution.
     pub top_factors: Vec<(u32, f32)>,
+    /// `name@version+id` of the signed release the modules and model came in, if any.
+    /// Encoded after the other fields (see [`Record`]); peers of protocol version 2 never see it.
+    #[serde(skip)]
+    pub release: Option<String>,
 }
 
 /// The latest feature state of a key (task, or courier when there is no task).
@@ -302,4 +360,75 @@ pub enum DeadLetterOutcome {
     /// A later attempt went through: its decision (the prediction id; none for an event that
     /// is only folded into state) is journaled with this record.
     Rescored { prediction_id: Option<String> },
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn decision(release: Option<&str>) -> Record {
+        Record::Decision(DecisionRecord {
+            event_id: "e1".into(),
+            prediction_id: "p1".into(),
+            courier_id: "C1".into(),
+            task_id: Some("T1".into()),
+            time_ms: 1_700_000_000_000,
+            score: 0.9,
+            severity: Severity::Critical,
+            actions: vec![ActionRecord::Alert {
+                severity: Severity::Critical,
+                message: "late".into(),
+            }],
+            model: "late-risk@1".into(),
+            modules: ["f".into(), "s".into(), "p".into()],
+            schema: 7,
+            features: vec![1.0, f32::NAN],
+            top_factors: vec![(0, 0.5)],
+            release: release.map(str::to_string),
+        })
+    }
+
+    /// The layout journals, ingest logs and histories of protocol version 2 hold.
+    #[derive(Serialize)]
+    enum Version2<'a> {
+        #[allow(dead_code)]
+        Event(&'a EventRecord),
+        Decision(&'a DecisionRecord),
+    }
+
+    fn roundtrip(r: &Record) -> Record {
+        postcard::from_bytes(&postcard::to_stdvec(r).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_decision_without_a_release_keeps_the_version_2_layout() {
+        let r = decision(None);
+        let Record::Decision(d) = &r else {
+            unreachable!()
+        };
+        let old = postcard::to_stdvec(&Version2::Decision(d)).unwrap();
+        assert_eq!(postcard::to_stdvec(&r).unwrap(), old);
+        let back: Record = postcard::from_bytes(&old).unwrap();
+        assert!(
+            matches!(back, Record::Decision(d) if d.release.is_none() && d.prediction_id == "p1")
+        );
+    }
+
+    #[test]
+    fn a_decision_keeps_its_release_through_encoding() {
+        let r = decision(Some("city@1.2.0+0123456789abcdef"));
+        let back = roundtrip(&r);
+        let (Record::Decision(a), Record::Decision(b)) = (&r, &back) else {
+            unreachable!()
+        };
+        assert_eq!(b.release.as_deref(), Some("city@1.2.0+0123456789abcdef"));
+        assert_eq!(
+            (&a.prediction_id, &a.modules, a.schema),
+            (&b.prediction_id, &b.modules, b.schema)
+        );
+        // An unknown tag is an error, not a wrong record.
+        let mut bytes = postcard::to_stdvec(&r).unwrap();
+        bytes[0] = 6;
+        assert!(postcard::from_bytes::<Record>(&bytes).is_err());
+    }
 }

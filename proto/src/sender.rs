@@ -8,7 +8,7 @@ use crate::batch::{BatchBody, Codec, Entry};
 use crate::frame::ErrorCode;
 use crate::frame::{Frame, ProtocolError};
 use crate::record::{JournalId, Record, Seq};
-use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RELEASED_DECISIONS};
 
 /// The device's journal, as the sender sees it.
 pub trait Outbox {
@@ -39,6 +39,9 @@ pub struct SenderConfig {
     pub device: Option<String>,
     /// The journal's identity ([`JournalId`]), sent in `hello`.
     pub journal: JournalId,
+    /// Highest protocol version to offer (within what this build speaks): lower than
+    /// [`PROTOCOL_VERSION`] only to pin a device to an older aggregator's version.
+    pub max_version: u16,
 }
 
 impl Default for SenderConfig {
@@ -52,6 +55,7 @@ impl Default for SenderConfig {
             agent: concat!("fleet-proto/", env!("CARGO_PKG_VERSION")).into(),
             device: None,
             journal: 0,
+            max_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -114,6 +118,9 @@ impl Sender {
     /// A sender whose journal is acknowledged through `acked` (the persisted cursor).
     pub fn new(config: SenderConfig, acked: Seq) -> Self {
         let window = config.window;
+        let offered_version = config
+            .max_version
+            .clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
         Self {
             config,
             state: State::Disconnected,
@@ -123,7 +130,7 @@ impl Sender {
             window,
             in_flight: VecDeque::new(),
             resent_batches: 0,
-            offered_version: PROTOCOL_VERSION,
+            offered_version,
             version: None,
         }
     }
@@ -252,13 +259,20 @@ impl Sender {
             Some(e) if read.len() == self.config.max_batch_entries => e.seq,
             _ => last,
         };
-        let entries: Vec<Entry> = read
+        let mut entries: Vec<Entry> = read
             .into_iter()
             .filter(|e| match &e.record {
                 Record::State(s) => !outbox.superseded(&s.key, e.seq),
                 _ => true,
             })
             .collect();
+        if self.version < Some(RELEASED_DECISIONS) {
+            for e in &mut entries {
+                if let Record::Decision(d) = &mut e.record {
+                    d.release = None;
+                }
+            }
+        }
         let (codec, body) =
             BatchBody::encode(from, &entries, self.config.codec, self.config.zstd_level);
         self.in_flight.push_back(InFlight {
@@ -325,6 +339,56 @@ mod tests {
         assert_eq!(offered(&s.connected()), PROTOCOL_VERSION - 1);
         s.handle(welcome(PROTOCOL_VERSION - 1)).unwrap();
         assert_eq!(s.version(), Some(PROTOCOL_VERSION - 1));
+    }
+
+    struct OneDecision(Record);
+
+    impl Outbox for OneDecision {
+        fn read_after(&self, after: Seq, _max: usize) -> Vec<Entry> {
+            let entry = Entry {
+                seq: 1,
+                record: self.0.clone(),
+            };
+            if after == 0 { vec![entry] } else { vec![] }
+        }
+        fn last_seq(&self) -> Seq {
+            1
+        }
+        fn superseded(&self, _key: &str, _seq: Seq) -> bool {
+            false
+        }
+    }
+
+    /// The release a decision names, as sent to an aggregator welcoming in `version`.
+    fn sent_release(version: u16) -> Option<String> {
+        let outbox = OneDecision(crate::record::tests::decision(Some("city@2.0.0+00ff")));
+        let mut s = Sender::new(SenderConfig::default(), 0);
+        s.connected();
+        s.handle(welcome(version)).unwrap();
+        let Some(Frame::Batch {
+            from,
+            through,
+            codec,
+            body,
+            ..
+        }) = s.poll_transmit(Duration::ZERO, &outbox)
+        else {
+            panic!("a batch")
+        };
+        let entries = BatchBody::decode(from, through, codec, &body).unwrap();
+        match &entries[0].record {
+            Record::Decision(d) => d.release.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decisions_name_their_release_only_to_aggregators_that_read_it() {
+        assert_eq!(
+            sent_release(PROTOCOL_VERSION).as_deref(),
+            Some("city@2.0.0+00ff")
+        );
+        assert_eq!(sent_release(RELEASED_DECISIONS - 1), None);
     }
 
     #[test]

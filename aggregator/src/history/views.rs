@@ -76,6 +76,9 @@ pub struct Alert {
     pub event_id: String,
     pub prediction_id: String,
     pub device: String,
+    /// `name@version+id` of the release that raised it; none for modules outside a release
+    /// (or a device of protocol version 2).
+    pub release: Option<String>,
 }
 
 /// Stored under the alert index.
@@ -289,6 +292,7 @@ pub(crate) fn decision_json(d: &DecisionRecord, schema: Option<&Schema>) -> serd
         "actions": actions,
         "model": d.model,
         "modules": {"features": d.modules[0], "scorer": d.modules[1], "policy": d.modules[2]},
+        "release": d.release,
         "features": features,
         "top_factors": d.top_factors.iter().map(|(i, c)| serde_json::json!({"feature": name(*i as usize), "contribution": c})).collect::<Vec<_>>(),
     })

@@ -72,6 +72,12 @@ pub(crate) struct DeviceArgs {
     /// Do not print decisions on stdout.
     #[arg(long)]
     quiet: bool,
+    /// Highest sync protocol version to offer. The newest by default; a lower one makes
+    /// this device speak as one of an older build (no releases, decisions without their
+    /// release), as during a fleet upgrade.
+    #[arg(long, default_value_t = fleet_proto::PROTOCOL_VERSION,
+          value_parser = clap::value_parser!(u16).range(i64::from(fleet_proto::MIN_PROTOCOL_VERSION)..=i64::from(fleet_proto::PROTOCOL_VERSION)))]
+    protocol_version: u16,
 }
 
 /// `KEY=VALUE`, both non-empty.
@@ -144,7 +150,10 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
             device: args.device.clone(),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
-            sender: SenderConfig::default(),
+            sender: SenderConfig {
+                max_version: args.protocol_version,
+                ..SenderConfig::default()
+            },
             endpoint: None,
             handshakes: None,
             releases: Some(Arc::new(ReleaseAgent::new(

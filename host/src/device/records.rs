@@ -126,5 +126,6 @@ pub fn decision_record(d: &Decision, schema: &Schema) -> DecisionRecord {
                 Some((i as u32, f.contribution))
             })
             .collect(),
+        release: d.modules.release.clone(),
     }
 }

@@ -44,6 +44,18 @@ fn release(dir: &Path, signer: &ReleaseSigner, version: &str, policy: &[(&str, &
     out
 }
 
+/// A new operator key, trusted by the fleet in `certs` (devices and aggregator).
+fn trusted_signer(certs: &Path) -> ReleaseSigner {
+    let signer = ReleaseSigner::generate().unwrap();
+    std::fs::create_dir_all(certs.join("release-keys")).unwrap();
+    std::fs::write(
+        certs.join("release-keys/ops.pub"),
+        signer.public_line("ops"),
+    )
+    .unwrap();
+    signer
+}
+
 /// `POST path` with a release file as the body; status and JSON answer.
 fn post_bytes(api: &Api, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
     let (status, body) = fleet::request_bytes(
@@ -143,13 +155,7 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
     let names: Vec<String> = (0..DEVICES).map(|i| format!("rel-d{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     fleet::pki(&certs, &refs);
-    let signer = ReleaseSigner::generate().unwrap();
-    std::fs::create_dir_all(certs.join("release-keys")).unwrap();
-    std::fs::write(
-        certs.join("release-keys/ops.pub"),
-        signer.public_line("ops"),
-    )
-    .unwrap();
+    let signer = trusted_signer(&certs);
     // One device trusts no release key: it refuses every release, and says why.
     let untrusting = dir.path().join("no-keys");
     std::fs::create_dir_all(&untrusting).unwrap();
@@ -302,6 +308,7 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
     let (status, answer) = post_bytes(&operator, "/api/v1/releases", &v2);
     assert_eq!(status, 201, "{answer}");
     let id2 = answer["release"]["id"].as_str().unwrap().to_string();
+    let label2 = answer["release"]["label"].as_str().unwrap().to_string();
     let before = bytes_served(&viewer);
     let target = serde_json::json!({"labels": {"ring": "canary"}});
     assert_eq!(deploy(&operator, &id2, target), 201);
@@ -398,4 +405,109 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
         }
     }
     assert_eq!(stored, acked.len(), "each acknowledged event stored once");
+
+    // History's alerts name the release that raised them: none before the swap, one of the
+    // two releases after it.
+    let mut by_release = std::collections::BTreeMap::<String, usize>::new();
+    let mut cursor = String::new();
+    loop {
+        let page = viewer.get_json(&format!("/api/v1/alerts?limit=1000{cursor}"));
+        for a in page["alerts"].as_array().unwrap() {
+            let release = a["release"].as_str().unwrap_or("none").to_string();
+            *by_release.entry(release).or_default() += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    eprintln!("alerts by release: {by_release:?}");
+    assert!(
+        by_release.get(&label).is_some_and(|&n| n > 0),
+        "{by_release:?}"
+    );
+    assert!(
+        by_release
+            .keys()
+            .all(|r| [label.as_str(), label2.as_str(), "none"].contains(&r.as_str())),
+        "{by_release:?}"
+    );
+}
+
+/// A fleet upgrades the aggregator first: a device that speaks only the previous protocol
+/// version (no control stream for releases, decisions without their release) keeps syncing
+/// every event and decision, while a current device beside it names its release in history.
+#[test]
+fn a_device_of_the_previous_protocol_version_still_syncs_events_and_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    fleet::pki(&certs, &["old", "new"]);
+    let signer = trusted_signer(&certs);
+    let file = release(
+        dir.path(),
+        &signer,
+        "1.0.0",
+        &[
+            ("warning_threshold", "0.001"),
+            ("critical_threshold", "0.002"),
+        ],
+    );
+    let agg = fleet::InProcess::start(&certs, &dir.path().join("history"));
+    let mut decisions_with_release = 0;
+    for (device, version) in [
+        ("old", fleet_proto::MIN_PROTOCOL_VERSION),
+        ("new", fleet_proto::PROTOCOL_VERSION),
+    ] {
+        let (lines, _) = fleet::traffic(2, 1, 60, 1_795_300_000_000, device);
+        let input = dir.path().join(format!("{device}.jsonl"));
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        let out = fleet::edge_host_device(&certs, &dir.path().join(device), device, agg.quic)
+            .args(["--no-http", "--exit-when-synced", "--protocol-version"])
+            .arg(version.to_string())
+            .arg("--release")
+            .arg(&file)
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The device's own prediction log names the release either way.
+        let printed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!printed.is_empty());
+        assert!(printed.iter().all(|d| {
+            d["modules"]["release"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("late-risk@1.0.0+"))
+        }));
+        decisions_with_release += printed.len();
+
+        let ids = fleet::stored_event_ids(&agg.api(), &format!("{device}c0"));
+        assert_eq!(
+            ids.len(),
+            lines.len() / 2,
+            "{device}: every event of courier 0"
+        );
+        let task = agg.api().get_json(&format!("/api/v1/tasks/{device}c0-t0"));
+        let releases: HashSet<_> = task["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "decision")
+            .map(|i| i["data"]["release"].as_str().map(|r| r[..16].to_string()))
+            .collect();
+        let want =
+            (version >= fleet_proto::RELEASED_DECISIONS).then(|| "late-risk@1.0.0+".to_string());
+        assert_eq!(releases, HashSet::from([want]), "{device}");
+    }
+    let stats = agg.api().get_json("/api/v1/stats");
+    assert_eq!(stats["decisions"], decisions_with_release as u64, "{stats}");
+    let devices = agg.api().get_json("/api/v1/devices");
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
 }

@@ -78,6 +78,36 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, H
     })
 }
 
+/// A row followed by a field added after rows of its kind were first written: a row from
+/// before ends where the field would start, and reads back with the field's default.
+fn decode_extended<T, X>(key: &[u8], bytes: &[u8]) -> Result<(T, X), HistoryError>
+where
+    T: for<'de> Deserialize<'de>,
+    X: for<'de> Deserialize<'de> + Default,
+{
+    let corrupt = |e: postcard::Error| HistoryError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    };
+    let (row, rest) = postcard::take_from_bytes(bytes).map_err(corrupt)?;
+    if rest.is_empty() {
+        return Ok((row, X::default()));
+    }
+    match postcard::take_from_bytes(rest).map_err(corrupt)? {
+        (extra, []) => Ok((row, extra)),
+        (_, trailing) => Err(HistoryError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            message: format!("{} bytes after the row", trailing.len()),
+        }),
+    }
+}
+
+fn encode_extended<T: Serialize, X: Serialize>(row: &T, extra: &X) -> Vec<u8> {
+    let mut bytes = encode(row);
+    postcard::to_io(extra, &mut bytes).expect("rows always serialize");
+    bytes
+}
+
 fn read<T: for<'de> Deserialize<'de>>(db: &Db, key: &[u8]) -> Result<Option<T>, HistoryError> {
     db.get(key)?.map(|v| decode(key, &v)).transpose()
 }
@@ -287,7 +317,10 @@ impl SledHistory {
             match &d.task_id {
                 Some(task) => {
                     let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
-                    batch.insert(Key::task(task, d.time_ms, device, seq).0, encode(&item));
+                    batch.insert(
+                        Key::task(task, d.time_ms, device, seq).0,
+                        encode_extended(&item, &d.release),
+                    );
                 }
                 None => batch.insert(
                     Key::record(device, seq).0,
@@ -307,7 +340,7 @@ impl SledHistory {
             };
             batch.insert(
                 Key::new(keys::ALERT).time(d.time_ms).str(device).u64(seq).0,
-                encode(&alert),
+                encode_extended(&alert, &d.release),
             );
         }
         self.write_latest(db, written, device, plan, batch)?;

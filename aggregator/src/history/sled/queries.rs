@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use fleet_proto::record::{EventRecord, Severity};
 use fleet_proto::{JournalId, Seq};
 
-use super::{SledHistory, decode, read, str_at, u64_at};
+use super::{SledHistory, decode, decode_extended, read, str_at, u64_at};
 use crate::history::keys::{self, Key};
 use crate::history::rows::{DeadLetterRow, DeviceRow};
 use crate::history::views::{self, AlertRow, StateRow, TaskItem};
@@ -149,7 +149,8 @@ impl History for SledHistory {
             let Some(seq) = u64_at(k, after) else {
                 return Ok(None);
             };
-            let (kind, data) = match decode::<TaskItem>(k, v)? {
+            let (item, release) = decode_extended::<TaskItem, Option<String>>(k, v)?;
+            let (kind, data) = match item {
                 TaskItem::Event { courier_id } => {
                     let key = Key::route(&courier_id, time_ms, &device, seq).0;
                     let Some(bytes) = self.db().get(&key)? else {
@@ -158,6 +159,8 @@ impl History for SledHistory {
                     ("event", views::event_json(&decode(&key, &bytes)?))
                 }
                 TaskItem::Decision(d) => {
+                    let mut d = d.into_owned();
+                    d.release = release;
                     let schema = self.schema(d.schema, &mut schemas)?;
                     ("decision", views::decision_json(&d, schema.as_ref()))
                 }
@@ -199,7 +202,7 @@ impl History for SledHistory {
         let lo = Key::new(keys::ALERT).time(since_ms).0;
         let hi = prefix_end(&[keys::ALERT]);
         scan_page(self, &lo, &hi, page, |k, v| {
-            let row: AlertRow = decode(k, v)?;
+            let (row, release): (AlertRow, Option<String>) = decode_extended(k, v)?;
             if row.severity < min {
                 return Ok(None);
             }
@@ -213,6 +216,7 @@ impl History for SledHistory {
                 event_id: row.event_id,
                 prediction_id: row.prediction_id,
                 device: str_at(k, 9).map(|(d, _)| d).unwrap_or_default(),
+                release,
             }))
         })
     }

@@ -44,8 +44,16 @@ fn decision(seq: Seq, task: Option<&str>, severity: Severity) -> Entry {
             schema: 7,
             features: vec![1.0],
             top_factors: vec![],
+            release: None,
         }),
     }
+}
+
+fn released(mut entry: Entry, release: &str) -> Entry {
+    if let Record::Decision(d) = &mut entry.record {
+        d.release = Some(release.into());
+    }
+    entry
 }
 
 fn state(seq: Seq, key: &str, bytes: &[u8]) -> Entry {
@@ -159,6 +167,47 @@ fn each_record_is_stored_once_and_every_index_answers() {
         1
     );
     assert_eq!(history.stats().unwrap().states, 2);
+}
+
+#[test]
+fn decisions_and_alerts_name_their_release_and_rows_from_before_read_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = SledHistory::open(&dir.path().join("h")).unwrap();
+    let release = "city@1.1.0+0123456789abcdef";
+    let entries = [
+        decision(1, Some("T-1"), Severity::Critical),
+        released(decision(2, Some("T-1"), Severity::Critical), release),
+        released(decision(3, None, Severity::Warning), release),
+    ];
+    ingest(&history, "d1", 7, 3, &entries, 0).unwrap();
+    let task = history.task("T-1", &all()).unwrap().unwrap();
+    let releases: Vec<_> = task
+        .items
+        .iter()
+        .map(|i| i.data["release"].clone())
+        .collect();
+    assert_eq!(releases, [serde_json::Value::Null, release.into()]);
+    let alerts = history.alerts(0, Severity::Warning, &all()).unwrap().items;
+    let releases: Vec<_> = alerts
+        .iter()
+        .map(|a| (a.prediction_id.as_str(), a.release.as_deref()))
+        .collect();
+    assert_eq!(
+        releases,
+        [("p1", None), ("p2", Some(release)), ("p3", Some(release))]
+    );
+
+    // A row as written before decisions named their release: the row alone.
+    let Record::Decision(d) = &entries[0].record else {
+        unreachable!()
+    };
+    let old = encode(&TaskItem::Decision(Box::new(Cow::Borrowed(d))));
+    let (item, release): (TaskItem, Option<String>) = decode_extended(b"T", &old).unwrap();
+    assert!(matches!(item, TaskItem::Decision(d) if d.prediction_id == "p1"));
+    assert_eq!(release, None);
+    let mut broken = encode_extended(&TaskItem::Decision(Box::new(Cow::Borrowed(d))), &Some("x"));
+    broken.push(0xff);
+    assert!(decode_extended::<TaskItem, Option<String>>(b"T", &broken).is_err());
 }
 
 #[test]
