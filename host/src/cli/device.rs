@@ -72,6 +72,10 @@ pub(crate) struct DeviceArgs {
     /// Do not print decisions on stdout.
     #[arg(long)]
     quiet: bool,
+    /// Most KiB per second a release download takes (0: no limit), so a download on a
+    /// thin or metered link leaves room for event sync.
+    #[arg(long, default_value_t = 0)]
+    release_download_kib_s: u64,
     /// Highest sync protocol version to offer. The newest by default; a lower one makes
     /// this device speak as one of an older build (no releases, decisions without their
     /// release), as during a fleet upgrade.
@@ -156,13 +160,16 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
             },
             endpoint: None,
             handshakes: None,
-            releases: Some(Arc::new(ReleaseAgent::new(
-                registry.clone(),
-                DeviceLabels {
-                    labels: args.labels.clone(),
-                    agent: concat!("edge-host/", env!("CARGO_PKG_VERSION"), " device").into(),
-                },
-            ))),
+            releases: Some(Arc::new(
+                ReleaseAgent::new(
+                    registry.clone(),
+                    DeviceLabels {
+                        labels: args.labels.clone(),
+                        agent: concat!("edge-host/", env!("CARGO_PKG_VERSION"), " device").into(),
+                    },
+                )
+                .with_download_limit(Some(args.release_download_kib_s << 10)),
+            )),
         },
         status.clone(),
         stop.clone(),

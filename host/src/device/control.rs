@@ -36,6 +36,7 @@ pub(crate) async fn run(
         accepted: None,
         offered: None,
         reported_at: 0,
+        pace: None,
     };
     if let Some(agent) = &agent {
         session.fetcher.report(agent.report(None));
@@ -92,6 +93,8 @@ struct Session {
     offered: Option<Digest>,
     /// Download progress last reported, in quarters.
     reported_at: u64,
+    /// Since when this connection downloads, and the bytes it took (for the download limit).
+    pace: Option<(Instant, u64)>,
 }
 
 impl Session {
@@ -113,6 +116,7 @@ impl Session {
             FetchEvent::Offered(offer) => {
                 self.fetcher.cancel();
                 self.accepted = None;
+                self.pace = None;
                 self.offered = Some(offer.release);
                 let release = offer.release;
                 let considered = blocking(agent, move |a| a.consider(offer)).await;
@@ -139,6 +143,7 @@ impl Session {
                 let Some(accepted) = self.accepted.clone() else {
                     return;
                 };
+                self.pace(agent, data.len() as u64).await;
                 let written = blocking(agent, move |a| {
                     a.write_piece(&accepted, artifact, offset, &data)
                 })
@@ -165,6 +170,19 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// Holds a piece back until the download keeps under the agent's limit: the next
+    /// request goes out only after it, so the link carries at most the limit (and the
+    /// window's few pieces in flight).
+    async fn pace(&mut self, agent: &ReleaseAgent, bytes: u64) {
+        let Some(limit) = agent.download_limit() else {
+            return;
+        };
+        let (since, taken) = self.pace.get_or_insert_with(|| (Instant::now(), 0));
+        *taken += bytes;
+        let due = *since + Duration::from_secs_f64(*taken as f64 / limit as f64);
+        tokio::time::sleep_until(due.into()).await;
     }
 
     /// Reports download progress at the start and at each quarter.

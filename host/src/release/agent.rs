@@ -39,6 +39,8 @@ pub struct ReleaseAgent {
     about: DeviceLabels,
     /// Releases refused here, and why: an offer of one is answered at once, without work.
     refused: Mutex<HashMap<Digest, Step>>,
+    /// Most bytes per second a download takes (`None`: as fast as the link goes).
+    download_limit: Option<u64>,
 }
 
 impl ReleaseAgent {
@@ -47,7 +49,18 @@ impl ReleaseAgent {
             registry,
             about,
             refused: Mutex::new(HashMap::new()),
+            download_limit: None,
         }
+    }
+
+    /// Downloads take at most `bytes_per_s` (a handset on a metered or thin link).
+    pub fn with_download_limit(mut self, bytes_per_s: Option<u64>) -> Self {
+        self.download_limit = bytes_per_s.filter(|&b| b > 0);
+        self
+    }
+
+    pub fn download_limit(&self) -> Option<u64> {
+        self.download_limit
     }
 
     fn source(&self) -> Option<&ReleaseSource> {

@@ -20,8 +20,19 @@ use crate::util;
 
 const DEVICES: usize = 20;
 
-/// Builds a release whose policy has `policy_config`, signed by `signer`.
+/// Builds a release whose policy has `policy_config`, signed by `signer`, each component
+/// precompiled for this build's engine.
 fn release(dir: &Path, signer: &ReleaseSigner, version: &str, policy: &[(&str, &str)]) -> PathBuf {
+    build_release(dir, signer, version, policy, true)
+}
+
+fn build_release(
+    dir: &Path,
+    signer: &ReleaseSigner,
+    version: &str,
+    policy: &[(&str, &str)],
+    precompiled: bool,
+) -> PathBuf {
     let modules = dir.join(format!("modules-{version}"));
     std::fs::create_dir_all(&modules).unwrap();
     util::module_dir(&modules, "policy", "1.0.0", policy);
@@ -36,12 +47,44 @@ fn release(dir: &Path, signer: &ReleaseSigner, version: &str, policy: &[(&str, &
         version.parse().unwrap(),
         &modules,
         &[],
-        Some(&util::engine()),
+        precompiled.then(util::engine).as_deref(),
     )
     .unwrap()
     .write(&out, signer)
     .unwrap();
     out
+}
+
+/// Waits until history holds as many events as were acknowledged, then checks that the
+/// couriers' routes hold each acknowledged event, once.
+fn each_acknowledged_event_stored_once(
+    viewer: &Api,
+    couriers: &[String],
+    acked: &Mutex<HashSet<String>>,
+) {
+    let acked = acked.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = viewer.get_json("/api/v1/stats");
+        if stats["events"].as_u64() == Some(acked.len() as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history holds {} of {} events",
+            stats["events"],
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut stored = 0;
+    for courier in couriers {
+        for id in fleet::stored_event_ids(viewer, courier) {
+            assert!(acked.contains(&id), "{id} stored, never acknowledged");
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, acked.len(), "each acknowledged event stored once");
 }
 
 /// A new operator key, trusted by the fleet in `certs` (devices and aggregator).
@@ -382,29 +425,8 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
         }
         assert!(log[..first_new].iter().all(|(r, _, _)| r.is_none()));
     }
-    let acked = acked.lock().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = viewer.get_json("/api/v1/stats");
-        if stats["events"].as_u64() == Some(acked.len() as u64) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "history holds {} of {} events",
-            stats["events"],
-            acked.len()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut stored = 0;
-    for i in 0..DEVICES {
-        for id in fleet::stored_event_ids(&viewer, &format!("rel{i}-c0")) {
-            assert!(acked.contains(&id), "{id} stored, never acknowledged");
-            stored += 1;
-        }
-    }
-    assert_eq!(stored, acked.len(), "each acknowledged event stored once");
+    let couriers: Vec<String> = (0..DEVICES).map(|i| format!("rel{i}-c0")).collect();
+    each_acknowledged_event_stored_once(&viewer, &couriers, &acked);
 
     // History's alerts name the release that raised them: none before the swap, one of the
     // two releases after it.
@@ -510,4 +532,262 @@ fn a_device_of_the_previous_protocol_version_still_syncs_events_and_decisions() 
     assert_eq!(stats["decisions"], decisions_with_release as u64, "{stats}");
     let devices = agg.api().get_json("/api/v1/devices");
     assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
+}
+
+/// An `edge-host device` process under load, restarted at will on the same journal, release
+/// store and HTTP port.
+struct Handset {
+    name: String,
+    journal: PathBuf,
+    http: SocketAddr,
+    command: Box<dyn Fn() -> std::process::Command>,
+    process: Option<KillOnDrop>,
+}
+
+impl Handset {
+    fn new(dir: &Path, certs: &Path, name: &str, quic: SocketAddr) -> Self {
+        let journal = dir.join(name);
+        let http: SocketAddr = format!("127.0.0.1:{}", fleet::free_port()).parse().unwrap();
+        let (certs, name_owned, journal_owned) =
+            (certs.to_path_buf(), name.to_string(), journal.clone());
+        let command = move || {
+            let mut cmd = fleet::edge_host_device(&certs, &journal_owned, &name_owned, quic);
+            // 1 MiB/s: a download lasts long enough to be interrupted on purpose.
+            cmd.args([
+                "--quiet",
+                "--http",
+                &http.to_string(),
+                "--release-download-kib-s",
+                "1024",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+            cmd
+        };
+        Self {
+            name: name.to_string(),
+            journal,
+            http,
+            command: Box::new(command),
+            process: None,
+        }
+    }
+
+    fn start(&mut self) {
+        self.process = Some(KillOnDrop((self.command)().spawn().unwrap()));
+    }
+
+    fn kill_9(&mut self) {
+        self.process.take().expect("running");
+    }
+
+    fn store(&self) -> PathBuf {
+        self.journal.join("releases")
+    }
+
+    /// The store's state file: active, previous, candidate.
+    fn state(&self) -> serde_json::Value {
+        std::fs::read(self.store().join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Bytes of artifacts on disk, whole and partial, and whether a download is partial.
+    fn downloaded(&self) -> (u64, bool) {
+        let mut bytes = 0;
+        let mut partial = false;
+        for entry in std::fs::read_dir(self.store().join("objects"))
+            .into_iter()
+            .flatten()
+        {
+            let entry = entry.unwrap();
+            bytes += entry.metadata().map_or(0, |m| m.len());
+            partial |= entry.file_name().to_string_lossy().ends_with(".partial");
+        }
+        (bytes, partial)
+    }
+
+    /// The release the running device runs (`/v1/release`; `None`: the built-in modules),
+    /// once it answers.
+    fn running(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, body)) = fleet::http(self.http, "GET", "/v1/release", "") {
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+                return answer["running"]["release"].as_str().map(str::to_string);
+            }
+            assert!(Instant::now() < deadline, "{} never answered", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Polls `check` every millisecond until it gives a value.
+fn watch<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// kill -9 during a download and during a swap (the release compiled on the device, so the
+/// swap lasts long enough to be hit), and a device offline for the whole deploy: each comes
+/// back on one whole release, resumes (the download from what it holds), ends on the new
+/// release, and never loses, repeats or mixes a decision.
+#[test]
+fn kill_9_during_download_and_swap_and_a_device_offline_all_end_on_the_new_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let names = ["dl", "swap", "offline"];
+    fleet::pki(&certs, &names);
+    let signer = trusted_signer(&certs);
+    let (quic, http) = (fleet::free_port(), fleet::free_port());
+    let _aggregator = KillOnDrop(fleet::spawn_aggregator(
+        &certs,
+        &dir.path().join("aggregator"),
+        quic,
+        http,
+    ));
+    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let quic: SocketAddr = format!("127.0.0.1:{quic}").parse().unwrap();
+    let operator = Api::with_role(http, &certs, Role::Operator);
+    let viewer = Api::with_role(http, &certs, Role::Viewer);
+
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handsets = Vec::new();
+    let mut producers = Vec::new();
+    let mut seen = Vec::new();
+    for name in names {
+        let mut h = Handset::new(dir.path(), &certs, name, quic);
+        h.start();
+        let (lines, _) = fleet::traffic(1, 200, 20, 1_767_261_600_000, &format!("{name}-"));
+        let log: Seen = Arc::default();
+        seen.push(log.clone());
+        let (acked, stop, device) = (acked.clone(), stop.clone(), h.http);
+        producers.push(std::thread::spawn(move || {
+            producer(device, lines, acked, log, stop)
+        }));
+        handsets.push(h);
+    }
+    let [dl, swap, offline] = &mut handsets[..] else {
+        unreachable!()
+    };
+    for h in [&*dl, &*swap, &*offline] {
+        assert_eq!(h.running(), None, "{} runs the built-in modules", h.name);
+    }
+
+    let file = build_release(
+        dir.path(),
+        &signer,
+        "2.0.0",
+        &[
+            ("warning_threshold", "0.001"),
+            ("critical_threshold", "0.002"),
+        ],
+        false,
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    let (status, answer) = post_bytes(
+        &operator,
+        "/api/v1/releases",
+        &std::fs::read(&file).unwrap(),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["release"]["id"].as_str().unwrap().to_string();
+    let label = answer["release"]["label"].as_str().unwrap().to_string();
+
+    // 1. Killed during the download, past 40 % of it: the restart fetches only the rest.
+    assert_eq!(
+        deploy(&operator, &id, serde_json::json!({"devices": ["dl"]})),
+        201
+    );
+    let had = watch("a download past 40 %", Duration::from_secs(60), || {
+        let (bytes, partial) = dl.downloaded();
+        (partial && bytes * 10 >= size * 4).then_some(bytes)
+    });
+    dl.kill_9();
+    let (had_after_kill, _) = dl.downloaded();
+    assert!(
+        dl.state()["candidate"].is_null() && dl.state()["active"].is_null(),
+        "{}",
+        dl.state()
+    );
+    let served_before = bytes_served(&viewer);
+    dl.start();
+    assert_eq!(dl.running(), None, "back on the built-in modules");
+    wait_step(&viewer, &id, "active", 1, Duration::from_secs(60));
+    let served = bytes_served(&viewer) - served_before;
+    eprintln!(
+        "download killed at {had} (on disk {had_after_kill}) of {size} bytes; {served} bytes served after the restart"
+    );
+    // What was on disk is not sent again; pieces in flight at the kill may be.
+    assert!(
+        served <= size - had_after_kill + (1 << 20),
+        "{served} bytes served after the restart"
+    );
+
+    // 2. One device offline for the whole deploy; another killed while it swaps (compiling
+    //    the staged candidate).
+    offline.kill_9();
+    assert_eq!(deploy(&operator, &id, serde_json::json!("all")), 201);
+    // The store names releases as `sha256:<hex>`.
+    let stored_id = format!("sha256:{id}");
+    watch("a staged candidate", Duration::from_secs(60), || {
+        let state = swap.state();
+        (state["candidate"].as_str() == Some(stored_id.as_str()) && state["active"].is_null())
+            .then_some(())
+    });
+    swap.kill_9();
+    let state = swap.state();
+    assert_eq!(
+        (state["candidate"].as_str(), &state["active"]),
+        (Some(stored_id.as_str()), &serde_json::Value::Null),
+        "killed mid-swap"
+    );
+    swap.start();
+    // Back on one whole release: the install resumes at start, before the device serves.
+    assert_eq!(swap.running().as_deref(), Some(label.as_str()));
+    wait_step(&viewer, &id, "active", 2, Duration::from_secs(60));
+
+    offline.start();
+    wait_step(&viewer, &id, "active", 3, Duration::from_secs(60));
+    let state = offline.state();
+    assert_eq!(
+        state["active"].as_str(),
+        Some(stored_id.as_str()),
+        "{state}"
+    );
+
+    // Let every producer get decisions from the new release, then stop them.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.join().unwrap();
+    }
+    for (name, log) in names.iter().zip(&seen) {
+        let log = log.lock().unwrap();
+        let first_new = log
+            .iter()
+            .position(|(r, _, _)| r.as_deref() == Some(label.as_str()))
+            .unwrap_or_else(|| panic!("{name} never decided with {label}"));
+        assert!(
+            log[..first_new].iter().all(|(r, _, _)| r.is_none()),
+            "{name}: a mix before the swap"
+        );
+        assert!(
+            log[first_new..]
+                .iter()
+                .all(|(r, _, _)| r.as_deref() == Some(label.as_str())),
+            "{name}: a mix after the swap"
+        );
+    }
+    let couriers: Vec<String> = names.iter().map(|n| format!("{n}-c0")).collect();
+    each_acknowledged_event_stored_once(&viewer, &couriers, &acked);
 }
