@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.1 GET for reading the aggregator's JSON API on loopback, with the bearer
-//! token the API asks for. Hand-written: one request shape to one local server; a client crate
-//! would bring a TLS and connection pool stack we do not need here.
+//! A minimal HTTP/1.1 client for the aggregator's JSON API on loopback (GET, and POST for a
+//! deploy), with the bearer token the API asks for. Hand-written: two request shapes to one
+//! local server; a client crate would bring a TLS and connection pool stack we do not need.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -38,17 +38,55 @@ impl Api {
         }
     }
 
-    /// Status, `Retry-After` seconds if given, and body.
+    /// `GET path` as text (`/metrics`).
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let (status, _, body) = self.get(path)?;
+        anyhow::ensure!(status == "200", "GET {path}: status {status}: {body}");
+        Ok(body)
+    }
+
+    /// `POST path` with `body`; the status and the JSON answer (`null` when not JSON).
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(String, serde_json::Value)> {
+        let (status, _, answer) = self.request("POST", path, Some((content_type, body)))?;
+        Ok((status, serde_json::from_str(&answer).unwrap_or_default()))
+    }
+
     fn get(&self, path: &str) -> anyhow::Result<(String, Option<u64>, String)> {
+        self.request("GET", path, None)
+    }
+
+    /// Status, `Retry-After` seconds if given, and body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> anyhow::Result<(String, Option<u64>, String)> {
         let addr = self.addr;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .with_context(|| format!("connecting to {addr}"))?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n",
             self.token
         )?;
+        match body {
+            Some((content_type, body)) => {
+                write!(
+                    s,
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )?;
+                s.write_all(body)?;
+            }
+            None => write!(s, "\r\n")?,
+        }
         let mut response = Vec::new();
         s.read_to_end(&mut response)?;
         let text = String::from_utf8_lossy(&response);

@@ -170,6 +170,24 @@ struct RunArgs {
     /// Keep serving the history API after the report, until Ctrl-C.
     #[arg(long)]
     serve_after: bool,
+    /// Run the whole fleet on a module directory (as `edge-host --modules`); devices then
+    /// take no releases.
+    #[arg(long, conflicts_with_all = ["release", "deploy"])]
+    modules: Option<PathBuf>,
+    /// Start the whole fleet on a signed release file (`fleetctl release build`).
+    #[arg(long)]
+    release: Option<PathBuf>,
+    /// The release keys the fleet trusts (`*.pub`, as `fleetctl keys init` writes them):
+    /// copied into this run's fleet directory, where the aggregator and the devices read them.
+    #[arg(long, default_value = "certs/release-keys")]
+    release_keys: PathBuf,
+    /// A release file to publish and deploy to every device during the run; the report says
+    /// how it spread, and what the fleet's throughput and decision latency did meanwhile.
+    #[arg(long)]
+    deploy: Option<PathBuf>,
+    /// When to deploy it, wall seconds from the start.
+    #[arg(long, default_value_t = 10.0)]
+    deploy_at: f64,
 }
 
 fn parse_point(s: &str) -> Result<(f64, f64), String> {
@@ -346,9 +364,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .init(&[])
         .context("creating the fleet PKI")?;
     let viewer = issue_token(&certs, &args.work, Role::Viewer)?;
-    issue_token(&certs, &args.work, Role::Operator)?;
-    let registry = fleet_host::defaults::embedded_registry()
-        .map_err(|e| anyhow::anyhow!("loading the embedded modules and model: {e}"))?;
+    let operator = issue_token(&certs, &args.work, Role::Operator)?;
+    let trusted = trust_release_keys(&args, &certs)?;
+    let start = match (&args.modules, &args.release) {
+        (Some(dir), _) => fleet::Start::Modules(dir.clone()),
+        (None, Some(file)) => fleet::Start::Release(file.clone()),
+        (None, None) => fleet::Start::BuiltIn,
+    };
+    let modules = fleet::FleetModules::open(&start, &trusted, &args.work)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -367,14 +390,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             aggregator.http()
         );
     }
-    let options = options(&args);
+    let mut options = options(&args);
+    options.deploy = args.deploy.clone().map(|file| fleet::Deploy {
+        file,
+        at_s: args.deploy_at,
+        token: operator,
+    });
     let places = fleet::Places {
         work: &args.work,
         certs: &certs,
         devices: &devices,
         disk: disk.as_ref(),
     };
-    let report = fleet::run(scenario, &mut aggregator, &rt, &places, registry, &options)?;
+    let report = fleet::run(scenario, &mut aggregator, &rt, &places, &modules, &options)?;
     match args.report {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         ReportFormat::Text => {
@@ -423,7 +451,34 @@ fn options(args: &RunArgs) -> FleetOptions {
         audit: !args.no_audit,
         progress: !args.no_progress && args.report == ReportFormat::Text,
         max_in_flight: 4096,
+        deploy: None,
     }
+}
+
+/// Copies the release keys the fleet trusts into this run's fleet directory (where the
+/// aggregator checks what is published, and the devices what is offered); returns it.
+fn trust_release_keys(args: &RunArgs, certs: &Path) -> anyhow::Result<PathBuf> {
+    let trusted = certs.join("release-keys");
+    std::fs::create_dir_all(&trusted)?;
+    let wanted = args.release.is_some() || args.deploy.is_some();
+    let mut copied = 0;
+    if let Ok(entries) = std::fs::read_dir(&args.release_keys) {
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "pub") {
+                let name = path.file_name().expect("a file");
+                std::fs::copy(&path, trusted.join(name))
+                    .with_context(|| format!("copying {}", path.display()))?;
+                copied += 1;
+            }
+        }
+    }
+    anyhow::ensure!(
+        copied > 0 || !wanted,
+        "--release and --deploy need the public key the release is signed with: no *.pub in {} (see --release-keys; `fleetctl keys init` writes one)",
+        args.release_keys.display()
+    );
+    Ok(trusted)
 }
 
 /// How to ask the history: now, while it is served, or later with the aggregator binary.

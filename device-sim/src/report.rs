@@ -1,6 +1,7 @@
 //! What a run came to: counts that must balance, latencies, alert quality against ground
 //! truth, and what each process cost. Printed as text or JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -20,6 +21,7 @@ pub struct Report {
     pub alerts: Alerts,
     pub sync: Sync,
     pub burst: Option<BurstReport>,
+    pub deploy: Option<DeployReport>,
     pub processes: Vec<ProcessUsage>,
     pub aggregator_http: String,
     /// A task and a courier of this run, for the query hints.
@@ -71,6 +73,70 @@ pub struct BurstReport {
     pub devices_absorbed_s: Option<f64>,
     /// Same, until the aggregator had stored it all.
     pub stored_s: Option<f64>,
+}
+
+/// How a release deployed mid-run (`--deploy`) reached the fleet.
+#[derive(Debug, Default, Serialize)]
+pub struct DeployReport {
+    pub release: String,
+    pub devices: usize,
+    /// Wall seconds from the start of the run.
+    pub published_at_s: f64,
+    pub deployed_at_s: f64,
+    /// From the deploy until every device ran the release; `None` if not within the run.
+    pub all_active_after_s: Option<f64>,
+    /// Release bytes the aggregator served, per device.
+    pub bytes_served_per_device: u64,
+    /// Events the devices acknowledged per second while the release spread, and over as long
+    /// just before the deploy.
+    pub events_per_s_before: Option<f64>,
+    pub events_per_s_during: Option<f64>,
+    /// Event due -> decision durable on the device, over the same two windows.
+    pub decision_ms_before: Option<Percentiles>,
+    pub decision_ms_during: Option<Percentiles>,
+    /// Seconds from the deploy, and how many devices ran which release.
+    pub timeline: Vec<(f64, BTreeMap<String, usize>)>,
+}
+
+impl DeployReport {
+    fn text(&self, s: &mut String) {
+        let after = self
+            .all_active_after_s
+            .map_or("not within the run".to_string(), |t| {
+                format!("{t:.2} s after the deploy")
+            });
+        let _ = writeln!(
+            s,
+            "deploy: {} published at {:.1} s, deployed to all {} devices at {:.1} s; all ran it {after}; {} release bytes served per device",
+            self.release,
+            self.published_at_s,
+            self.devices,
+            self.deployed_at_s,
+            self.bytes_served_per_device
+        );
+        let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.0} events/s"));
+        let p99 = |p: &Option<Percentiles>| {
+            p.as_ref()
+                .map_or("-".to_string(), |p| format!("p99 {:.1} ms", p.p99))
+        };
+        let _ = writeln!(
+            s,
+            "  before the deploy: {}, decision {}; while it spread: {}, decision {}",
+            rate(self.events_per_s_before),
+            p99(&self.decision_ms_before),
+            rate(self.events_per_s_during),
+            p99(&self.decision_ms_during)
+        );
+        // Each change of the counts, from just before the deploy.
+        let mut last = None;
+        for (t, counts) in &self.timeline {
+            if last != Some(counts) {
+                let text: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+                let _ = writeln!(s, "  {t:+6.2} s  {}", text.join(", "));
+                last = Some(counts);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -250,6 +316,9 @@ impl Report {
                 secs(b.devices_absorbed_s),
                 secs(b.stored_s)
             );
+        }
+        if let Some(d) = &self.deploy {
+            d.text(&mut s);
         }
         for f in &self.sync.faults {
             let _ = writeln!(s, "  fault: {f}");

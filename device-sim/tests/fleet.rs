@@ -291,3 +291,127 @@ fn run_from_anywhere_the_city_needs_no_data_and_a_replay_names_data_dir() {
     assert!(stderr.contains("--data-dir"), "{stderr}");
     assert!(stderr.contains("--source city"), "{stderr}");
 }
+
+/// Writes a release of the built-in modules with `policy` as the policy's configuration,
+/// signed by `signer`, precompiled for this build's engine.
+fn release(
+    dir: &std::path::Path,
+    signer: &fleet_release::ReleaseSigner,
+    version: &str,
+    policy: &str,
+) -> std::path::PathBuf {
+    let modules = dir.join(format!("modules-{version}"));
+    fleet_host::release::export_embedded(&modules).unwrap();
+    let manifest = modules.join("policy.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("[config]", &format!("[config]\n{policy}")),
+    )
+    .unwrap();
+    let engine = fleet_host::engine::SandboxEngine::new(Default::default()).unwrap();
+    let out = dir.join(format!("late-risk-{version}.release"));
+    fleet_host::release::build_contents(
+        "late-risk",
+        version.parse().unwrap(),
+        &modules,
+        &[],
+        Some(&engine),
+    )
+    .unwrap()
+    .write(&out, signer)
+    .unwrap();
+    out
+}
+
+/// The deploy scenario: the fleet starts on a signed release, another one (a new threshold)
+/// is published and deployed mid-run; every device runs it before the end, no artifact
+/// travels (configuration lives in the signed manifest), and the accounting still balances.
+/// A fleet on a module directory runs too.
+#[test]
+fn a_release_deployed_mid_run_reaches_every_device_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = fleet_release::ReleaseSigner::generate().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("ops.pub"), signer.public_line("ops")).unwrap();
+    let v1 = release(dir.path(), &signer, "1.0.0", "");
+    let v2 = release(
+        dir.path(),
+        &signer,
+        "1.1.0",
+        "warning_threshold = \"0.6\"\ncritical_threshold = \"0.8\"",
+    );
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let report = run(
+        &dir.path().join("w"),
+        &[
+            "--couriers",
+            "20",
+            "--hours",
+            "1",
+            "--speed",
+            "400",
+            "--release",
+            &path(&v1),
+            "--release-keys",
+            &path(&keys),
+            "--deploy",
+            &path(&v2),
+            "--deploy-at",
+            "2",
+        ],
+    );
+    assert_balanced(&report);
+    let deploy = &report["deploy"];
+    assert!(deploy["all_active_after_s"].as_f64().is_some(), "{deploy}");
+    assert_eq!(deploy["bytes_served_per_device"], 0, "{deploy}");
+    let timeline = deploy["timeline"].as_array().unwrap();
+    let first = &timeline[0][1];
+    let last = &timeline[timeline.len() - 1][1];
+    let label = deploy["release"].as_str().unwrap();
+    assert!(label.starts_with("late-risk@1.1.0+"), "{label}");
+    assert_eq!(first.as_object().unwrap().len(), 1, "{first}");
+    assert!(
+        first
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.starts_with("late-risk@1.0.0+")),
+        "{first}"
+    );
+    assert_eq!(last[label], 20, "{last}");
+
+    // A release deploy needs the key it is signed with.
+    let out = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .args(["--couriers", "2", "--work"])
+        .arg(dir.path().join("w2"))
+        .arg("--deploy")
+        .arg(&v2)
+        .arg("--release-keys")
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no *.pub in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The whole fleet on a module directory.
+    let report = run(
+        &dir.path().join("w3"),
+        &[
+            "--couriers",
+            "20",
+            "--hours",
+            "1",
+            "--speed",
+            "600",
+            "--modules",
+            &path(&dir.path().join("modules-1.1.0")),
+        ],
+    );
+    assert_balanced(&report);
+}

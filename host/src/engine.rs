@@ -11,6 +11,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::compile_cache::{COMPILE_CACHE_BYTES, CompileCacheStats, FunctionCodeCache};
+use crate::inference::{InferenceError, Model};
 
 /// Limits applied to every module instance.
 #[derive(Clone, Debug)]
@@ -36,11 +37,18 @@ impl Default for SandboxLimits {
 /// Epoch tick period: a deadline is a whole number of ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// A module's instantiation and `init` may take this many calls' deadlines.
+const SETUP_CALLS: u64 = 10;
+
 /// Instances the pooling allocator reserves room for.
 const POOLED_INSTANCES: u32 = 64;
 
 /// Compiled components kept by digest, so reloading a set recompiles only what changed.
 const COMPILED_CACHE: usize = 16;
+
+/// Models kept by digest, so a release reloaded with the same model (or taken by many
+/// devices of one process) is parsed once.
+const MODEL_CACHE: usize = 4;
 
 /// An engine plus the thread that advances its epoch, and caches of compiled components and
 /// of compiled functions.
@@ -51,6 +59,7 @@ pub struct SandboxEngine {
     pooled: bool,
     stop: Arc<AtomicBool>,
     compiled: Mutex<VecDeque<(String, Component)>>,
+    models: Mutex<VecDeque<(String, Arc<Model>)>>,
 }
 
 impl SandboxEngine {
@@ -86,6 +95,7 @@ impl SandboxEngine {
             pooled,
             stop,
             compiled: Mutex::new(VecDeque::new()),
+            models: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -140,6 +150,27 @@ impl SandboxEngine {
         Ok(component)
     }
 
+    /// Loads the model `bytes` (whose artifact digest is `digest`) under `name`, or returns
+    /// the one loaded from the same digest and name earlier.
+    pub fn load_model(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<Model>, InferenceError> {
+        let key = format!("{digest}/{name}");
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, model)) = models.iter().find(|(k, _)| *k == key) {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(Model::load(name, bytes)?);
+        models.push_back((key, model.clone()));
+        if models.len() > MODEL_CACHE {
+            models.pop_front();
+        }
+        Ok(model)
+    }
+
     fn cached(&self, digest: &str) -> Option<Component> {
         let compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         compiled
@@ -177,6 +208,14 @@ impl SandboxEngine {
     /// The deadline in epoch ticks.
     pub fn deadline_ticks(&self) -> u64 {
         (self.limits.deadline.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1)
+    }
+
+    /// The deadline of instantiating a module and its `init`, in epoch ticks: ten calls'
+    /// worth. It runs once per instance, often while a set loads off the hot path (at a lower
+    /// priority, on a busy machine), and the deadline is wall time; a module that never
+    /// returns from `init` is still stopped.
+    pub fn setup_ticks(&self) -> u64 {
+        self.deadline_ticks().saturating_mul(SETUP_CALLS)
     }
 }
 

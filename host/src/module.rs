@@ -295,6 +295,7 @@ impl LoadedModule {
             _ => InferenceCtx::default(),
         };
         let mut store = HostState::new_store(engine, inference);
+        store.set_epoch_deadline(engine.setup_ticks());
         let trap = |e: wasmtime::Error, store: &Store<HostState>| {
             ModuleError::from_call(e, engine, store.data().stderr())
         };

@@ -139,6 +139,25 @@ impl ModuleRegistry {
         })
     }
 
+    /// A registry whose first set is `set`, loaded already (many devices of one process
+    /// starting on the same modules load them once); later reloads read `source`.
+    pub fn starting_with(
+        engine: Arc<SandboxEngine>,
+        models: Arc<ModelRegistry>,
+        source: ModuleSource,
+        set: Arc<ModuleSet>,
+    ) -> Self {
+        let generation = set.generation;
+        Self {
+            engine,
+            models,
+            source,
+            current: ArcSwap::new(set),
+            generations: AtomicU64::new(generation),
+            writer: Mutex::new(()),
+        }
+    }
+
     /// The set new batches run on.
     pub fn current(&self) -> Arc<ModuleSet> {
         self.current.load_full()

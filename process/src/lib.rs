@@ -64,3 +64,29 @@ pub fn restart_when(
         })
         .expect("spawning a thread only fails when the process is out of resources");
 }
+
+/// How much lower than the hot path background work is scheduled (a nice value: at 10 a
+/// busy thread gets about a tenth of the CPU a normal one gets when they compete).
+const BACKGROUND_NICE: i32 = 10;
+
+/// Runs `f` on a thread of its own at a lower scheduling priority (Linux; elsewhere at the
+/// normal one) and returns what it returns: work that must not take cores from the threads
+/// serving events when cores are short, such as verifying and loading a release. The thread
+/// is new, so no pooled thread keeps the lower priority afterwards.
+pub fn in_background<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new().name("background".into());
+        let worker = worker.spawn_scoped(s, || {
+            #[cfg(target_os = "linux")]
+            let _ = rustix::process::setpriority_process(
+                Some(rustix::thread::gettid()),
+                BACKGROUND_NICE,
+            );
+            f()
+        });
+        worker
+            .expect("spawning a thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}

@@ -316,6 +316,30 @@ impl ReleaseStore {
         self.set_state(&state)
     }
 
+    /// Makes `id`, stored whole in `from`, the active release here, as if installed: its
+    /// artifacts hard-linked (objects never change; copied where linking fails), its signed
+    /// manifest copied. Many devices of one machine (a simulator, an edge node's handsets)
+    /// start on one release without a copy each. It is verified again when loaded.
+    pub fn adopt(&self, from: &Self, id: &ReleaseId) -> Result<(), ReleaseError> {
+        let (manifest_bytes, signature) = from.signed(id)?;
+        let manifest = ReleaseManifest::from_canonical_bytes(&manifest_bytes)?;
+        for artifact in &manifest.artifacts {
+            if self.has(artifact) {
+                continue;
+            }
+            let (source, target) = (from.object(&artifact.sha256), self.object(&artifact.sha256));
+            if std::fs::hard_link(&source, &target).is_err() {
+                let bytes = std::fs::read(&source).map_err(io(&source))?;
+                write_whole(&target, &bytes)?;
+            }
+        }
+        self.write_signed(id, &manifest_bytes, &signature)?;
+        self.set_state(&StoreState {
+            active: Some(*id),
+            ..StoreState::default()
+        })
+    }
+
     /// Forgets a candidate that failed to install (its files stay until pruned).
     pub fn drop_candidate(&self, id: &ReleaseId) -> Result<(), ReleaseError> {
         let mut state = self.state()?;
@@ -443,5 +467,28 @@ mod tests {
         assert_eq!(store.state().unwrap().candidate, Some(v1.id));
         assert_eq!(store.load(&id, &trusted, u64::MAX).unwrap().id, v1.id);
         assert_eq!(store.releases().unwrap(), vec![v1.id]);
+    }
+
+    #[test]
+    fn an_adopted_release_is_active_and_loads_from_linked_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, trusted) = signer_and_trust();
+        let v1 = release(&signer, "1.0.0", b"policy one");
+        let seed = ReleaseStore::open(&dir.path().join("seed")).unwrap();
+        seed.publish(&v1).unwrap();
+        let device = ReleaseStore::open(&dir.path().join("device")).unwrap();
+        device.adopt(&seed, &v1.id).unwrap();
+        assert_eq!(
+            device.state().unwrap(),
+            StoreState {
+                active: Some(v1.id),
+                ..StoreState::default()
+            }
+        );
+        assert_eq!(device.load(&v1.id, &trusted, u64::MAX).unwrap().id, v1.id);
+        // A release the seed does not hold is an error, and changes nothing.
+        let v2 = release(&signer, "2.0.0", b"policy two");
+        assert!(device.adopt(&seed, &v2.id).is_err());
+        assert_eq!(device.state().unwrap().active, Some(v1.id));
     }
 }

@@ -17,6 +17,8 @@ use fleet_proto::sender::SenderConfig;
 use tokio::sync::{Notify, Semaphore};
 
 use super::Places;
+use super::modules::FleetModules;
+use fleet_host::registry::ModuleRegistry;
 
 /// Devices handshaking with the aggregator at once (a fleet of thousands connecting at
 /// start, or again after an aggregator restart).
@@ -44,6 +46,8 @@ pub(super) struct Device {
     pub(super) faulty: bool,
     /// Where and how it syncs (kept to start a new sync loop after a reset).
     sync: SyncConfig,
+    /// What it runs (its own when it takes releases).
+    pub(super) registry: Arc<ModuleRegistry>,
 }
 
 impl Device {
@@ -92,7 +96,7 @@ impl Fleet {
         faulty: usize,
         places: &Places<'_>,
         routes: &Routes,
-        registry: Arc<fleet_host::registry::ModuleRegistry>,
+        modules: &FleetModules,
         rt: &tokio::runtime::Runtime,
     ) -> anyhow::Result<Self> {
         let pki = Pki::at(places.certs);
@@ -110,7 +114,7 @@ impl Fleet {
             "device certificates ready"
         );
         let store = JournalStore::open(places.devices, 256 << 20)?;
-        let writer = writer::spawn_shared(DeviceRuntime::new(registry));
+        let writer = writer::spawn_shared(DeviceRuntime::new(modules.shared.clone()));
         let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT));
         let mut fleet = Self {
             devices: Vec::with_capacity(count),
@@ -121,6 +125,7 @@ impl Fleet {
         };
         for (d, name) in names.into_iter().enumerate() {
             let faulty = d < faulty;
+            let (registry, agent) = modules.device(&name)?;
             let (addr, endpoint) = match (&routes.proxied, faulty) {
                 (Some((addr, ep)), true) => (*addr, ep.clone()),
                 _ => (routes.direct.0, routes.direct.1.clone()),
@@ -135,9 +140,9 @@ impl Fleet {
                 sender: SenderConfig::default(),
                 endpoint: Some(endpoint),
                 handshakes: Some(handshakes.clone()),
-                releases: None,
+                releases: agent,
             };
-            let lane = fleet.lane(&name, &sync)?;
+            let lane = fleet.lane(&name, &sync, &registry)?;
             fleet.devices.push(Arc::new(Device {
                 name,
                 lane: ArcSwap::from_pointee(lane),
@@ -146,13 +151,19 @@ impl Fleet {
                 oldest_pending: AtomicU64::new(Seq::MAX),
                 faulty,
                 sync,
+                registry,
             }));
         }
         Ok(fleet)
     }
 
     /// Opens the journal called `journal` and starts its writer handle and sync loop.
-    fn lane(&self, journal: &str, sync: &SyncConfig) -> anyhow::Result<Lane> {
+    fn lane(
+        &self,
+        journal: &str,
+        sync: &SyncConfig,
+        registry: &Arc<ModuleRegistry>,
+    ) -> anyhow::Result<Lane> {
         let (journal, _) = self
             .store
             .journal(journal, JournalConfig::new(&self.work))?;
@@ -168,7 +179,9 @@ impl Fleet {
             stop.clone(),
         ));
         Ok(Lane {
-            writer: self.writer.device(journal.clone(), wake),
+            writer: self
+                .writer
+                .device_on(journal.clone(), wake, registry.clone()),
             journal,
             status,
             stop,
@@ -179,7 +192,11 @@ impl Fleet {
     /// reinstalled handset). Call once it is synced and nothing is in flight for it.
     pub(super) fn reset_journal(&self, device: &Device) -> anyhow::Result<()> {
         let resets = device.resets.fetch_add(1, Ordering::Relaxed) + 1;
-        let lane = self.lane(&format!("{}#{resets}", device.name), &device.sync)?;
+        let lane = self.lane(
+            &format!("{}#{resets}", device.name),
+            &device.sync,
+            &device.registry,
+        )?;
         let old = device.lane.swap(Arc::new(lane));
         old.stop.notify_one();
         Ok(())

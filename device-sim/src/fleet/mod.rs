@@ -1,16 +1,21 @@
-//! The fleet at run time: in-process devices (`devices.rs`), the clock that releases each
-//! courier's events when they fall due (`release.rs`), delivery to the devices and the
-//! bookkeeping of what each acknowledged and the aggregator stored (`ledger.rs`), the faults of
-//! a run (`faults.rs`), and the report with its exact audit (`audit.rs`).
+//! The fleet at run time: in-process devices (`devices.rs`) and what they run (`modules.rs`),
+//! the clock that releases each courier's events when they fall due (`release.rs`), delivery
+//! to the devices and the bookkeeping of what each acknowledged and the aggregator stored
+//! (`ledger.rs`), the faults of a run (`faults.rs`), a release deployed mid-run
+//! (`deploy.rs`), and the report with its exact audit (`audit.rs`).
 
 mod audit;
+mod deploy;
 mod devices;
 mod faults;
 mod ledger;
+mod modules;
 mod progress;
 mod release;
 
+pub use deploy::Deploy;
 pub use faults::{Burst, DiskFull, DiskOwner, JournalReset};
+pub use modules::{FleetModules, Start};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +69,8 @@ pub struct FleetOptions {
     pub audit: bool,
     pub progress: bool,
     pub max_in_flight: usize,
+    /// A release published and deployed to every device mid-run.
+    pub deploy: Option<Deploy>,
 }
 
 /// Where a run keeps things.
@@ -81,14 +88,14 @@ pub fn run(
     aggregator: &mut Aggregator,
     rt: &tokio::runtime::Runtime,
     places: &Places<'_>,
-    registry: Arc<fleet_host::registry::ModuleRegistry>,
+    modules: &FleetModules,
     options: &FleetOptions,
 ) -> anyhow::Result<Report> {
     let couriers = scenario.feeds.len();
     let device_count = couriers.div_ceil(options.couriers_per_device.max(1));
     let proxy = Arc::new(ProxyControl::default());
     let routes = routes(rt, aggregator, options, &proxy)?;
-    let fleet = Fleet::start(device_count, options.faulty, places, &routes, registry, rt)?;
+    let fleet = Fleet::start(device_count, options.faulty, places, &routes, modules, rt)?;
     let ledger = Arc::new(Mutex::new(Ledger {
         ids: vec![Default::default(); couriers],
         ..Ledger::default()
@@ -100,6 +107,17 @@ pub fn run(
         monitor_stop.clone(),
     ));
     let started = Instant::now();
+    let deploy_stop = Arc::new(AtomicBool::new(false));
+    let deploy = options.deploy.clone().map(|d| {
+        deploy::spawn(
+            d,
+            aggregator.api(),
+            fleet.devices.iter().map(|d| d.registry.clone()).collect(),
+            ledger.clone(),
+            started,
+            deploy_stop.clone(),
+        )
+    });
     let mut progress = Progress::new(options.progress, &scenario);
     let mut release = Release::new(scenario, options.seed);
     let mut faults = Faults::new(options);
@@ -138,6 +156,21 @@ pub fn run(
         }
         progress.tick(release.simulated_s(), &ledger);
     }
+    // A deploy still spreading finishes (it has a time limit of its own); one not made yet
+    // never will be.
+    let deploy = deploy.map(|handle| {
+        if options
+            .deploy
+            .as_ref()
+            .is_some_and(|d| started.elapsed().as_secs_f64() < d.at_s)
+        {
+            deploy_stop.store(true, Ordering::Relaxed);
+        }
+        progress.message("waiting for the deployed release to reach every device");
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the deploy thread panicked")))
+    });
     // Let the watcher take the last acknowledgements.
     std::thread::sleep(Duration::from_millis(50));
     if let Some(b) = &mut burst {
@@ -158,8 +191,16 @@ pub fn run(
             proxy.dropped.load(Ordering::Relaxed)
         ));
     }
+    let deploy = match deploy {
+        Some(Ok(report)) => Some(report),
+        Some(Err(e)) => {
+            faults.log.push(format!("deploy: {e:#}"));
+            None
+        }
+        None => None,
+    };
     let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|e| e.into_inner()));
-    let report = audit::report(audit::Run {
+    let mut report = audit::report(audit::Run {
         aggregator: targets.aggregator,
         fleet: &fleet,
         release,
@@ -171,6 +212,9 @@ pub fn run(
         options,
     });
     fleet.stop();
+    if let Ok(r) = &mut report {
+        r.deploy = deploy;
+    }
     report
 }
 

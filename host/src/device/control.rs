@@ -210,12 +210,17 @@ impl Session {
     }
 }
 
+/// Release work on the blocking pool at once, in a process: one serving many devices gets
+/// an offer for each of them together, and would otherwise start a thread for each.
+static RELEASE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Runs `f` on the blocking pool (files, hashing, compiling).
 async fn blocking<T: Send + 'static>(
     agent: &Arc<ReleaseAgent>,
     f: impl FnOnce(&ReleaseAgent) -> T + Send + 'static,
 ) -> T {
     let agent = agent.clone();
+    let _permit = RELEASE_WORK.acquire().await.expect("never closed");
     tokio::task::spawn_blocking(move || f(&agent))
         .await
         .expect("release work does not panic")

@@ -15,7 +15,7 @@ use fleet_proto::{Record, Seq};
 use crate::decision::{DeadLetter, Decision};
 use crate::event::Event;
 use crate::pipeline::{BatchOutcome, DEFAULT_DEDUP_WINDOW, Pipeline, StateStore};
-use crate::registry::ModuleRegistry;
+use crate::registry::{ModuleRegistry, ModuleSet};
 
 use super::blocked::{self, Blocked};
 use super::records;
@@ -116,6 +116,19 @@ impl DeviceRuntime {
         journal: &Arc<Journal>,
         events: Vec<Event>,
     ) -> Result<Accepted, JournalError> {
+        let set = self.registry().current();
+        self.process_on(journal, set, events)
+    }
+
+    /// [`Self::process`] on `set`: the current set of the journal's own device, when one
+    /// runtime serves devices that each take releases (their registries share this
+    /// runtime's engine).
+    pub fn process_on(
+        &mut self,
+        journal: &Arc<Journal>,
+        set: Arc<ModuleSet>,
+        events: Vec<Event>,
+    ) -> Result<Accepted, JournalError> {
         let mut accepted = Accepted {
             through: journal.stats().last_seq,
             ..Accepted::default()
@@ -150,7 +163,7 @@ impl DeviceRuntime {
             .map(|e| keys[e.state_key()].hold(e))
             .collect();
         self.states.set(journal);
-        let mut outcome = self.pipeline.process(run);
+        let mut outcome = self.pipeline.process_on(set, run);
         outcome.dead_letters.extend(held);
         accepted.duplicates += outcome.duplicates;
         self.journal_outcome(journal, &outcome, &mut journaled);
@@ -179,10 +192,23 @@ impl DeviceRuntime {
         max: usize,
         stale_only: bool,
     ) -> Result<(Retried, u64), JournalError> {
+        let set = self.registry().current();
+        self.retry_on(journal, set, after, max, stale_only)
+    }
+
+    /// [`Self::retry`] on `set` (see [`Self::process_on`]).
+    pub fn retry_on(
+        &mut self,
+        journal: &Arc<Journal>,
+        set: Arc<ModuleSet>,
+        after: u64,
+        max: usize,
+        stale_only: bool,
+    ) -> Result<(Retried, u64), JournalError> {
         let mut parked = journal.parked(after, max)?;
         let last = parked.last().map_or(after, |p| p.id);
         if stale_only {
-            let current = self.registry().current().identity();
+            let current = set.identity();
             parked.retain(|p| p.tag != current);
         }
         let mut journaled = Journaled {
@@ -220,7 +246,7 @@ impl DeviceRuntime {
         };
         if !events.is_empty() {
             self.states.set(journal);
-            let outcome = self.pipeline.process(events);
+            let outcome = self.pipeline.process_on(set, events);
             self.journal_outcome(journal, &outcome, &mut journaled);
             for d in &outcome.dead_letters {
                 let Some((mut p, _)) = by_id.remove(&d.event.event_id) else {

@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::event::Event;
+use crate::registry::ModuleRegistry;
 
 pub use super::runtime::{Accepted, DeviceRuntime, Retried};
 
@@ -63,11 +64,13 @@ enum Job {
     Tick,
 }
 
-/// A device as the writer knows it: its journal, and who to wake after a durable group.
+/// A device as the writer knows it: its journal, who to wake after a durable group, and the
+/// registry whose set its batches run on.
 #[derive(Clone)]
 struct Device {
     journal: Arc<Journal>,
     synced: Arc<Notify>,
+    registry: Arc<ModuleRegistry>,
 }
 
 /// The writer thread, shared by any number of devices. Its pipeline remembers recent event
@@ -77,13 +80,30 @@ struct Device {
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     devices: Arc<Mutex<Vec<Device>>>,
+    /// The runtime's registry: devices without one of their own run on it.
+    registry: Arc<ModuleRegistry>,
 }
 
 impl Writer {
     /// A device's way in: batches for `journal`; `synced` is woken after each durable group
-    /// that held one of them.
+    /// that held one of them. Its batches run on the runtime's registry.
     pub fn device(&self, journal: Arc<Journal>, synced: Arc<Notify>) -> WriterHandle {
-        let device = Device { journal, synced };
+        self.device_on(journal, synced, self.registry.clone())
+    }
+
+    /// [`Self::device`] for a device with a registry of its own (it takes releases by
+    /// itself); the registry must share the runtime's engine.
+    pub fn device_on(
+        &self,
+        journal: Arc<Journal>,
+        synced: Arc<Notify>,
+        registry: Arc<ModuleRegistry>,
+    ) -> WriterHandle {
+        let device = Device {
+            journal,
+            synced,
+            registry,
+        };
         self.devices
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -168,6 +188,7 @@ pub fn spawn(runtime: DeviceRuntime, journal: Arc<Journal>, synced: Arc<Notify>)
 pub fn spawn_shared(runtime: DeviceRuntime) -> Writer {
     let (tx, rx) = mpsc::channel::<Job>(1024);
     let devices = Arc::new(Mutex::new(Vec::new()));
+    let registry = runtime.registry().clone();
     let mut thread = WriterThread {
         runtime,
         complaints: Complaints::default(),
@@ -189,7 +210,11 @@ pub fn spawn_shared(runtime: DeviceRuntime) -> Writer {
             }
         })
         .expect("spawning the writer's ticker");
-    Writer { jobs: tx, devices }
+    Writer {
+        jobs: tx,
+        devices,
+        registry,
+    }
 }
 
 struct WriterThread {
@@ -233,12 +258,13 @@ impl WriterThread {
                         events,
                         reply,
                     } => {
-                        let result = self.runtime.process(&device.journal, events);
+                        let set = device.registry.current();
+                        let result = self.runtime.process_on(&device.journal, set, events);
                         done.push(Done::Batch(reply, result.map_err(|e| (&e).into())));
                         note(&mut touched, device);
                     }
                     Job::Retry { device, reply } => {
-                        let result = self.retry_all(&device.journal);
+                        let result = self.retry_all(&device);
                         done.push(Done::Retry(reply, result.map_err(|e| (&e).into())));
                         note(&mut touched, device);
                     }
@@ -265,12 +291,15 @@ impl WriterThread {
         }
     }
 
-    /// Retries every parked event of `journal`, in chunks.
-    fn retry_all(&mut self, journal: &Arc<Journal>) -> Result<Retried, JournalError> {
+    /// Retries every parked event of `device`, in chunks.
+    fn retry_all(&mut self, device: &Device) -> Result<Retried, JournalError> {
         let mut total = Retried::default();
         let mut after = 0;
         loop {
-            let (r, last) = self.runtime.retry(journal, after, RETRY_CHUNK, false)?;
+            let set = device.registry.current();
+            let (r, last) =
+                self.runtime
+                    .retry_on(&device.journal, set, after, RETRY_CHUNK, false)?;
             total.tried += r.tried;
             total.rescored += r.rescored;
             total.failed += r.failed;
@@ -286,7 +315,6 @@ impl WriterThread {
     /// changed since its last sweep (events last tried on the current set are left alone);
     /// returns the devices it wrote to.
     fn sweep(&mut self) -> Vec<Device> {
-        let set = self.runtime.registry().current().identity();
         let devices = self
             .devices
             .lock()
@@ -298,14 +326,16 @@ impl WriterThread {
                 continue;
             }
             let key = Arc::as_ptr(&device.journal) as usize;
+            let set = device.registry.current();
+            let identity = set.identity();
             let sweep = self.sweeps.entry(key).or_insert((0, None));
-            if sweep.0 != set {
-                *sweep = (set, Some(0));
+            if sweep.0 != identity {
+                *sweep = (identity, Some(0));
             }
             let Some(after) = sweep.1 else { continue };
             match self
                 .runtime
-                .retry(&device.journal, after, RETRY_CHUNK, true)
+                .retry_on(&device.journal, set, after, RETRY_CHUNK, true)
             {
                 Ok((r, last)) => {
                     if r.tried > 0 {

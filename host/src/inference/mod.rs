@@ -55,8 +55,13 @@ impl ModelRegistry {
     /// Registers `model` under its own name, replacing any model of that name.
     pub fn insert(&mut self, model: Model) -> Arc<Model> {
         let model = Arc::new(model);
-        self.models.insert(model.name.clone(), model.clone());
+        self.insert_shared(model.clone());
         model
+    }
+
+    /// [`Self::insert`] for a model other registries hold too.
+    pub fn insert_shared(&mut self, model: Arc<Model>) {
+        self.models.insert(model.name.clone(), model);
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {

@@ -76,10 +76,15 @@ struct Live {
     decisions: DecisionMaker,
 }
 
+/// Sets kept instantiated at once: one for a device; a few for a process whose devices run
+/// different releases (a simulator, or devices in the middle of a fleet-wide swap).
+const LIVE_SETS: usize = 4;
+
 /// Runs batches through the current module set. One pipeline is used by one thread at a time.
 pub struct Pipeline {
     registry: Arc<ModuleRegistry>,
-    live: Option<Live>,
+    /// Instances of the sets run lately, the latest last.
+    lives: Vec<Live>,
     states: Box<dyn StateStore + Send>,
     dedup: DedupWindow,
 }
@@ -100,7 +105,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             registry,
-            live: None,
+            lives: Vec::new(),
             states,
             dedup: DedupWindow::new(dedup_window),
         }
@@ -110,18 +115,34 @@ impl Pipeline {
         &self.registry
     }
 
-    /// Runs one batch of validated events.
+    /// Runs one batch of validated events on the registry's current set.
     pub fn process(&mut self, events: Vec<Event>) -> BatchOutcome {
+        self.process_on(self.registry.current(), events)
+    }
+
+    /// Runs one batch on `set` (of this pipeline's engine): the set of the registry of the
+    /// device the batch is for, when one pipeline serves devices with registries of their own.
+    /// Sets that decide alike and name the same release share instances.
+    pub fn process_on(&mut self, set: Arc<ModuleSet>, events: Vec<Event>) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
-        let set = self.registry.current();
-        outcome.module_set = set.identity();
-        if self
-            .live
-            .as_ref()
-            .is_none_or(|l| l.set.generation != set.generation)
-        {
+        let identity = set.identity();
+        outcome.module_set = identity;
+        let same = |live: &Live| {
+            Arc::ptr_eq(&live.set, &set)
+                || (live.set.identity() == identity
+                    && live.set.release_label() == set.release_label())
+        };
+        if let Some(i) = self.lives.iter().position(same) {
+            let live = self.lives.remove(i);
+            self.lives.push(live);
+        } else {
             match self.make_live(set.clone()) {
-                Ok(live) => self.live = Some(live),
+                Ok(live) => {
+                    if self.lives.len() == LIVE_SETS {
+                        self.lives.remove(0);
+                    }
+                    self.lives.push(live);
+                }
                 Err((stage, module, error)) => {
                     tracing::error!(%module, %stage, %error, "the module set cannot be instantiated; the batch is dead-lettered");
                     outcome.dead_letters = events
@@ -158,7 +179,7 @@ impl Pipeline {
             return outcome;
         }
         let engine = self.registry.engine().clone();
-        let live = self.live.as_mut().expect("set above");
+        let live = self.lives.last_mut().expect("set above");
         let models = live.set.models.clone();
         outcome.features_module = Some(live.set.features.label());
         let run = isolate::run(live, &engine, &models, self.states.as_ref(), &events);

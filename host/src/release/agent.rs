@@ -9,7 +9,7 @@
 //! install on compiling), so it runs on the blocking pool.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use fleet_proto::distribution::{DeviceReport, Digest, Need, Offer, Step};
 use fleet_release::{ReleaseManifest, Sha256Digest};
@@ -209,7 +209,27 @@ impl ReleaseAgent {
 
     /// Every artifact is here: stages the release as the candidate and installs it through
     /// the registry. `Active`, or `Failed` with the reason (the device stays on its release).
+    /// Verifying and loading is work the device's batches must not wait for: it runs at a
+    /// lower priority, at most one install per core at a time in a process (one serving many
+    /// devices, an edge node or a simulator, gets an offer for each of them at once).
     pub fn install(&self, accepted: &Accepted) -> Step {
+        static INSTALLING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+        let most = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (running, turn) = &INSTALLING;
+        {
+            let mut n = running.lock().unwrap_or_else(|e| e.into_inner());
+            while *n >= most {
+                n = turn.wait(n).unwrap_or_else(|e| e.into_inner());
+            }
+            *n += 1;
+        }
+        let step = fleet_process::in_background(|| self.install_now(accepted));
+        *running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        turn.notify_one();
+        step
+    }
+
+    fn install_now(&self, accepted: &Accepted) -> Step {
         let release = accepted.offer.release;
         let store = self.store();
         let staged = store

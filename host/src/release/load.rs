@@ -5,7 +5,7 @@ use fleet_release::VerifiedRelease;
 
 use super::{ReleaseInfo, ReleaseLoadError};
 use crate::engine::SandboxEngine;
-use crate::inference::{Model, ModelRegistry};
+use crate::inference::ModelRegistry;
 use crate::module::{LoadError, LoadedModule, Manifest};
 use crate::registry::{ModuleSet, RegistryError, check_features, scorer_model};
 
@@ -28,11 +28,13 @@ pub fn module_set(
     let mut models = ModelRegistry::new();
     for entry in &release.manifest.models {
         let bytes = release.artifact(&entry.artifact).expect("verified");
-        let model = Model::load(&entry.name, bytes).map_err(|error| ReleaseLoadError::Model {
-            release: label.clone(),
-            error,
-        })?;
-        models.insert(model);
+        let model = engine
+            .load_model(&entry.name, &entry.artifact.to_string(), bytes)
+            .map_err(|error| ReleaseLoadError::Model {
+                release: label.clone(),
+                error,
+            })?;
+        models.insert_shared(model);
     }
     let models = Arc::new(models);
     let mut stats = LoadStats::default();
