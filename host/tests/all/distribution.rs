@@ -639,7 +639,8 @@ fn watch<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) 
 /// kill -9 during a download and during a swap (the release compiled on the device, so the
 /// swap lasts long enough to be hit), and a device offline for the whole deploy: each comes
 /// back on one whole release, resumes (the download from what it holds), ends on the new
-/// release, and never loses, repeats or mixes a decision.
+/// release, and never loses, repeats or mixes a decision. Then an artifact rots on the
+/// aggregator's disk: the device refuses that release (digest), and keeps its own.
 #[test]
 fn kill_9_during_download_and_swap_and_a_device_offline_all_end_on_the_new_release() {
     let dir = tempfile::tempdir().unwrap();
@@ -763,6 +764,60 @@ fn kill_9_during_download_and_swap_and_a_device_offline_all_end_on_the_new_relea
         state["active"].as_str(),
         Some(stored_id.as_str()),
         "{state}"
+    );
+
+    // 3. An artifact that rots on the aggregator's disk: the device that fetches it finds its
+    //    digest wrong, refuses the release with that reason, and keeps running its own.
+    let objects = dir.path().join("aggregator/releases/objects");
+    let before: HashSet<_> = std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let precompiled = build_release(
+        dir.path(),
+        &signer,
+        "2.1.0",
+        &[
+            ("warning_threshold", "0.001"),
+            ("critical_threshold", "0.002"),
+        ],
+        true,
+    );
+    let (status, answer) = post_bytes(
+        &operator,
+        "/api/v1/releases",
+        &std::fs::read(&precompiled).unwrap(),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let id3 = answer["release"]["id"].as_str().unwrap().to_string();
+    let rotten = std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !before.contains(p))
+        .expect("the precompiled forms are new artifacts");
+    let mut bytes = std::fs::read(&rotten).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&rotten, bytes).unwrap();
+    assert_eq!(
+        deploy(&operator, &id3, serde_json::json!({"devices": ["dl"]})),
+        201
+    );
+    let status = wait_step(&viewer, &id3, "failed", 1, Duration::from_secs(60));
+    let detail = status["status"]["devices"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.starts_with("digest"), "{status:#}");
+    assert_eq!(
+        dl.running().as_deref(),
+        Some(label.as_str()),
+        "still on its release"
+    );
+    let (_, metrics) = viewer.request("GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains("fleet_release_refusals_total{reason=\"digest\"} 1"),
+        "{metrics}"
     );
 
     // Let every producer get decisions from the new release, then stop them.
