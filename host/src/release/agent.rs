@@ -101,16 +101,25 @@ impl ReleaseAgent {
         }
     }
 
+    /// Refuses a release for what it is (its signature, its size, its modules): an offer of it
+    /// again is answered at once.
     fn refuse(&self, release: Digest, error: &RegistryError) -> Step {
+        let step = self.failed(error);
+        self.lock().insert(release, step.clone());
+        step
+    }
+
+    /// A failure counted and reported, not held against the release: a download that
+    /// arrived corrupt is fetched again on the next offer (the next connection), so a copy
+    /// repaired at the aggregator gets through.
+    fn failed(&self, error: &RegistryError) -> Step {
         if let Some(source) = self.source() {
             source.refusals.record(error);
         }
-        let step = Step::Failed {
+        Step::Failed {
             reason: error.reason().into(),
             message: error.to_string(),
-        };
-        self.lock().insert(release, step.clone());
-        step
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Step>> {
@@ -199,11 +208,10 @@ impl ReleaseAgent {
             });
         };
         store.write_piece(entry, offset, data).map_err(|error| {
-            let e = RegistryError::from(ReleaseLoadError::Refused {
+            self.failed(&RegistryError::from(ReleaseLoadError::Refused {
                 path: "(downloaded)".into(),
                 error,
-            });
-            self.refuse(accepted.offer.release, &e)
+            }))
         })
     }
 
