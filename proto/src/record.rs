@@ -17,7 +17,7 @@ pub type JournalId = u64;
 /// Encoded as a tagged union whose tags never change meaning (journals, ingest logs and
 /// history on disk hold them): a decision that names no release keeps the layout of
 /// protocol version 2 (tag 1); one that names its release is tag 5, the same fields followed
-/// by the release label. See [`WireRecord`].
+/// by the release label (see `WireRecord`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(from = "WireRecord")]
 pub enum Record {
