@@ -46,13 +46,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
 
 /// Writes `bytes` to `path` whole: a temporary file, fsync, rename, fsync of the directory.
 pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
-    let dir = path.parent().expect("store paths have a parent");
+    replace_file(path, bytes)?;
+    sync_dir(path.parent().expect("store paths have a parent"))
+}
+
+/// A temporary file, fsync, rename: whole once the directory is synced.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ReleaseError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
@@ -134,9 +142,16 @@ impl ReleaseStore {
         signature: &[u8],
     ) -> Result<(), ReleaseError> {
         let dir = self.release_dir(id);
+        let new = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        write_whole(&dir.join("release.json"), manifest)?;
-        write_whole(&dir.join("release.sig"), signature)
+        replace_file(&dir.join("release.json"), manifest)?;
+        replace_file(&dir.join("release.sig"), signature)?;
+        sync_dir(&dir)?;
+        // A new release's directory entry is durable too, before any state names it.
+        if new {
+            sync_dir(&self.dir.join("releases"))?;
+        }
+        Ok(())
     }
 
     /// Whether the artifact is here whole (its size; its digest is checked when loaded).
