@@ -34,7 +34,7 @@ pub struct FleetModules {
 
 /// Where the devices' releases are trusted and kept.
 struct Releases {
-    keys: PathBuf,
+    trusted: TrustedKeys,
     /// One directory per device's release store.
     stores: PathBuf,
     /// The release the fleet starts on, stored once: every device's store links to it.
@@ -48,6 +48,7 @@ impl FleetModules {
             .map_err(|e| anyhow::anyhow!("loading the embedded modules and model: {e}"))?;
         let (engine, models) = (embedded.engine().clone(), embedded.models().clone());
         let stores = work.join("releases");
+        let trusted = trusted(keys)?;
         let (shared, seed) = match start {
             Start::BuiltIn => (embedded, None),
             Start::Modules(dir) => {
@@ -59,13 +60,12 @@ impl FleetModules {
                 });
             }
             Start::Release(file) => {
-                let trusted = trusted(keys)?;
                 let release = fleet_release::open_bundle(file, &trusted, BUDGET)
                     .with_context(|| format!("verifying {}", file.display()))?;
                 let seed = ReleaseStore::open(&stores.join("seed"))?;
                 seed.stage(&release)?;
                 seed.activate(&release.id)?;
-                let source = ReleaseSource::new(None, trusted, BUDGET, Some(seed));
+                let source = ReleaseSource::new(None, trusted.clone(), BUDGET, Some(seed));
                 let registry =
                     ModuleRegistry::new(engine, models, ModuleSource::Release(Arc::new(source)))
                         .with_context(|| format!("loading {}", file.display()))?;
@@ -76,7 +76,7 @@ impl FleetModules {
         Ok(Self {
             shared,
             releases: Some(Releases {
-                keys: keys.to_path_buf(),
+                trusted,
                 stores,
                 seed,
             }),
@@ -97,7 +97,7 @@ impl FleetModules {
                 .adopt(seed, id)
                 .with_context(|| format!("giving {name} the release it starts on"))?;
         }
-        let source = ReleaseSource::new(None, trusted(&releases.keys)?, BUDGET, Some(store));
+        let source = ReleaseSource::new(None, releases.trusted.clone(), BUDGET, Some(store));
         let registry = Arc::new(ModuleRegistry::starting_with(
             self.shared.engine().clone(),
             self.shared.models().clone(),

@@ -70,6 +70,8 @@ pub struct BatchOutcome {
 /// Live instances for one module set.
 struct Live {
     set: Arc<ModuleSet>,
+    /// `set.identity()`, computed once: batches of other registries' sets compare with it.
+    identity: u64,
     features: Option<Instance>,
     scorer: Option<Instance>,
     policy: Option<Instance>,
@@ -129,14 +131,13 @@ impl Pipeline {
         outcome.module_set = identity;
         let same = |live: &Live| {
             Arc::ptr_eq(&live.set, &set)
-                || (live.set.identity() == identity
-                    && live.set.release_label() == set.release_label())
+                || (live.identity == identity && live.set.release_label() == set.release_label())
         };
         if let Some(i) = self.lives.iter().position(same) {
             let live = self.lives.remove(i);
             self.lives.push(live);
         } else {
-            match self.make_live(set.clone()) {
+            match self.make_live(set.clone(), identity) {
                 Ok(live) => {
                     if self.lives.len() == LIVE_SETS {
                         self.lives.remove(0);
@@ -214,7 +215,11 @@ impl Pipeline {
         outcome
     }
 
-    fn make_live(&self, set: Arc<ModuleSet>) -> Result<Live, (Stage, String, ModuleError)> {
+    fn make_live(
+        &self,
+        set: Arc<ModuleSet>,
+        identity: u64,
+    ) -> Result<Live, (Stage, String, ModuleError)> {
         let engine = self.registry.engine();
         let models = &set.models;
         let make = |module: &LoadedModule, stage: Stage| {
@@ -250,6 +255,7 @@ impl Pipeline {
                 &model_digest,
             ),
             set,
+            identity,
             features: Some(features),
             scorer: Some(scorer),
             policy: Some(policy),

@@ -87,6 +87,28 @@ fn each_acknowledged_event_stored_once(
     assert_eq!(stored, acked.len(), "each acknowledged event stored once");
 }
 
+/// An aggregator process on free loopback ports, with an operator's and a viewer's API.
+struct ReleaseAggregator {
+    _process: KillOnDrop,
+    quic: SocketAddr,
+    operator: Api,
+    viewer: Api,
+}
+
+impl ReleaseAggregator {
+    fn spawn(certs: &Path, data: &Path) -> Self {
+        let (quic, http) = (fleet::free_port(), fleet::free_port());
+        let process = KillOnDrop(fleet::spawn_aggregator(certs, data, quic, http));
+        let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+        Self {
+            _process: process,
+            quic: format!("127.0.0.1:{quic}").parse().unwrap(),
+            operator: Api::with_role(http, certs, Role::Operator),
+            viewer: Api::with_role(http, certs, Role::Viewer),
+        }
+    }
+}
+
 /// A new operator key, trusted by the fleet in `certs` (devices and aggregator).
 fn trusted_signer(certs: &Path) -> ReleaseSigner {
     let signer = ReleaseSigner::generate().unwrap();
@@ -203,17 +225,12 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
     let untrusting = dir.path().join("no-keys");
     std::fs::create_dir_all(&untrusting).unwrap();
 
-    let (quic, http) = (fleet::free_port(), fleet::free_port());
-    let _aggregator = KillOnDrop(fleet::spawn_aggregator(
-        &certs,
-        &dir.path().join("aggregator"),
+    let ReleaseAggregator {
+        _process,
         quic,
-        http,
-    ));
-    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    let operator = Api::with_role(http, &certs, Role::Operator);
-    let viewer = Api::with_role(http, &certs, Role::Viewer);
-    let quic: SocketAddr = format!("127.0.0.1:{quic}").parse().unwrap();
+        operator,
+        viewer,
+    } = ReleaseAggregator::spawn(&certs, &dir.path().join("aggregator"));
 
     let mut devices = Vec::new();
     let acked = Arc::new(Mutex::new(HashSet::new()));
@@ -282,7 +299,7 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
     // body could meet a closed connection.)
     assert_eq!(post_bytes(&viewer, "/api/v1/releases", &v1[..1024]).0, 403);
     let anonymous = Api {
-        addr: http,
+        addr: viewer.addr,
         token: "nope".into(),
     };
     assert_eq!(
@@ -648,17 +665,12 @@ fn kill_9_during_download_and_swap_and_a_device_offline_all_end_on_the_new_relea
     let names = ["dl", "swap", "offline"];
     fleet::pki(&certs, &names);
     let signer = trusted_signer(&certs);
-    let (quic, http) = (fleet::free_port(), fleet::free_port());
-    let _aggregator = KillOnDrop(fleet::spawn_aggregator(
-        &certs,
-        &dir.path().join("aggregator"),
+    let ReleaseAggregator {
+        _process,
         quic,
-        http,
-    ));
-    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    let quic: SocketAddr = format!("127.0.0.1:{quic}").parse().unwrap();
-    let operator = Api::with_role(http, &certs, Role::Operator);
-    let viewer = Api::with_role(http, &certs, Role::Viewer);
+        operator,
+        viewer,
+    } = ReleaseAggregator::spawn(&certs, &dir.path().join("aggregator"));
 
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
