@@ -14,6 +14,9 @@ use fleet_net::framed::{FrameReader, write_frame};
 use fleet_proto::sender::{Sender, SenderConfig, SenderEvent};
 use tokio::sync::{Notify, Semaphore};
 
+/// Least time between two openings of a connection's control stream.
+const CONTROL_REOPEN: Duration = Duration::from_secs(1);
+
 /// Where and how to sync.
 #[derive(Clone)]
 pub struct SyncConfig {
@@ -166,19 +169,29 @@ async fn session(
     write_frame(&mut send, &sender.connected())
         .await
         .map_err(|e| e.to_string())?;
-    // The control stream opens once the welcome says which version the aggregator speaks.
-    let mut control = None;
+    // The control stream opens once the welcome says which version the aggregator speaks,
+    // and opens again (at most once a second) if it ended while the connection lives: a
+    // device whose control stream failed would otherwise take no release until it
+    // reconnected.
+    let mut control: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
     let clock = Instant::now();
     let result = loop {
+        if control
+            .as_ref()
+            .is_some_and(|(task, at)| task.is_finished() && at.elapsed() >= CONTROL_REOPEN)
+        {
+            control = None;
+        }
         if control.is_none()
             && let Some(version) = sender.version()
         {
             let (conn, releases, status) = (conn.clone(), releases.clone(), status.clone());
-            control = Some(tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(e) = super::control::run(conn, version, releases, status).await {
                     tracing::debug!(error = %e, "control stream ended");
                 }
-            }));
+            });
+            control = Some((task, Instant::now()));
         }
         // Fill the window.
         let mut write_error = None;
@@ -213,7 +226,7 @@ async fn session(
             () = tokio::time::sleep(timeout.max(Duration::from_millis(1))) => sender.handle_timeout(clock.elapsed()),
         }
     };
-    if let Some(control) = control {
+    if let Some((control, _)) = control {
         control.abort();
     }
     result
