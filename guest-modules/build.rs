@@ -39,6 +39,7 @@ fn main() {
     build_guests(&guests_dir, &out_dir.join("guests-target"));
     let release = out_dir.join("guests-target").join(TARGET).join("release");
     fs::write(out_dir.join("gen.rs"), generated(&names, &release)).expect("write gen.rs");
+    println!("cargo::metadata=dir={}", release.display());
 }
 
 /// The generated constants, `path` and `foreach_guest!`.

@@ -216,6 +216,23 @@ fn releases(c: &mut Criterion) {
     group.bench_function(format!("verify/{}-bytes", bytes.len()), |b| {
         b.iter(|| fleet_release::read_bundle(&bytes[..], &trusted, u64::MAX).unwrap())
     });
+    // What a device does before a swap from a precompiled policy that travelled compressed:
+    // the file's sha256, then decompressing it and the content's sha256.
+    let compressed = zstd::bulk::compress(&precompiled, 19).unwrap();
+    group.bench_function(
+        format!(
+            "decode/precompiled-policy-{}-of-{}-bytes",
+            compressed.len(),
+            precompiled.len()
+        ),
+        |b| {
+            b.iter(|| {
+                let file = fleet_release::Sha256Digest::of(&compressed);
+                let content = zstd::bulk::decompress(&compressed, precompiled.len()).unwrap();
+                (file, fleet_release::Sha256Digest::of(&content))
+            })
+        },
+    );
     for how in ["precompiled", "compiled"] {
         group.bench_function(format!("swap-cold/{how}-policy-to-first-decision"), |b| {
             b.iter_custom(|iters| {

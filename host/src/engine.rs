@@ -8,10 +8,25 @@ use std::thread;
 use std::time::Duration;
 
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+#[cfg(feature = "compiler")]
 use crate::compile_cache::{COMPILE_CACHE_BYTES, CompileCacheStats, FunctionCodeCache};
+use crate::engine_config::{DEFAULT_STACK_BYTES, fleet_config};
 use crate::inference::{InferenceError, Model};
+
+#[cfg(not(any(feature = "compiler", feature = "handset")))]
+compile_error!(
+    "fleet-host needs the `compiler` feature, or `handset` (built-in modules precompiled by the \
+     build script) to run without it"
+);
+
+#[cfg(not(feature = "compiler"))]
+mod precompiled {
+    //! The built-in modules precompiled by the build script, and the compatibility string of
+    //! the engine that precompiled them (the same configuration as this build's).
+    include!(concat!(env!("OUT_DIR"), "/precompiled.rs"));
+}
 
 /// Limits applied to every module instance.
 #[derive(Clone, Debug)]
@@ -29,7 +44,7 @@ impl Default for SandboxLimits {
         Self {
             memory_bytes: 64 << 20,
             deadline: Duration::from_millis(100),
-            stack_bytes: 512 << 10,
+            stack_bytes: DEFAULT_STACK_BYTES,
         }
     }
 }
@@ -54,10 +69,12 @@ const MODEL_CACHE: usize = 4;
 /// of compiled functions.
 pub struct SandboxEngine {
     engine: Engine,
+    #[cfg(feature = "compiler")]
     functions: Arc<FunctionCodeCache>,
     limits: SandboxLimits,
     pooled: bool,
     stop: Arc<AtomicBool>,
+    compatibility: String,
     compiled: Mutex<VecDeque<(String, Component)>>,
     models: Mutex<VecDeque<(String, Arc<Model>)>>,
 }
@@ -65,12 +82,22 @@ pub struct SandboxEngine {
 impl SandboxEngine {
     /// Builds the engine, pooled if the platform lets us reserve the address space.
     pub fn new(limits: SandboxLimits) -> wasmtime::Result<Self> {
+        #[cfg(feature = "compiler")]
         let functions = Arc::new(FunctionCodeCache::new(COMPILE_CACHE_BYTES));
-        let (engine, pooled) = match Engine::new(&config(&limits, true, &functions)?) {
+        let config = |pooled: bool| -> wasmtime::Result<wasmtime::Config> {
+            #[cfg_attr(not(feature = "compiler"), allow(unused_mut))]
+            let mut config = config(&limits, pooled);
+            #[cfg(feature = "compiler")]
+            config
+                .cranelift_opt_level(wasmtime::OptLevel::Speed)
+                .enable_incremental_compilation(functions.clone())?;
+            Ok(config)
+        };
+        let (engine, pooled) = match Engine::new(&config(true)?) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand instances");
-                (Engine::new(&config(&limits, false, &functions)?)?, false)
+                (Engine::new(&config(false)?)?, false)
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -89,7 +116,9 @@ impl SandboxEngine {
             })
             .map_err(wasmtime::Error::from)?;
         Ok(Self {
+            compatibility: Self::compatibility_of(&engine),
             engine,
+            #[cfg(feature = "compiler")]
             functions,
             limits,
             pooled,
@@ -105,24 +134,53 @@ impl SandboxEngine {
         if let Some(component) = self.cached(digest) {
             return Ok(component);
         }
-        let component = Component::new(&self.engine, bytes)?;
+        let component = self.compile_new(digest, bytes)?;
         self.remember(digest, &component);
         Ok(component)
+    }
+
+    #[cfg(feature = "compiler")]
+    fn compile_new(&self, _digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        Component::new(&self.engine, bytes)
+    }
+
+    /// Without a compiler, only the built-in modules "compile": the build script precompiled
+    /// them.
+    #[cfg(not(feature = "compiler"))]
+    fn compile_new(&self, digest: &str, _bytes: &[u8]) -> wasmtime::Result<Component> {
+        let Some((_, precompiled)) = precompiled::BUILT_IN.iter().find(|(d, _)| *d == digest)
+        else {
+            wasmtime::bail!(
+                "this build cannot compile components (it was built without the `compiler` \
+                 feature): it runs its built-in modules and releases precompiled for its engine"
+            );
+        };
+        // SAFETY: the build script precompiled these bytes for this build's configuration
+        // from the built-in component of this digest; they are part of the binary.
+        unsafe { Component::deserialize(&self.engine, precompiled) }
     }
 
     /// What a component precompiled for this engine must have been compiled for: wasmtime's
     /// compatibility hash of the engine's configuration, as 16 hex digits. A release's
     /// precompiled artifact is used only where this matches.
-    pub fn compatibility(&self) -> String {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
+    pub fn compatibility(&self) -> &str {
+        &self.compatibility
+    }
+
+    #[cfg(feature = "compiler")]
+    fn compatibility_of(engine: &Engine) -> String {
+        crate::engine_config::compatibility_string(engine.precompile_compatibility_hash())
+    }
+
+    /// In a build without a compiler, the hash the build script's engine (this build's
+    /// configuration, with Cranelift) computed.
+    #[cfg(not(feature = "compiler"))]
+    fn compatibility_of(_engine: &Engine) -> String {
+        precompiled::ENGINE_COMPATIBILITY.to_string()
     }
 
     /// Compiles a component ahead of time for engines like this one.
+    #[cfg(feature = "compiler")]
     pub fn precompile(&self, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
         self.engine.precompile_component(bytes)
     }
@@ -192,6 +250,7 @@ impl SandboxEngine {
     }
 
     /// How often compiling a function found its code already compiled.
+    #[cfg(feature = "compiler")]
     pub fn function_cache_stats(&self) -> CompileCacheStats {
         self.functions.stats()
     }
@@ -225,20 +284,8 @@ impl Drop for SandboxEngine {
     }
 }
 
-fn config(
-    limits: &SandboxLimits,
-    pooled: bool,
-    functions: &Arc<FunctionCodeCache>,
-) -> wasmtime::Result<Config> {
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        // Component-model async support costs ~3x per call and no module needs it.
-        .concurrency_support(false)
-        .epoch_interruption(true)
-        .max_wasm_stack(limits.stack_bytes)
-        .cranelift_opt_level(wasmtime::OptLevel::Speed)
-        .enable_incremental_compilation(functions.clone())?;
+fn config(limits: &SandboxLimits, pooled: bool) -> wasmtime::Config {
+    let mut config = fleet_config(limits.stack_bytes);
     if pooled {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOLED_INSTANCES)
@@ -250,5 +297,5 @@ fn config(
             .max_tables_per_component(4);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
-    Ok(config)
+    config
 }

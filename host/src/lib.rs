@@ -22,11 +22,13 @@
 //! ```
 
 pub mod bindings;
+#[cfg(feature = "compiler")]
 pub mod compile_cache;
 pub mod decision;
 pub mod defaults;
 pub mod device;
 pub mod engine;
+mod engine_config;
 pub mod event;
 pub mod features_only;
 pub mod inference;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::ReleaseError;
 use crate::keys::{ReleaseSigner, SignatureFile, TrustedKeys};
-use crate::manifest::{ReleaseId, ReleaseManifest, Sha256Digest};
+use crate::manifest::{Artifact, Encoding, ReleaseId, ReleaseManifest, Sha256Digest};
 
 const MANIFEST: &str = "release.json";
 const SIGNATURE: &str = "release.sig";
@@ -19,7 +19,8 @@ const ARTIFACTS: &str = "artifacts/";
 const MAX_MANIFEST: u64 = 1 << 20;
 const MAX_SIGNATURE: u64 = 4 << 10;
 
-/// A release whose signature, manifest and artifacts have all been checked.
+/// A release whose signature, manifest and artifacts have all been checked: every artifact,
+/// or those one engine loads it from (see [`ReleaseManifest::wanted`]).
 #[derive(Clone)]
 pub struct VerifiedRelease {
     pub manifest: ReleaseManifest,
@@ -27,7 +28,15 @@ pub struct VerifiedRelease {
     /// The manifest exactly as signed.
     pub manifest_bytes: Arc<[u8]>,
     pub signature: SignatureFile,
-    artifacts: BTreeMap<Sha256Digest, Arc<[u8]>>,
+    /// The artifacts' files and their content (the same bytes unless encoded).
+    artifacts: BTreeMap<Sha256Digest, Held>,
+}
+
+/// One verified artifact.
+#[derive(Clone)]
+struct Held {
+    file: Arc<[u8]>,
+    content: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for VerifiedRelease {
@@ -37,9 +46,15 @@ impl std::fmt::Debug for VerifiedRelease {
 }
 
 impl VerifiedRelease {
-    /// The bytes of one artifact (every artifact the manifest lists is present).
+    /// The content of one artifact (decoded): present for every artifact the release was
+    /// verified with.
     pub fn artifact(&self, digest: &Sha256Digest) -> Option<&Arc<[u8]>> {
-        self.artifacts.get(digest)
+        self.artifacts.get(digest).map(|h| &h.content)
+    }
+
+    /// The file of one artifact, as fetched and stored (what its digest is of).
+    pub fn file(&self, digest: &Sha256Digest) -> Option<&Arc<[u8]>> {
+        self.artifacts.get(digest).map(|h| &h.file)
     }
 
     /// `name@version+id`.
@@ -47,30 +62,26 @@ impl VerifiedRelease {
         self.manifest.label()
     }
 
-    /// Checks a manifest and its signature and then every artifact, from parts held apart
-    /// (a device's store of artifacts fetched one by one, for instance).
+    /// Checks a manifest and its signature and then the artifacts an engine of compatibility
+    /// `engine` loads it from (every artifact for `None`), from parts held apart (a device's
+    /// store of artifacts fetched one by one, for instance).
     pub fn from_parts(
         manifest_bytes: &[u8],
         signature: &[u8],
         trusted: &TrustedKeys,
         budget: u64,
+        engine: Option<&str>,
         mut artifact: impl FnMut(&Sha256Digest) -> Option<Vec<u8>>,
     ) -> Result<Self, ReleaseError> {
         let mut pending = Pending::new(manifest_bytes, signature, trusted, budget)?;
-        let digests: Vec<Sha256Digest> = pending
-            .manifest
-            .artifacts
-            .iter()
-            .map(|a| a.sha256)
-            .collect();
-        for digest in digests {
+        for digest in pending.manifest.wanted(engine) {
             let bytes = artifact(&digest).ok_or(ReleaseError::Artifact {
                 digest,
                 reason: "missing".into(),
             })?;
             pending.add(digest, bytes)?;
         }
-        pending.finish()
+        pending.finish(engine)
     }
 }
 
@@ -79,7 +90,7 @@ struct Pending {
     manifest: ReleaseManifest,
     manifest_bytes: Arc<[u8]>,
     signature: SignatureFile,
-    artifacts: BTreeMap<Sha256Digest, Arc<[u8]>>,
+    artifacts: BTreeMap<Sha256Digest, Held>,
 }
 
 impl Pending {
@@ -124,7 +135,16 @@ impl Pending {
                 reason: "content does not match its digest (tampered or corrupt)".into(),
             });
         }
-        if self.artifacts.insert(digest, bytes.into()).is_some() {
+        let file: Arc<[u8]> = bytes.into();
+        let content = match listed.encoding {
+            Encoding::Identity => file.clone(),
+            Encoding::Zstd { size, sha256 } => decode(listed, &file, size, sha256)?.into(),
+        };
+        if self
+            .artifacts
+            .insert(digest, Held { file, content })
+            .is_some()
+        {
             return Err(ReleaseError::Artifact {
                 digest,
                 reason: "present twice".into(),
@@ -133,15 +153,15 @@ impl Pending {
         Ok(())
     }
 
-    fn finish(self) -> Result<VerifiedRelease, ReleaseError> {
+    fn finish(self, engine: Option<&str>) -> Result<VerifiedRelease, ReleaseError> {
         if let Some(missing) = self
             .manifest
-            .artifacts
-            .iter()
-            .find(|a| !self.artifacts.contains_key(&a.sha256))
+            .wanted(engine)
+            .into_iter()
+            .find(|a| !self.artifacts.contains_key(a))
         {
             return Err(ReleaseError::Artifact {
-                digest: missing.sha256,
+                digest: missing,
                 reason: "missing (a truncated release?)".into(),
             });
         }
@@ -153,6 +173,34 @@ impl Pending {
             artifacts: self.artifacts,
         })
     }
+}
+
+/// A zstd-encoded artifact's content from its file (whose digest and size were checked):
+/// exactly the `size` bytes of digest `sha256` the manifest says, or refused.
+fn decode(
+    listed: &Artifact,
+    file: &[u8],
+    size: u64,
+    sha256: Sha256Digest,
+) -> Result<Vec<u8>, ReleaseError> {
+    let refused = |reason: String| ReleaseError::Artifact {
+        digest: listed.sha256,
+        reason,
+    };
+    let capacity =
+        usize::try_from(size).map_err(|_| refused(format!("decodes to {size} bytes")))?;
+    let content = zstd::bulk::decompress(file, capacity)
+        .map_err(|e| refused(format!("not a zstd frame of at most {size} bytes: {e}")))?;
+    if content.len() as u64 != size {
+        return Err(refused(format!(
+            "decodes to {} bytes, the manifest says {size}",
+            content.len()
+        )));
+    }
+    if Sha256Digest::of(&content) != sha256 {
+        return Err(refused(format!("decodes to content other than {sha256}")));
+    }
+    Ok(content)
 }
 
 /// Checks a signature over a manifest and reads the manifest, without its artifacts: what a
@@ -263,7 +311,7 @@ pub fn read_bundle(
         let bytes = read_entry(&mut entry, size)?;
         pending.add(digest, bytes)?;
     }
-    pending.finish()
+    pending.finish(None)
 }
 
 /// Reads and verifies the release file at `path`.
@@ -369,6 +417,135 @@ mod tests {
                 &bytes[..]
             );
         }
+    }
+
+    /// A release whose model travels compressed and whose policy has a form precompiled for
+    /// engine `e1`; its files by digest.
+    fn encoded_release(
+        encoding: impl Fn(&[u8]) -> Encoding,
+    ) -> (ReleaseManifest, BTreeMap<Sha256Digest, Vec<u8>>) {
+        let files = files();
+        let refs: Vec<(&[u8], ArtifactKind)> = files.iter().map(|(b, k)| (&b[..], *k)).collect();
+        let mut manifest = crate::testing::manifest_over("1.4.0", &refs);
+        let mut by_digest: BTreeMap<Sha256Digest, Vec<u8>> = files
+            .iter()
+            .map(|(b, _)| (Sha256Digest::of(b), b.clone()))
+            .collect();
+        let model = &files[3].0;
+        let compressed = zstd::bulk::compress(model, 3).unwrap();
+        let digest = Sha256Digest::of(&compressed);
+        manifest
+            .artifacts
+            .retain(|a| a.sha256 != manifest.models[0].artifact);
+        manifest.artifacts.push(Artifact {
+            sha256: digest,
+            size: compressed.len() as u64,
+            kind: ArtifactKind::Model,
+            encoding: encoding(model),
+        });
+        manifest.models[0].artifact = digest;
+        by_digest.insert(digest, compressed);
+        let machine_code = b"policy machine code".to_vec();
+        let pre = Sha256Digest::of(&machine_code);
+        manifest.artifacts.push(Artifact {
+            sha256: pre,
+            size: machine_code.len() as u64,
+            kind: ArtifactKind::Precompiled,
+            encoding: Encoding::Identity,
+        });
+        manifest.modules[2].precompiled.push(crate::Precompiled {
+            engine: "e1".into(),
+            artifact: pre,
+        });
+        by_digest.insert(pre, machine_code);
+        manifest.normalize();
+        manifest.validate().unwrap();
+        (manifest, by_digest)
+    }
+
+    fn verify(
+        manifest: &ReleaseManifest,
+        engine: Option<&str>,
+        files: impl Fn(&Sha256Digest) -> Option<Vec<u8>>,
+    ) -> Result<VerifiedRelease, ReleaseError> {
+        let signer = ReleaseSigner::generate().unwrap();
+        let mut trusted = TrustedKeys::default();
+        trusted.add_public_line(&signer.public_line("")).unwrap();
+        let bytes = manifest.canonical_bytes();
+        let signature = signer.sign(&bytes).to_bytes();
+        VerifiedRelease::from_parts(&bytes, &signature, &trusted, u64::MAX, engine, files)
+    }
+
+    #[test]
+    fn an_encoded_artifact_is_decoded_after_its_file_is_checked() {
+        let zstd = |content: &[u8]| Encoding::Zstd {
+            size: content.len() as u64,
+            sha256: Sha256Digest::of(content),
+        };
+        let (manifest, files) = encoded_release(zstd);
+        let release = verify(&manifest, None, |d| files.get(d).cloned()).unwrap();
+        let model = manifest.models[0].artifact;
+        assert_eq!(&**release.artifact(&model).unwrap(), &vec![7u8; 10_000][..]);
+        assert_eq!(&**release.file(&model).unwrap(), &files[&model][..]);
+        assert!(files[&model].len() < 100, "the model travels compressed");
+        assert_eq!(
+            manifest.size(),
+            10_000 + 18 + 16 + 16 + 19,
+            "content sizes bound the budget"
+        );
+
+        // The manifest signs what the content must be: a frame that decodes to anything else
+        // is refused.
+        let cases: [(Box<dyn Fn(&[u8]) -> Encoding>, &str); 2] = [
+            (
+                Box::new(|c: &[u8]| Encoding::Zstd {
+                    size: c.len() as u64 - 1,
+                    sha256: Sha256Digest::of(c),
+                }),
+                "not a zstd frame of at most 9999 bytes",
+            ),
+            (
+                Box::new(|c: &[u8]| Encoding::Zstd {
+                    size: c.len() as u64,
+                    sha256: Sha256Digest::of(b"other"),
+                }),
+                "decodes to content other than",
+            ),
+        ];
+        for (encoding, expected) in cases {
+            let (manifest, files) = encoded_release(encoding);
+            let err = verify(&manifest, None, |d| files.get(d).cloned()).unwrap_err();
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_device_verifies_only_the_artifacts_its_engine_loads() {
+        let (manifest, files) = encoded_release(|_| Encoding::Identity);
+        let policy = manifest.modules[2].clone();
+        let precompiled = policy.precompiled[0].artifact;
+        // Engine e1 loads the policy's precompiled form: its component is not needed.
+        let wanted = manifest.wanted(Some("e1"));
+        assert!(wanted.contains(&precompiled) && !wanted.contains(&policy.component));
+        assert_eq!(wanted.len(), 4);
+        let release = verify(&manifest, Some("e1"), |d| {
+            (*d != policy.component).then(|| files[d].clone())
+        })
+        .unwrap();
+        assert!(release.artifact(&policy.component).is_none());
+        assert!(release.artifact(&precompiled).is_some());
+        // Any other engine compiles the component, and does not need the precompiled form.
+        let release = verify(&manifest, Some("e2"), |d| {
+            (*d != precompiled).then(|| files[d].clone())
+        })
+        .unwrap();
+        assert!(release.artifact(&policy.component).is_some());
+        let err = verify(&manifest, Some("e2"), |d| {
+            (*d != policy.component).then(|| files[d].clone())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert_eq!(manifest.wanted(None).len(), manifest.artifacts.len());
     }
 
     /// Rewrites the release file's entries through `change`, keeping the tar well formed.

@@ -24,7 +24,7 @@ use thiserror::Error;
 pub use bundle::{VerifiedRelease, open_bundle, read_bundle, verify_manifest, write_bundle};
 pub use keys::{KeyId, ReleaseSigner, SignatureFile, TrustedKeys};
 pub use manifest::{
-    Artifact, ArtifactKind, ModelEntry, ModuleEntry, ModuleKind, Precompiled, ReleaseId,
+    Artifact, ArtifactKind, Encoding, ModelEntry, ModuleEntry, ModuleKind, Precompiled, ReleaseId,
     ReleaseManifest, Sha256Digest,
 };
 

@@ -111,6 +111,24 @@ pub enum ArtifactKind {
     Model,
 }
 
+/// How an artifact's file holds its content. The digest and size are the file's: what is
+/// fetched, stored and checked; the content is decoded after that check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Encoding {
+    /// The file is the content.
+    #[default]
+    Identity,
+    /// One zstd frame that decompresses to `size` bytes of digest `sha256`.
+    Zstd { size: u64, sha256: Sha256Digest },
+}
+
+impl Encoding {
+    pub fn is_identity(&self) -> bool {
+        *self == Self::Identity
+    }
+}
+
 /// One file of the release, named by its content.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +136,28 @@ pub struct Artifact {
     pub sha256: Sha256Digest,
     pub size: u64,
     pub kind: ArtifactKind,
+    /// Absent from the manifest when the file is the content.
+    #[serde(default, skip_serializing_if = "Encoding::is_identity")]
+    pub encoding: Encoding,
+}
+
+impl Artifact {
+    /// Bytes of the content once decoded.
+    pub fn decoded_size(&self) -> u64 {
+        match self.encoding {
+            Encoding::Identity => self.size,
+            Encoding::Zstd { size, .. } => size,
+        }
+    }
+
+    /// The digest of the content once decoded: what a module's identity is made of, however
+    /// its component travelled.
+    pub fn content_digest(&self) -> Sha256Digest {
+        match self.encoding {
+            Encoding::Identity => self.sha256,
+            Encoding::Zstd { sha256, .. } => sha256,
+        }
+    }
 }
 
 /// A component compiled ahead of time, and the engine it fits.
@@ -225,9 +265,40 @@ impl ReleaseManifest {
             .map(|i| &self.artifacts[i])
     }
 
-    /// Total size of the artifacts.
+    /// Total size of the artifacts: their files, or their content where that is larger
+    /// (what a device's budget bounds).
     pub fn size(&self) -> u64 {
-        self.artifacts.iter().map(|a| a.size).sum()
+        self.artifacts
+            .iter()
+            .map(|a| a.size.max(a.decoded_size()))
+            .sum()
+    }
+
+    /// Total size of the artifacts' files (what is fetched and stored), of all of them or of
+    /// those in `only`.
+    pub fn file_size(&self, only: Option<&BTreeSet<Sha256Digest>>) -> u64 {
+        self.artifacts
+            .iter()
+            .filter(|a| only.is_none_or(|o| o.contains(&a.sha256)))
+            .map(|a| a.size)
+            .sum()
+    }
+
+    /// The artifacts an engine of compatibility `engine` loads the release from: every
+    /// model, and for each module its form precompiled for that engine, or its component where
+    /// the release has no such form. `None`: every artifact (a release file, the aggregator).
+    pub fn wanted(&self, engine: Option<&str>) -> BTreeSet<Sha256Digest> {
+        let Some(engine) = engine else {
+            return self.artifacts.iter().map(|a| a.sha256).collect();
+        };
+        let modules = self.modules.iter().map(|m| {
+            m.precompiled
+                .iter()
+                .find(|p| p.engine == engine)
+                .map_or(m.component, |p| p.artifact)
+        });
+        let models = self.models.iter().map(|m| m.artifact);
+        modules.chain(models).collect()
     }
 
     /// The rules every manifest keeps: one module of each kind, every reference to an artifact
@@ -380,6 +451,7 @@ pub(crate) mod tests {
                         sha256: Sha256Digest::of(b"extra"),
                         size: 5,
                         kind: ArtifactKind::Model,
+                        encoding: Encoding::Identity,
                     });
                     m.normalize();
                 }),

@@ -119,13 +119,15 @@ impl ReleaseStore {
         self.set_state(&state)
     }
 
-    /// Writes a verified release's artifacts (those not already here) and its manifest,
-    /// without naming it in the state: the aggregator's published releases.
+    /// Writes a verified release's artifacts (those it was verified with and not already
+    /// here) and its manifest, without naming it in the state: the aggregator's published
+    /// releases.
     pub fn publish(&self, release: &VerifiedRelease) -> Result<(), ReleaseError> {
         for artifact in &release.manifest.artifacts {
-            if !self.has(artifact) {
-                let bytes = release.artifact(&artifact.sha256).expect("verified");
-                write_whole(&self.object(&artifact.sha256), bytes)?;
+            if let Some(file) = release.file(&artifact.sha256)
+                && !self.has(artifact)
+            {
+                write_whole(&self.object(&artifact.sha256), file)?;
             }
         }
         self.write_signed(
@@ -172,11 +174,21 @@ impl ReleaseStore {
 
     /// How much of the artifact is here: its size when whole, else the length of its
     /// partial download (where a download resumes).
+    /// A partial download that is already whole (the device stopped between its last piece
+    /// and its check) is checked now, and becomes an object or starts over.
     pub fn downloaded(&self, artifact: &Artifact) -> u64 {
         if self.has(artifact) {
             return artifact.size;
         }
-        std::fs::metadata(self.partial(&artifact.sha256)).map_or(0, |m| m.len().min(artifact.size))
+        let have = std::fs::metadata(self.partial(&artifact.sha256)).map_or(0, |m| m.len());
+        if have < artifact.size {
+            return have;
+        }
+        match self.finish_partial(artifact) {
+            Ok(()) => artifact.size,
+            // Not what the manifest says: removed, fetched again from the start.
+            Err(_) => 0,
+        }
     }
 
     /// Writes a downloaded piece of an artifact at `offset`, which must be where its partial
@@ -224,29 +236,44 @@ impl ReleaseStore {
             return Ok(end);
         }
         file.sync_all().map_err(io(&path))?;
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        if Sha256Digest::of(&bytes) != digest {
-            std::fs::remove_file(&path).ok();
-            return Err(refused("downloaded bytes do not match the digest".into()));
-        }
-        let object = self.object(&digest);
-        std::fs::rename(&path, &object).map_err(io(&object))?;
-        let dir = self.dir.join("objects");
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        self.finish_partial(artifact)?;
         Ok(end)
     }
 
+    /// A whole partial download becomes an object if it is what the manifest says; if not it
+    /// is removed, and the download starts over.
+    fn finish_partial(&self, artifact: &Artifact) -> Result<(), ReleaseError> {
+        let digest = artifact.sha256;
+        let path = self.partial(&digest);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        if bytes.len() as u64 != artifact.size || Sha256Digest::of(&bytes) != digest {
+            std::fs::remove_file(&path).ok();
+            return Err(ReleaseError::Artifact {
+                digest,
+                reason: "downloaded bytes do not match the digest".into(),
+            });
+        }
+        let object = self.object(&digest);
+        std::fs::rename(&path, &object).map_err(io(&object))?;
+        sync_dir(&self.dir.join("objects"))
+    }
+
     /// Records a downloaded release as the candidate: its signed manifest is written, every
-    /// artifact it names must be here whole. It is verified again when loaded.
+    /// artifact an engine of compatibility `engine` loads it from (see
+    /// [`ReleaseManifest::wanted`]) must be here whole. It is verified again when loaded.
     pub fn stage_downloaded(
         &self,
         manifest: &ReleaseManifest,
         manifest_bytes: &[u8],
         signature: &[u8],
+        engine: Option<&str>,
     ) -> Result<ReleaseId, ReleaseError> {
-        if let Some(missing) = manifest.artifacts.iter().find(|a| !self.has(a)) {
+        let wanted = manifest.wanted(engine);
+        if let Some(missing) = manifest
+            .artifacts
+            .iter()
+            .find(|a| wanted.contains(&a.sha256) && !self.has(a))
+        {
             return Err(ReleaseError::Artifact {
                 digest: missing.sha256,
                 reason: "missing".into(),
@@ -297,18 +324,21 @@ impl ReleaseStore {
         Ok(crate::verify_manifest(&manifest, &signature, trusted)?.0)
     }
 
-    /// Reads a stored release and verifies it again, as if it had just arrived.
+    /// Reads a stored release and verifies it again, as if it had just arrived: the artifacts
+    /// an engine of compatibility `engine` loads it from, or every artifact for `None`.
     pub fn load(
         &self,
         id: &ReleaseId,
         trusted: &TrustedKeys,
         budget: u64,
+        engine: Option<&str>,
     ) -> Result<VerifiedRelease, ReleaseError> {
         let dir = self.release_dir(id);
         let (manifest, signature) = self.signed(id)?;
-        let release = VerifiedRelease::from_parts(&manifest, &signature, trusted, budget, |d| {
-            std::fs::read(self.object(d)).ok()
-        })?;
+        let release =
+            VerifiedRelease::from_parts(&manifest, &signature, trusted, budget, engine, |d| {
+                std::fs::read(self.object(d)).ok()
+            })?;
         if release.id != *id {
             return Err(ReleaseError::Corrupt(format!(
                 "{} holds release {}",
@@ -407,7 +437,10 @@ mod tests {
         let store = ReleaseStore::open(dir.path()).unwrap();
         let state = store.state().unwrap();
         assert_eq!((state.active, state.candidate), (Some(v1.id), Some(v2.id)));
-        assert_eq!(store.load(&v2.id, &trusted, u64::MAX).unwrap().id, v2.id);
+        assert_eq!(
+            store.load(&v2.id, &trusted, u64::MAX, None).unwrap().id,
+            v2.id
+        );
         store.activate(&v2.id).unwrap();
         assert_eq!(
             store.state().unwrap(),
@@ -431,7 +464,7 @@ mod tests {
             .join("objects")
             .join(Sha256Digest::of(b"policy two").hex());
         std::fs::write(&policy, b"policy 2wo").unwrap();
-        let err = store.load(&v2.id, &trusted, u64::MAX).unwrap_err();
+        let err = store.load(&v2.id, &trusted, u64::MAX, None).unwrap_err();
         assert_eq!(err.reason(), "digest", "{err}");
     }
 
@@ -448,7 +481,7 @@ mod tests {
             .find(|a| a.size == 1000)
             .unwrap()
             .clone();
-        let bytes = v1.artifact(&policy.sha256).unwrap().to_vec();
+        let bytes = v1.file(&policy.sha256).unwrap().to_vec();
         assert_eq!(store.write_piece(&policy, 0, &bytes[..300]).unwrap(), 300);
         // A restart: the download resumes at 300; a piece elsewhere is refused.
         let store = ReleaseStore::open(dir.path()).unwrap();
@@ -465,22 +498,49 @@ mod tests {
         assert_eq!(store.write_piece(&policy, 0, &bytes).unwrap(), 1000);
         assert!(store.has(&policy));
 
+        // Stopped after the last piece was written and before it was checked: whole on
+        // disk, not yet an object. It is checked when next asked about, not taken as done.
+        let object = store.object(&policy.sha256);
+        std::fs::rename(&object, store.partial(&policy.sha256)).unwrap();
+        assert!(!store.has(&policy));
+        assert_eq!(store.downloaded(&policy), 1000);
+        assert!(store.has(&policy));
+        std::fs::rename(&object, store.partial(&policy.sha256)).unwrap();
+        std::fs::write(store.partial(&policy.sha256), [9u8; 1000]).unwrap();
+        assert_eq!(
+            store.downloaded(&policy),
+            0,
+            "a whole partial of other bytes starts over"
+        );
+        assert!(!store.partial(&policy.sha256).exists());
+        assert_eq!(store.write_piece(&policy, 0, &bytes).unwrap(), 1000);
+
         // Staging needs every artifact; with them all, the release loads verified.
         let err = store
-            .stage_downloaded(&v1.manifest, &v1.manifest_bytes, &v1.signature.to_bytes())
+            .stage_downloaded(
+                &v1.manifest,
+                &v1.manifest_bytes,
+                &v1.signature.to_bytes(),
+                None,
+            )
             .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         for a in &v1.manifest.artifacts {
             store
-                .write_piece(a, 0, v1.artifact(&a.sha256).unwrap())
+                .write_piece(a, 0, v1.file(&a.sha256).unwrap())
                 .unwrap();
         }
         let id = store
-            .stage_downloaded(&v1.manifest, &v1.manifest_bytes, &v1.signature.to_bytes())
+            .stage_downloaded(
+                &v1.manifest,
+                &v1.manifest_bytes,
+                &v1.signature.to_bytes(),
+                None,
+            )
             .unwrap();
         assert_eq!(id, v1.id);
         assert_eq!(store.state().unwrap().candidate, Some(v1.id));
-        assert_eq!(store.load(&id, &trusted, u64::MAX).unwrap().id, v1.id);
+        assert_eq!(store.load(&id, &trusted, u64::MAX, None).unwrap().id, v1.id);
         assert_eq!(store.releases().unwrap(), vec![v1.id]);
     }
 
@@ -500,7 +560,10 @@ mod tests {
                 ..StoreState::default()
             }
         );
-        assert_eq!(device.load(&v1.id, &trusted, u64::MAX).unwrap().id, v1.id);
+        assert_eq!(
+            device.load(&v1.id, &trusted, u64::MAX, None).unwrap().id,
+            v1.id
+        );
         // A release the seed does not hold is an error, and changes nothing.
         let v2 = release(&signer, "2.0.0", b"policy two");
         assert!(device.adopt(&seed, &v2.id).is_err());

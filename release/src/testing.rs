@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::manifest::FORMAT;
+use crate::manifest::{Encoding, FORMAT};
 use crate::{
     Artifact, ArtifactKind, ModelEntry, ModuleEntry, ModuleKind, ReleaseManifest, ReleaseSigner,
     Sha256Digest, TrustedKeys, VerifiedRelease,
@@ -18,6 +18,7 @@ pub fn manifest_over(version: &str, files: &[(&[u8], ArtifactKind)]) -> ReleaseM
             sha256: Sha256Digest::of(bytes),
             size: bytes.len() as u64,
             kind: *kind,
+            encoding: Encoding::Identity,
         })
         .collect();
     let modules = ModuleKind::ALL
@@ -64,7 +65,7 @@ pub fn verified(
         .iter()
         .map(|(b, _)| (Sha256Digest::of(b), b.to_vec()))
         .collect();
-    let release = VerifiedRelease::from_parts(&bytes, &signature, &trusted, u64::MAX, |d| {
+    let release = VerifiedRelease::from_parts(&bytes, &signature, &trusted, u64::MAX, None, |d| {
         by_digest.get(d).cloned()
     })
     .expect("a release this function signed");

@@ -75,9 +75,10 @@ pub(crate) fn run(args: BuildArgs) -> anyhow::Result<()> {
     };
     std::fs::rename(&staging, &out).with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "{} -> {} ({} bytes, {} artifacts, signed by key {})",
+        "{} -> {} ({} bytes of artifacts, {} decompressed; {} artifacts, signed by key {})",
         contents.manifest.label(),
         out.display(),
+        contents.manifest.file_size(None),
         contents.manifest.size(),
         contents.manifest.artifacts.len(),
         signer.key_id()

@@ -41,9 +41,11 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<()> {
     println!("  id        {}", release.id);
     println!("  signed by {} (verified)", release.signature.key);
     println!(
-        "  size      {} bytes in {} artifacts",
+        "  size      {} bytes in {} artifacts ({} decompressed); a device of this build fetches {} bytes",
+        manifest.file_size(None),
+        manifest.artifacts.len(),
         manifest.size(),
-        manifest.artifacts.len()
+        manifest.file_size(Some(&manifest.wanted(Some(here)))),
     );
     for module in &manifest.modules {
         let engines: Vec<String> = module

@@ -76,6 +76,10 @@ pub(crate) struct DeviceArgs {
     /// thin or metered link leaves room for event sync.
     #[arg(long, default_value_t = 0)]
     release_download_kib_s: u64,
+    /// KiB asked for per piece of a release download (1 to 1024): smaller pieces send less
+    /// again when a flaky link cuts a download.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    release_piece_kib: u32,
     /// Highest sync protocol version to offer. The newest by default; a lower one makes
     /// this device speak as one of an older build (no releases, decisions without their
     /// release), as during a fleet upgrade.
@@ -168,7 +172,8 @@ pub(crate) fn run(mut args: DeviceArgs) -> anyhow::Result<()> {
                         agent: concat!("edge-host/", env!("CARGO_PKG_VERSION"), " device").into(),
                     },
                 )
-                .with_download_limit(Some(args.release_download_kib_s << 10)),
+                .with_download_limit(Some(args.release_download_kib_s << 10))
+                .with_piece_size(args.release_piece_kib << 10),
             )),
         },
         status.clone(),

@@ -31,8 +31,11 @@ pub(crate) async fn run(
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(recv);
     let agent = agent.filter(|_| version >= 3);
+    let fetch = agent
+        .as_ref()
+        .map_or_else(FetchConfig::default, |a| a.fetch_config());
     let mut session = Session {
-        fetcher: Fetcher::new(FetchConfig::default()),
+        fetcher: Fetcher::new(fetch),
         accepted: None,
         offered: None,
         reported_at: 0,

@@ -1,7 +1,7 @@
 //! A tree ensemble laid out for fast evaluation: every tree padded to a complete binary tree,
 //! so a row walks each tree in exactly `depth` branch-free steps with no leaf test.
 //!
-//! Built from the attributes of an ONNX `TreeEnsembleClassifier` (see [`super::onnx_op`]).
+//! Built from the attributes of an ONNX `TreeEnsembleClassifier` (see [`super::tree_ensemble`]).
 //! It also explains a prediction: per-feature contributions along the decision path, where a
 //! node's value is the mean of the leaves below it (Saabas attribution). Contributions plus
 //! [`Forest::bias`] add up to the raw margin exactly.

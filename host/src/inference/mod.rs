@@ -5,8 +5,13 @@
 //! only sees tensors.
 
 mod forest;
+#[cfg(feature = "tract")]
+mod graph;
 mod model;
+mod onnx;
+#[cfg(feature = "tract")]
 mod onnx_op;
+mod tree_ensemble;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ pub enum InferenceError {
     InvalidModel {
         /// The name it was registered under.
         model: String,
-        /// What tract or our checks said.
+        /// What the parser, tract or our checks said.
         reason: String,
     },
     /// No model of that name is registered.

@@ -1,22 +1,25 @@
-//! One ONNX model loaded with tract (our tree-ensemble op registered), with the metadata the
-//! host needs: name, version, input feature names, digest.
+//! One ONNX model with the metadata the host needs: name, version, input feature names,
+//! digest. A graph that is one tree ensemble runs on our [`Forest`] directly; any other graph
+//! runs on tract, in builds with the `tract` feature (the default; a handset build leaves it
+//! out).
 
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::framework::Framework;
 
 use super::InferenceError;
 use super::forest::Forest;
-use super::onnx_op::{self, ForestOp};
+#[cfg(feature = "tract")]
+use super::graph::Graph;
+use super::onnx::ModelProto;
+use super::tree_ensemble;
 
 /// ONNX metadata keys the training pipeline writes.
 pub const META_NAME: &str = "fleet.model_name";
 pub const META_VERSION: &str = "fleet.model_version";
 pub const META_FEATURES: &str = "fleet.features";
 
-/// A loaded, optimized model, ready to run from many threads.
+/// A loaded model, ready to run from many threads.
 pub struct Model {
     pub name: String,
     pub version: String,
@@ -24,11 +27,19 @@ pub struct Model {
     pub features: Vec<String>,
     /// `sha256:` and the hex digest of the ONNX bytes.
     pub digest: String,
-    plan: Arc<TypedRunnableModel>,
-    probabilities_output: usize,
+    runner: Runner,
     /// Present when the whole graph is one tree ensemble reading the input: explains
     /// predictions (and computes them with the explanation in one pass).
     forest: Option<Arc<Forest>>,
+}
+
+/// What computes the probabilities.
+enum Runner {
+    /// Our forest, which is the whole graph.
+    Forest(Arc<Forest>),
+    /// tract's plan of the graph.
+    #[cfg(feature = "tract")]
+    Graph(Graph),
 }
 
 impl std::fmt::Debug for Model {
@@ -42,71 +53,104 @@ impl std::fmt::Debug for Model {
     }
 }
 
-impl Model {
-    /// Loads and optimizes an ONNX model from bytes. `fallback_name` names it when its
-    /// metadata does not.
-    pub fn load(fallback_name: &str, bytes: &[u8]) -> Result<Self, InferenceError> {
-        let invalid = |e: anyhow::Error| InferenceError::InvalidModel {
-            model: fallback_name.to_string(),
-            reason: format!("{e:#}"),
-        };
-        let mut onnx = onnx();
-        onnx_op::register(&mut onnx.op_register);
-        let proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(invalid)?;
-        let meta = |key: &str| {
-            proto
-                .metadata_props
-                .iter()
-                .find(|p| p.key == key)
-                .map(|p| p.value.clone())
-        };
-        let name = meta(META_NAME).unwrap_or_else(|| fallback_name.to_string());
-        let version = meta(META_VERSION).unwrap_or_else(|| "unversioned".to_string());
-        let declared_features: Option<Vec<String>> =
-            meta(META_FEATURES).map(|f| f.split(',').map(|s| s.trim().to_string()).collect());
+/// The model's metadata, read before its graph.
+struct Header {
+    proto: ModelProto,
+    name: String,
+    version: String,
+    features: Vec<String>,
+}
 
-        let mut model = onnx.model_for_proto_model(&proto).map_err(invalid)?;
-        let width = declared_features.as_ref().map(Vec::len).ok_or_else(|| {
-            invalid(anyhow::anyhow!(
-                "no {META_FEATURES} metadata: the input columns are unnamed"
-            ))
-        })?;
-        let batch = model.symbols.sym("N");
-        model
-            .set_input_fact(0, f32::fact(&[batch.to_dim(), width.to_dim()]).into())
-            .map_err(invalid)?;
-        let typed = model.into_optimized().map_err(invalid)?;
-        let forest = whole_graph_forest(&typed).map_err(invalid)?;
-        let probabilities_output = typed
-            .output_outlets()
-            .map_err(invalid)?
-            .iter()
-            .position(|o| {
-                typed
-                    .outlet_fact(*o)
-                    .is_ok_and(|f| f.datum_type == f32::datum_type())
-            })
-            .ok_or_else(|| invalid(anyhow::anyhow!("no f32 output for probabilities")))?;
-        if let Some(forest) = &forest
-            && forest.n_features() > width
-        {
-            return Err(invalid(anyhow::anyhow!(
-                "trees read feature {} but the input has {width} columns",
-                forest.n_features() - 1
-            )));
+impl Header {
+    fn read(fallback_name: &str, bytes: &[u8]) -> anyhow::Result<Self> {
+        let proto = ModelProto::parse(bytes)?;
+        if proto.graph.is_none() {
+            anyhow::bail!("no graph");
         }
-        let plan = typed.into_runnable().map_err(invalid)?;
-        let features =
-            declared_features.unwrap_or_else(|| (0..width).map(|i| format!("f{i}")).collect());
+        let name = proto.meta(META_NAME).unwrap_or(fallback_name).to_string();
+        let version = proto
+            .meta(META_VERSION)
+            .unwrap_or("unversioned")
+            .to_string();
+        let features = proto
+            .meta(META_FEATURES)
+            .map(|f| f.split(',').map(|s| s.trim().to_string()).collect())
+            .ok_or_else(|| {
+                anyhow::anyhow!("no {META_FEATURES} metadata: the input columns are unnamed")
+            })?;
         Ok(Self {
+            proto,
             name,
             version,
             features,
+        })
+    }
+}
+
+impl Model {
+    /// Loads an ONNX model from bytes. `fallback_name` names it when its metadata does not.
+    pub fn load(fallback_name: &str, bytes: &[u8]) -> Result<Self, InferenceError> {
+        let invalid = invalid(fallback_name);
+        let header = Header::read(fallback_name, bytes).map_err(&invalid)?;
+        if let Some(node) = header.proto.whole_graph_ensemble() {
+            let forest = Arc::new(tree_ensemble::parse(node).map_err(&invalid)?);
+            return Self::assemble(header, bytes, Runner::Forest(forest.clone()), Some(forest))
+                .map_err(invalid);
+        }
+        Self::load_graph(header, bytes).map_err(invalid)
+    }
+
+    /// Loads the model through tract even when the host runs its graph itself, so that the
+    /// two can be checked against each other.
+    #[cfg(feature = "tract")]
+    pub fn load_through_tract(fallback_name: &str, bytes: &[u8]) -> Result<Self, InferenceError> {
+        let invalid = invalid(fallback_name);
+        let header = Header::read(fallback_name, bytes).map_err(&invalid)?;
+        let graph = Graph::load(bytes, header.features.len()).map_err(&invalid)?;
+        let forest = graph.forest().cloned();
+        Self::assemble(header, bytes, Runner::Graph(graph), forest).map_err(invalid)
+    }
+
+    #[cfg(feature = "tract")]
+    fn load_graph(header: Header, bytes: &[u8]) -> anyhow::Result<Self> {
+        let graph = Graph::load(bytes, header.features.len())?;
+        match graph.forest().cloned() {
+            Some(forest) => {
+                Self::assemble(header, bytes, Runner::Forest(forest.clone()), Some(forest))
+            }
+            None => Self::assemble(header, bytes, Runner::Graph(graph), None),
+        }
+    }
+
+    #[cfg(not(feature = "tract"))]
+    fn load_graph(_header: Header, _bytes: &[u8]) -> anyhow::Result<Self> {
+        anyhow::bail!(
+            "its graph is not one TreeEnsembleClassifier from input to outputs, the only \
+             graph this build runs (it was built without the `tract` feature)"
+        )
+    }
+
+    fn assemble(
+        header: Header,
+        bytes: &[u8],
+        runner: Runner,
+        forest: Option<Arc<Forest>>,
+    ) -> anyhow::Result<Self> {
+        let width = header.features.len();
+        if let Some(forest) = &forest
+            && forest.n_features() > width
+        {
+            anyhow::bail!(
+                "trees read feature {} but the input has {width} columns",
+                forest.n_features() - 1
+            );
+        }
+        Ok(Self {
+            name: header.name,
+            version: header.version,
+            features: header.features,
             digest: format!("sha256:{:x}", Sha256::digest(bytes)),
-            plan,
-            probabilities_output,
+            runner,
             forest,
         })
     }
@@ -123,17 +167,17 @@ impl Model {
     /// Probabilities (`[rows, classes]`, row-major) for `rows` rows of `features.len()` values.
     pub fn probabilities(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, InferenceError> {
         self.check_input(input, rows)?;
-        let tensor = Tensor::from_shape(&[rows, self.features.len()], input)
-            .map_err(|e| InferenceError::Runtime(format!("{e:#}")))?;
-        let mut outputs = self
-            .plan
-            .run(tvec!(tensor.into_tvalue()))
-            .map_err(|e| InferenceError::Runtime(format!("{e:#}")))?;
-        let probabilities = outputs.swap_remove(self.probabilities_output);
-        let view = probabilities
-            .to_plain_array_view::<f32>()
-            .map_err(|e| InferenceError::Runtime(format!("{e:#}")))?;
-        Ok(view.iter().copied().collect())
+        let width = self.features.len();
+        match &self.runner {
+            Runner::Forest(forest) => {
+                let mut probabilities = vec![0f32; rows * forest.labels().len()];
+                let mut winners = vec![0usize; rows];
+                forest.predict_rows(input, width, &mut probabilities, &mut winners);
+                Ok(probabilities)
+            }
+            #[cfg(feature = "tract")]
+            Runner::Graph(graph) => graph.probabilities(input, rows, width),
+        }
     }
 
     /// Probabilities and contributions together, in one pass when the model allows it.
@@ -182,19 +226,9 @@ impl Model {
     }
 }
 
-/// The forest, when the optimized graph is exactly `input -> tree ensemble -> outputs`: only
-/// then do its contributions explain the model's probabilities.
-fn whole_graph_forest(typed: &TypedModel) -> anyhow::Result<Option<Arc<Forest>>> {
-    let inputs = typed.input_outlets()?;
-    let outputs = typed.output_outlets()?;
-    let mut forests = typed
-        .nodes()
-        .iter()
-        .filter_map(|n| n.op_as::<ForestOp>().map(|op| (n, op)));
-    let (Some((node, op)), None) = (forests.next(), forests.next()) else {
-        return Ok(None);
-    };
-    let reads_input = node.inputs.len() == 1 && inputs.len() == 1 && node.inputs[0] == inputs[0];
-    let writes_outputs = outputs.iter().all(|o| o.node == node.id);
-    Ok((reads_input && writes_outputs).then(|| op.forest.clone()))
+fn invalid(model: &str) -> impl Fn(anyhow::Error) -> InferenceError + '_ {
+    move |e| InferenceError::InvalidModel {
+        model: model.to_string(),
+        reason: format!("{e:#}"),
+    }
 }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
-use fleet_proto::distribution::{DeviceReport, Digest, Need, Offer, Step};
+use fleet_proto::distribution::{DeviceReport, Digest, FetchConfig, Need, Offer, Step};
 use fleet_release::{ReleaseManifest, Sha256Digest};
 
 use super::install::{check_newer, stored};
@@ -41,6 +41,8 @@ pub struct ReleaseAgent {
     refused: Mutex<HashMap<Digest, Step>>,
     /// Most bytes per second a download takes (`None`: as fast as the link goes).
     download_limit: Option<u64>,
+    /// Pieces asked for at once, and their size.
+    fetch: FetchConfig,
 }
 
 impl ReleaseAgent {
@@ -50,7 +52,19 @@ impl ReleaseAgent {
             about,
             refused: Mutex::new(HashMap::new()),
             download_limit: None,
+            fetch: FetchConfig::default(),
         }
+    }
+
+    /// Downloads ask for pieces of `bytes` (smaller pieces send less again after a link is
+    /// cut mid-piece; larger ones take fewer round trips).
+    pub fn with_piece_size(mut self, bytes: u32) -> Self {
+        self.fetch.piece = bytes;
+        self
+    }
+
+    pub fn fetch_config(&self) -> FetchConfig {
+        self.fetch.clone()
     }
 
     /// Downloads take at most `bytes_per_s` (a handset on a metered or thin link).
@@ -178,9 +192,13 @@ impl ReleaseAgent {
             .into());
         }
         check_newer(store, &source.trusted, &manifest)?;
+        // Only what this engine loads: its precompiled form of each module where the release
+        // has one, the component otherwise, and the models.
+        let wanted = manifest.wanted(Some(self.registry.engine().compatibility()));
         let needs = manifest
             .artifacts
             .iter()
+            .filter(|a| wanted.contains(&a.sha256))
             .map(|a| Need {
                 artifact: a.sha256.0,
                 size: a.size,
@@ -245,6 +263,7 @@ impl ReleaseAgent {
                 &accepted.manifest,
                 &accepted.offer.manifest,
                 &accepted.offer.signature,
+                Some(self.registry.engine().compatibility()),
             )
             .map_err(|e| RegistryError::from(stored(store)(e)));
         let installed = staged.and_then(|_| self.registry.reload());

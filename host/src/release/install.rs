@@ -56,7 +56,12 @@ fn install(
     let state = store.state().map_err(stored)?;
     if let Some(candidate) = state.candidate {
         let installed = store
-            .load(&candidate, &source.trusted, source.budget)
+            .load(
+                &candidate,
+                &source.trusted,
+                source.budget,
+                Some(engine.compatibility()),
+            )
             .map_err(stored)
             .map_err(RegistryError::from)
             .and_then(|release| loaded(engine, &release, generation));
@@ -80,7 +85,12 @@ fn install(
     }
     let active = state.active.ok_or(ReleaseLoadError::Nothing)?;
     let release = store
-        .load(&active, &source.trusted, source.budget)
+        .load(
+            &active,
+            &source.trusted,
+            source.budget,
+            Some(engine.compatibility()),
+        )
         .map_err(stored)?;
     loaded(engine, &release, generation)
 }

@@ -55,7 +55,13 @@ pub fn module_set(
                 .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
                 .collect(),
         };
-        let digest = entry.component.to_string();
+        let digest = release
+            .manifest
+            .artifact(&entry.component)
+            .expect("a verified manifest lists its components")
+            .content_digest()
+            .to_string();
+        let mut refused = None;
         if let Some(pre) = entry.precompiled.iter().find(|p| p.engine == compatibility) {
             let bytes = release.artifact(&pre.artifact).expect("verified");
             // SAFETY: the bytes are an artifact of a release whose signature and digests were
@@ -75,11 +81,23 @@ pub fn module_set(
                 }
                 Err(LoadError::Compile { reason, .. }) => {
                     tracing::warn!(module = %entry.name, %reason, "precompiled form refused; compiling");
+                    refused = Some(reason);
                 }
                 Err(other) => return Err(other.into()),
             }
         }
-        let bytes = release.artifact(&entry.component).expect("verified");
+        // A device fetches only the form it loads: with the precompiled one refused, there
+        // is no component to compile.
+        let Some(bytes) = release.artifact(&entry.component) else {
+            return Err(LoadError::Compile {
+                module: entry.name.clone(),
+                reason: format!(
+                    "{}; the component was not fetched",
+                    refused.unwrap_or_else(|| "no form of it to load".into())
+                ),
+            }
+            .into());
+        };
         stats.compiled += 1;
         Ok(LoadedModule::from_bytes(engine, &models, manifest, bytes)?)
     };

@@ -8,12 +8,14 @@
 //! the aggregator checked, fetched and installed (`agent.rs`).
 
 mod agent;
+#[cfg(feature = "compiler")]
 mod build;
 mod export;
 mod install;
 mod load;
 
 pub use agent::{Accepted, DeviceLabels, ReleaseAgent};
+#[cfg(feature = "compiler")]
 pub use build::{BuildError, ReleaseContents, build_contents};
 pub use export::export_embedded;
 pub use fleet_release::store::{ReleaseStore, StoreState};

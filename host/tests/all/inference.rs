@@ -1,4 +1,5 @@
-//! The shipped model through tract and our tree-ensemble op: parity with xgboost, bad models.
+//! The shipped model, run by our forest (and through tract, the two checked against each
+//! other): parity with xgboost, bad models.
 
 use fleet_host::inference::{InferenceError, Model};
 
@@ -89,19 +90,27 @@ fn wrong_input_shapes_are_errors() {
 }
 
 #[test]
-fn one_pass_explanation_matches_the_tract_plan() {
+fn our_forest_matches_the_tract_plan_and_explains_in_one_pass() {
     let models = util::models();
     let model = models.get("late_risk").unwrap();
     assert!(
         model.outputs().iter().any(|o| o == "contributions"),
         "the shipped graph is one tree ensemble"
     );
+    let tract =
+        Model::load_through_tract("late_risk", fleet_host::defaults::LATE_RISK_ONNX).unwrap();
+    assert_eq!(
+        (&tract.name, &tract.version, &tract.features, &tract.digest),
+        (&model.name, &model.version, &model.features, &model.digest)
+    );
     let (rows, _) = parity_rows();
     // Whole blocks of eight rows, and a remainder walked row by row.
     for n in [rows.len(), rows.len() - 3, 1] {
         let flat: Vec<f32> = rows[..n].iter().flatten().copied().collect();
         let (p, c) = model.explained(&flat, n).unwrap();
-        let via_tract = model.probabilities(&flat, n).unwrap();
+        let via_tract = tract.probabilities(&flat, n).unwrap();
+        let alone = model.probabilities(&flat, n).unwrap();
+        assert!(p.iter().zip(&alone).all(|(a, b)| (a - b).abs() <= 1e-6));
         let walked = model.contributions(&flat, n).unwrap();
         assert_eq!((p.len(), c.len()), (via_tract.len(), walked.len()));
         assert!(p.iter().zip(&via_tract).all(|(a, b)| (a - b).abs() <= 1e-6));

@@ -169,6 +169,7 @@ fn precompiled_modules_load_without_compiling_and_decide_as_compiled_ones() {
         sha256: fake,
         size: component.len() as u64 + 1,
         kind: ArtifactKind::Precompiled,
+        encoding: fleet_release::Encoding::Identity,
     });
     contents.manifest.modules[2].precompiled[0].artifact = fake;
     contents.manifest.normalize();

@@ -1,0 +1,162 @@
+//! The part of the ONNX format the host reads itself: a model's metadata and, when its graph
+//! is one `TreeEnsembleClassifier` from input to outputs (what XGBoost and LightGBM exports
+//! are), that node. A build without tract runs such models; see [`super::model`].
+//!
+//! Only the fields read are declared; prost skips the rest, and accepts repeated numbers packed
+//! or not (ONNX is proto2, whose writers do either). Field numbers are those of `onnx.proto`.
+
+use prost::Message;
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ModelProto {
+    #[prost(message, optional, tag = "7")]
+    pub(crate) graph: Option<GraphProto>,
+    #[prost(message, repeated, tag = "14")]
+    pub(crate) metadata_props: Vec<StringStringEntryProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct GraphProto {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) node: Vec<NodeProto>,
+    #[prost(message, repeated, tag = "5")]
+    pub(crate) initializer: Vec<Opaque>,
+    #[prost(message, repeated, tag = "11")]
+    pub(crate) input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    pub(crate) output: Vec<ValueInfoProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct NodeProto {
+    #[prost(string, repeated, tag = "1")]
+    pub(crate) input: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub(crate) output: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub(crate) name: String,
+    #[prost(string, tag = "4")]
+    pub(crate) op_type: String,
+    #[prost(message, repeated, tag = "5")]
+    pub(crate) attribute: Vec<AttributeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct AttributeProto {
+    #[prost(string, tag = "1")]
+    pub(crate) name: String,
+    #[prost(bytes = "vec", tag = "4")]
+    pub(crate) s: Vec<u8>,
+    #[prost(float, repeated, tag = "7")]
+    pub(crate) floats: Vec<f32>,
+    #[prost(int64, repeated, tag = "8")]
+    pub(crate) ints: Vec<i64>,
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    pub(crate) strings: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ValueInfoProto {
+    #[prost(string, tag = "1")]
+    pub(crate) name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    pub(crate) key: String,
+    #[prost(string, tag = "2")]
+    pub(crate) value: String,
+}
+
+/// A message whose content is not read, only counted.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Opaque {}
+
+impl ModelProto {
+    /// Decodes a serialized model.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        Self::decode(bytes)
+    }
+
+    /// The value of the metadata entry `key`.
+    pub(crate) fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata_props
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.value.as_str())
+    }
+
+    /// The graph's only node when it is a `TreeEnsembleClassifier` reading the graph's only
+    /// input and producing every graph output.
+    pub(crate) fn whole_graph_ensemble(&self) -> Option<&NodeProto> {
+        let graph = self.graph.as_ref()?;
+        let ([node], [input], []) = (&graph.node[..], &graph.input[..], &graph.initializer[..])
+        else {
+            return None;
+        };
+        let reads_input = node.input.len() == 1 && node.input[0] == input.name;
+        let writes_outputs =
+            !graph.output.is_empty() && graph.output.iter().all(|o| node.output.contains(&o.name));
+        (node.op_type == "TreeEnsembleClassifier" && reads_input && writes_outputs).then_some(node)
+    }
+}
+
+impl NodeProto {
+    pub(crate) fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.attribute.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, input: &str, output: &str) -> NodeProto {
+        NodeProto {
+            input: vec![input.into()],
+            output: vec!["label".into(), output.into()],
+            name: op.to_lowercase(),
+            op_type: op.into(),
+            attribute: Vec::new(),
+        }
+    }
+
+    fn model(nodes: Vec<NodeProto>, outputs: &[&str]) -> ModelProto {
+        let value = |name: &str| ValueInfoProto { name: name.into() };
+        let proto = ModelProto {
+            graph: Some(GraphProto {
+                node: nodes,
+                initializer: Vec::new(),
+                input: vec![value("X")],
+                output: outputs.iter().map(|o| value(o)).collect(),
+            }),
+            metadata_props: vec![StringStringEntryProto {
+                key: "fleet.model_name".into(),
+                value: "m".into(),
+            }],
+        };
+        // Through the wire format, as a model file is read.
+        ModelProto::parse(&proto.encode_to_vec()).unwrap()
+    }
+
+    #[test]
+    fn only_a_graph_that_is_one_tree_ensemble_runs_without_tract() {
+        let ensemble = || node("TreeEnsembleClassifier", "X", "probabilities");
+        let whole = model(vec![ensemble()], &["label", "probabilities"]);
+        assert_eq!(whole.meta("fleet.model_name"), Some("m"));
+        assert_eq!(whole.whole_graph_ensemble(), Some(&ensemble()));
+
+        let followed = model(
+            vec![ensemble(), node("Identity", "probabilities", "p")],
+            &["p"],
+        );
+        assert!(followed.whole_graph_ensemble().is_none());
+        let elsewhere = model(vec![node("TreeEnsembleClassifier", "Y", "p")], &["p"]);
+        assert!(elsewhere.whole_graph_ensemble().is_none());
+        let other_op = model(vec![node("TreeEnsembleRegressor", "X", "p")], &["p"]);
+        assert!(other_op.whole_graph_ensemble().is_none());
+        let hidden_output = model(vec![ensemble()], &["probabilities", "extra"]);
+        assert!(hidden_output.whole_graph_ensemble().is_none());
+    }
+}
