@@ -478,6 +478,13 @@ fn trust_release_keys(args: &RunArgs, certs: &Path) -> anyhow::Result<PathBuf> {
         "--release and --deploy need the public key the release is signed with: no *.pub in {} (see --release-keys; `fleetctl keys init` writes one)",
         args.release_keys.display()
     );
+    // A release to deploy later is checked now: a wrong file or key fails the run at its
+    // start, not minutes into it.
+    if let Some(file) = &args.deploy {
+        let keys = fleet_release::TrustedKeys::load(&trusted)?;
+        fleet_release::open_bundle(file, &keys, u64::MAX)
+            .with_context(|| format!("--deploy {} is refused", file.display()))?;
+    }
     Ok(trusted)
 }
 

@@ -496,21 +496,17 @@ mod tests {
 
         // The manifest signs what the content must be: a frame that decodes to anything else
         // is refused.
-        let cases: [(Box<dyn Fn(&[u8]) -> Encoding>, &str); 2] = [
-            (
-                Box::new(|c: &[u8]| Encoding::Zstd {
-                    size: c.len() as u64 - 1,
-                    sha256: Sha256Digest::of(c),
-                }),
-                "not a zstd frame of at most 9999 bytes",
-            ),
-            (
-                Box::new(|c: &[u8]| Encoding::Zstd {
-                    size: c.len() as u64,
-                    sha256: Sha256Digest::of(b"other"),
-                }),
-                "decodes to content other than",
-            ),
+        let wrong_size: fn(&[u8]) -> Encoding = |c| Encoding::Zstd {
+            size: c.len() as u64 - 1,
+            sha256: Sha256Digest::of(c),
+        };
+        let wrong_content: fn(&[u8]) -> Encoding = |c| Encoding::Zstd {
+            size: c.len() as u64,
+            sha256: Sha256Digest::of(b"other"),
+        };
+        let cases = [
+            (wrong_size, "not a zstd frame of at most 9999 bytes"),
+            (wrong_content, "decodes to content other than"),
         ];
         for (encoding, expected) in cases {
             let (manifest, files) = encoded_release(encoding);
