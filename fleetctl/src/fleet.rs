@@ -75,10 +75,11 @@ pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .post("/api/v1/releases", "application/x-tar", &bytes)?;
     let release = &answer["release"];
     println!(
-        "published {} ({} bytes, {} artifacts)\nid {}",
+        "published {} ({} bytes in {} artifacts, {} decompressed)\nid {}",
         text(&release["label"]),
         release["size"],
         release["artifacts"],
+        release["decompressed_size"],
         text(&release["id"])
     );
     Ok(())

@@ -50,7 +50,10 @@ pub struct Published {
     pub label: String,
     pub name: String,
     pub version: String,
+    /// Bytes of its artifacts' files (what is stored, and at most what a device fetches).
     pub size: u64,
+    /// Bytes of its artifacts once decompressed.
+    pub decompressed_size: u64,
     pub artifacts: usize,
     pub modules: BTreeMap<String, String>,
 }
@@ -62,7 +65,8 @@ impl Published {
             label: manifest.label(),
             name: manifest.name.clone(),
             version: manifest.version.to_string(),
-            size: manifest.size(),
+            size: manifest.file_size(None),
+            decompressed_size: manifest.size(),
             artifacts: manifest.artifacts.len(),
             modules: manifest
                 .modules
