@@ -136,10 +136,7 @@ impl Pending {
             });
         }
         let file: Arc<[u8]> = bytes.into();
-        let content = match listed.encoding {
-            Encoding::Identity => file.clone(),
-            Encoding::Zstd { size, sha256 } => decode(listed, &file, size, sha256)?.into(),
-        };
+        let content = decode(listed, &file)?;
         if self
             .artifacts
             .insert(digest, Held { file, content })
@@ -175,21 +172,20 @@ impl Pending {
     }
 }
 
-/// A zstd-encoded artifact's content from its file (whose digest and size were checked):
-/// exactly the `size` bytes of digest `sha256` the manifest says, or refused.
-fn decode(
-    listed: &Artifact,
-    file: &[u8],
-    size: u64,
-    sha256: Sha256Digest,
-) -> Result<Vec<u8>, ReleaseError> {
+/// An artifact's content from its file (whose digest and size were checked): the file itself,
+/// or for a zstd-encoded one exactly the `size` bytes of digest `sha256` the manifest says,
+/// or refused.
+fn decode(listed: &Artifact, file: &Arc<[u8]>) -> Result<Arc<[u8]>, ReleaseError> {
+    let Encoding::Zstd { size, sha256 } = listed.encoding else {
+        return Ok(file.clone());
+    };
     let refused = |reason: String| ReleaseError::Artifact {
         digest: listed.sha256,
         reason,
     };
     let capacity =
         usize::try_from(size).map_err(|_| refused(format!("decodes to {size} bytes")))?;
-    let content = zstd::bulk::decompress(file, capacity)
+    let content = zstd::bulk::decompress(file.as_ref(), capacity)
         .map_err(|e| refused(format!("not a zstd frame of at most {size} bytes: {e}")))?;
     if content.len() as u64 != size {
         return Err(refused(format!(
@@ -200,7 +196,7 @@ fn decode(
     if Sha256Digest::of(&content) != sha256 {
         return Err(refused(format!("decodes to content other than {sha256}")));
     }
-    Ok(content)
+    Ok(content.into())
 }
 
 /// Checks a signature over a manifest and reads the manifest, without its artifacts: what a

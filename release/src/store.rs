@@ -174,6 +174,7 @@ impl ReleaseStore {
 
     /// How much of the artifact is here: its size when whole, else the length of its
     /// partial download (where a download resumes).
+    ///
     /// A partial download that is already whole (the device stopped between its last piece
     /// and its check) is checked now, and becomes an object or starts over.
     pub fn downloaded(&self, artifact: &Artifact) -> u64 {
