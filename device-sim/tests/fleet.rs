@@ -399,6 +399,31 @@ fn a_release_deployed_mid_run_reaches_every_device_and_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A release to deploy that the fleet's keys do not verify is refused at the start, not
+    // when the deploy comes.
+    let stranger = fleet_release::ReleaseSigner::generate().unwrap();
+    let unknown = release(&dir.path().join("stranger"), &stranger, "1.2.0", "");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .args(["--couriers", "2", "--deploy-at", "60", "--work"])
+        .arg(dir.path().join("w4"))
+        .arg("--deploy")
+        .arg(&unknown)
+        .arg("--release-keys")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is refused") && stderr.contains("does not trust"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "refused before the deploy time"
+    );
+
     // The whole fleet on a module directory.
     let report = run(
         &dir.path().join("w3"),
