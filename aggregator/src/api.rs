@@ -18,7 +18,8 @@ use serde_json::json;
 
 use crate::auth::{self, Authority, Gate, Role};
 use crate::history::{
-    DeadLetterFilter, DeadLetterState, DeviceStatus, History, HistoryError, PageRequest,
+    AlertFilter, AlertState, DeadLetterFilter, DeadLetterState, DeviceStatus, History,
+    HistoryError, PageRequest,
 };
 use crate::{Shared, releases};
 
@@ -48,6 +49,7 @@ pub fn router(
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{id}", get(alert))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/couriers/{id}", get(courier))
@@ -61,7 +63,7 @@ pub fn router(
     let authenticated = viewer
         .merge(operator)
         .merge(admin)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
         .layer(middleware::from_fn_with_state(authority, auth::authenticate));
     Router::new()
         .route("/healthz", get(health))
@@ -275,19 +277,58 @@ async fn devices(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResu
 }
 
 async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
-    let p = params(q, &["since", "severity", "limit", "cursor"])?;
-    let since = time_param(&p, "since", i64::MIN)?;
+    let p = params(
+        q,
+        &[
+            "since", "severity", "state", "task", "courier", "device", "model", "limit", "cursor",
+        ],
+    )?;
     let min = match p.get("severity") {
-        None => Severity::Warning,
-        Some(v) => Severity::parse(v).ok_or_else(|| {
+        None => None,
+        Some(v) => Some(Severity::parse(v).ok_or_else(|| {
             ApiError::bad(format!(
                 "severity={v:?}: expected info, warning or critical"
             ))
-        })?,
+        })?),
+    };
+    let state = match p.get("state").map(String::as_str) {
+        None | Some("all") => None,
+        Some("open") => Some(AlertState::Open),
+        Some("resolved") => Some(AlertState::Resolved),
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "state={v:?}: expected open, resolved or all"
+            )));
+        }
+    };
+    let filter = AlertFilter {
+        since_ms: p
+            .contains_key("since")
+            .then(|| time_param(&p, "since", 0))
+            .transpose()?,
+        min,
+        state,
+        task: p.get("task").cloned(),
+        courier: p.get("courier").cloned(),
+        device: p.get("device").cloned(),
+        model: p.get("model").cloned(),
     };
     let page = page_param(&p)?;
-    let alerts = query(&s, move |h| h.alerts(since, min, &page)).await?;
+    let alerts = query(&s, move |h| h.alerts(&filter, &page)).await?;
     Ok(Json(json!({"alerts": alerts.items, "next_cursor": alerts.next})).into_response())
+}
+
+async fn alert(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    params(q, &[])?;
+    let wanted = id.clone();
+    match query(&s, move |h| h.alert(&wanted)).await? {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(ApiError::not_found(format!("no alert {id:?}"))),
+    }
 }
 
 async fn dead_letters(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {

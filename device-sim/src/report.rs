@@ -176,8 +176,14 @@ impl Percentiles {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Alerts {
-    /// Decisions at warning or critical.
+    /// Decisions at warning or critical: alerts opened and escalated (a policy without state
+    /// raises one on every risky event).
     pub raised: u64,
+    /// Alerts their policy resolved when the risk fell back.
+    pub resolved: u64,
+    /// Alerts raised per task that raised any, on average, and the most on one task.
+    pub per_alerted_task: f64,
+    pub most_on_a_task: u32,
     pub tasks: u64,
     pub tasks_late: u64,
     pub tasks_alerted: u64,
@@ -297,8 +303,16 @@ impl Report {
         let a = &self.alerts;
         let _ = writeln!(
             s,
-            "alerts: {} raised on {} of {} tasks; {} tasks late; precision {:.2}, recall {:.2}",
-            a.raised, a.tasks_alerted, a.tasks, a.tasks_late, a.precision, a.recall
+            "alerts: {} raised on {} of {} tasks ({:.2} per alerted task, at most {}), {} resolved; {} tasks late; precision {:.2}, recall {:.2}",
+            a.raised,
+            a.tasks_alerted,
+            a.tasks,
+            a.per_alerted_task,
+            a.most_on_a_task,
+            a.resolved,
+            a.tasks_late,
+            a.precision,
+            a.recall
         );
         let _ = writeln!(
             s,

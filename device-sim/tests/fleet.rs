@@ -38,6 +38,10 @@ fn assert_balanced(report: &Value) {
     assert_eq!(e["audited"], Value::Bool(true));
     let a = &report["alerts"];
     assert!(a["tasks"].as_u64().unwrap() > 10, "{a}");
+    // A task alerts when its risk first crosses a threshold, not on every ping after.
+    if a["tasks_alerted"].as_u64().unwrap() > 0 {
+        assert!(a["per_alerted_task"].as_f64().unwrap() <= 3.0, "{a}");
+    }
 }
 
 #[test]

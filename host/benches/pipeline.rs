@@ -11,13 +11,18 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+use fleet_host::bindings::policy_keyed::exports::fleet::edge::decide_keyed::{
+    KeyState, KeyedInput,
+};
 use fleet_host::bindings::types as wit;
-use fleet_host::decision::{Action, Decision, DecisionMaker, Factor, ModuleVersions, Severity};
+use fleet_host::decision::{
+    Action, AlertStep, Decision, DecisionMaker, Factor, ModuleVersions, Severity,
+};
 use fleet_host::event::{Event, EventType};
 use fleet_host::features_only::FeatureExtractor;
 use fleet_host::inference::Model;
 use fleet_host::module::Exports;
-use fleet_host::pipeline::{DedupWindow, Pipeline, group_by_key};
+use fleet_host::pipeline::{DedupWindow, Pipeline, group_by_key, policy_state_key};
 use guest_features::native as gf;
 use guest_policy::native as gp;
 
@@ -156,10 +161,18 @@ fn bench_stages(c: &mut Criterion) {
             .policy
             .instantiate(registry.engine(), registry.models())
             .unwrap();
+        // Each input a task of its own, seen for the first time.
         let inputs: Vec<_> = native
             .score(&vectors[..size])
             .into_iter()
-            .map(|(p, factors)| wit_input(p, factors))
+            .enumerate()
+            .map(|(i, (p, factors))| wit_input(i as u32, p, factors))
+            .collect();
+        let keys: Vec<_> = (0..inputs.len())
+            .map(|i| KeyState {
+                key: format!("T{i}"),
+                state: None,
+            })
             .collect();
         let matrix = wit::FeatureMatrix {
             width,
@@ -167,22 +180,30 @@ fn bench_stages(c: &mut Criterion) {
         };
         group.bench_function(BenchmarkId::new("policy/wasm", name), |b| {
             b.iter(|| {
-                let Exports::Policy(p) = &policy.exports else {
+                let Exports::KeyedPolicy(p) = &policy.exports else {
                     unreachable!()
                 };
                 policy
                     .store
                     .set_epoch_deadline(registry.engine().deadline_ticks());
-                p.fleet_edge_decide()
-                    .call_decide(&mut policy.store, &names, &matrix, &inputs)
+                p.fleet_edge_decide_keyed()
+                    .call_decide(&mut policy.store, &names, &matrix, &keys, &inputs)
                     .unwrap()
+                    .outcomes
                     .len()
             })
         });
         let native_inputs: Vec<_> = native
             .score(&vectors[..size])
             .into_iter()
-            .map(|(p, factors)| guest_input(p, factors))
+            .enumerate()
+            .map(|(i, (p, factors))| guest_input(i as u32, p, factors))
+            .collect();
+        let native_keys: Vec<_> = (0..native_inputs.len())
+            .map(|i| gp::KeyState {
+                key: format!("T{i}"),
+                state: None,
+            })
             .collect();
         group.bench_function(BenchmarkId::new("policy/native", name), |b| {
             b.iter(|| {
@@ -193,8 +214,10 @@ fn bench_stages(c: &mut Criterion) {
                 <guest_policy::Policy as gp::Decide>::decide(
                     names.clone(),
                     features,
+                    native_keys.clone(),
                     native_inputs.clone(),
                 )
+                .outcomes
                 .len()
             })
         });
@@ -214,11 +237,9 @@ fn timed<I, O>(iters: u64, mut input: impl FnMut() -> I, mut work: impl FnMut(I)
     total
 }
 
-fn wit_input(
-    p: f32,
-    factors: Vec<(u32, f32)>,
-) -> fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
-    fleet_host::bindings::policy::exports::fleet::edge::decide::DecisionInput {
+fn wit_input(key: u32, p: f32, factors: Vec<(u32, f32)>) -> KeyedInput {
+    KeyedInput {
+        key,
         score: wit::Score {
             probability: p,
             top_factors: factors
@@ -229,17 +250,16 @@ fn wit_input(
                 })
                 .collect(),
         },
-        context: fleet_host::bindings::policy::exports::fleet::edge::decide::Context {
-            courier_id: "c".into(),
-            task_id: Some("T".into()),
-            event_type: wit::EventType::Location,
-            event_time_ms: 0,
-        },
+        courier_id: "c".into(),
+        task_id: Some("T".into()),
+        event_type: wit::EventType::Location,
+        event_time_ms: 0,
     }
 }
 
-fn guest_input(p: f32, factors: Vec<(u32, f32)>) -> gp::DecisionInput {
-    gp::DecisionInput {
+fn guest_input(key: u32, p: f32, factors: Vec<(u32, f32)>) -> gp::KeyedInput {
+    gp::KeyedInput {
+        key,
         score: gp::Score {
             probability: p,
             top_factors: factors
@@ -250,12 +270,10 @@ fn guest_input(p: f32, factors: Vec<(u32, f32)>) -> gp::DecisionInput {
                 })
                 .collect(),
         },
-        context: gp::Context {
-            courier_id: "c".into(),
-            task_id: Some("T".into()),
-            event_type: gp::EventType::Location,
-            event_time_ms: 0,
-        },
+        courier_id: "c".into(),
+        task_id: Some("T".into()),
+        event_type: gp::EventType::Location,
+        event_time_ms: 0,
     }
 }
 
@@ -345,18 +363,25 @@ impl NativePipeline {
         let vectors: Vec<Vec<f32>> = scored.iter().map(|(_, v)| v.clone()).collect();
         let features = vectors.concat();
         let scores = self.score_rows(&features, vectors.len());
-        let inputs: Vec<gp::DecisionInput> = scored
+        // The policy's state per key, kept beside the features module's as the host keeps it.
+        let mut key_index: HashMap<&str, u32> = HashMap::new();
+        let mut keys: Vec<gp::KeyState> = Vec::new();
+        let inputs: Vec<gp::KeyedInput> = scored
             .iter()
             .zip(&scores)
             .map(|((i, _), (p, f))| {
                 let e = &events[*i];
-                let mut input = guest_input(*p, f.clone());
-                input.context = gp::Context {
-                    courier_id: e.courier_id.clone(),
-                    task_id: e.task_id.clone(),
-                    event_type: gp::EventType::Location,
-                    event_time_ms: e.event_time_ms(),
-                };
+                let key = *key_index.entry(e.state_key()).or_insert_with(|| {
+                    keys.push(gp::KeyState {
+                        key: e.state_key().to_string(),
+                        state: self.states.get(&policy_state_key(e.state_key())).cloned(),
+                    });
+                    keys.len() as u32 - 1
+                });
+                let mut input = guest_input(key, *p, f.clone());
+                input.courier_id = e.courier_id.clone();
+                input.task_id = e.task_id.clone();
+                input.event_time_ms = e.event_time_ms();
                 input
             })
             .collect();
@@ -364,13 +389,24 @@ impl NativePipeline {
             width: self.names.len() as u32,
             values: features,
         };
-        let actions =
-            <guest_policy::Policy as gp::Decide>::decide(self.names.to_vec(), features, inputs);
+        let decided = <guest_policy::Policy as gp::Decide>::decide(
+            self.names.to_vec(),
+            features,
+            keys.clone(),
+            inputs,
+        );
+        for (k, state) in keys.into_iter().zip(decided.states) {
+            self.states.insert(policy_state_key(&k.key), state);
+        }
+        let actions = decided
+            .outcomes
+            .into_iter()
+            .map(|o| (o.alert_step, o.actions));
         scored
             .into_iter()
             .zip(scores)
             .zip(actions)
-            .map(|(((i, values), (p, factors)), actions)| {
+            .map(|(((i, values), (p, factors)), (step, actions))| {
                 let e = &events[i];
                 let actions: Vec<Action> = actions
                     .into_iter()
@@ -395,7 +431,12 @@ impl NativePipeline {
                         contribution,
                     })
                     .collect();
-                self.decisions.make(e, values, p, factors, actions)
+                let step = step.map(|s| match s {
+                    gp::AlertStep::Opened => AlertStep::Opened,
+                    gp::AlertStep::Escalated => AlertStep::Escalated,
+                    gp::AlertStep::Resolved => AlertStep::Resolved,
+                });
+                self.decisions.make(e, values, p, factors, actions, step)
             })
             .collect()
     }

@@ -1,4 +1,4 @@
-//! Host bindings for the three module worlds, generated from `wit/` (the only copy of the WIT).
+//! Host bindings for the module worlds (a policy exports one of two), generated from `wit/` (the only copy of the WIT).
 //!
 //! The scorer and policy bindings reuse the `types` generated for the features world, so one
 //! Rust type stands for each WIT type whichever module it goes to.
@@ -27,6 +27,17 @@ pub mod policy {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "policy",
+        with: {
+            "fleet:edge/types": super::features::fleet::edge::types,
+        },
+    });
+}
+
+/// The `policy-keyed` world: actions from scores, with state per key (since 0.2.1).
+pub mod policy_keyed {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy-keyed",
         with: {
             "fleet:edge/types": super::features::fleet::edge::types,
         },

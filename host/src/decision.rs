@@ -101,9 +101,13 @@ pub struct Decision {
     pub modules: Arc<ModuleVersions>,
     pub features: NamedFeatures,
     pub top_factors: Vec<Factor>,
+    /// What the decision does to its task's alert: decided by a policy that keeps state per
+    /// key; none from a policy without (each of its alerts stands alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_step: Option<AlertStep>,
 }
 
-pub use fleet_proto::record::{FailureCause, Stage};
+pub use fleet_proto::record::{AlertStep, FailureCause, Stage};
 
 /// An event a module failed on, alone (the rest of its batch was scored): set aside, never
 /// lost; it can be scored again.
@@ -173,7 +177,8 @@ impl DecisionMaker {
         }
     }
 
-    /// The decision for `event`, scored `score` from `features`, with the policy's actions.
+    /// The decision for `event`, scored `score` from `features`, with the policy's actions
+    /// and the step it makes in the task's alert.
     pub fn make(
         &self,
         event: &Event,
@@ -181,6 +186,7 @@ impl DecisionMaker {
         score: f32,
         top_factors: Vec<Factor>,
         actions: Vec<Action>,
+        alert_step: Option<AlertStep>,
     ) -> Decision {
         let severity = actions
             .iter()
@@ -211,6 +217,7 @@ impl DecisionMaker {
                 values: features,
             },
             top_factors,
+            alert_step,
         }
     }
 }

@@ -183,6 +183,10 @@ impl Event {
                         format!("longer than {MAX_ID_LEN} bytes"),
                     ));
                 }
+                // Control characters have no place in an id (and mark the host's own keys).
+                if id.chars().any(char::is_control) {
+                    return Err(EventError::new(field, "must not hold control characters"));
+                }
             }
         }
         check_position("lat", "lon", self.lat, self.lon)?;
@@ -417,6 +421,10 @@ mod tests {
             ),
             (
                 GOOD.replace(r#""event_id":"e1""#, r#""event_id":"""#),
+                "event_id",
+            ),
+            (
+                GOOD.replace(r#""event_id":"e1""#, r#""event_id":"e\u0001""#),
                 "event_id",
             ),
             (GOOD.replace(r#""order_type""#, r#""colour""#), "colour"),

@@ -17,7 +17,7 @@ use thiserror::Error;
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::bindings::{features, policy, scorer};
+use crate::bindings::{features, policy, policy_keyed, scorer};
 use crate::engine::SandboxEngine;
 use crate::inference::{InferenceCtx, ModelRegistry};
 use crate::sandbox::{HostState, ModuleError};
@@ -117,6 +117,7 @@ enum Pre {
     Features(features::FeaturesPre<HostState>),
     Scorer(scorer::ScorerPre<HostState>),
     Policy(policy::PolicyPre<HostState>),
+    KeyedPolicy(policy_keyed::PolicyKeyedPre<HostState>),
 }
 
 /// A compiled, checked module, ready to instantiate many times.
@@ -148,6 +149,8 @@ pub enum Exports {
     Features(features::Features),
     Scorer(scorer::Scorer),
     Policy(policy::Policy),
+    /// A policy with state per key (`policy-keyed`, since `fleet:edge@0.2.1`).
+    KeyedPolicy(policy_keyed::PolicyKeyed),
 }
 
 impl LoadedModule {
@@ -248,9 +251,13 @@ impl LoadedModule {
             ModuleKind::Scorer => {
                 Pre::Scorer(scorer::ScorerPre::new(instance_pre).map_err(exports_error)?)
             }
-            ModuleKind::Policy => {
-                Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(exports_error)?)
-            }
+            // A policy exports `decide-keyed` (state per key) or, as before 0.2.1, `decide`.
+            ModuleKind::Policy => match policy_keyed::PolicyKeyedPre::new(instance_pre.clone()) {
+                Ok(pre) => Pre::KeyedPolicy(pre),
+                Err(keyed) => Pre::Policy(policy::PolicyPre::new(instance_pre).map_err(|e| {
+                    exports_error(e.context(format!("nor the policy-keyed world: {keyed:#}")))
+                })?),
+            },
         };
         let identity = identity_digest(&digest, &manifest.config_pairs());
         let loaded = Self {
@@ -284,6 +291,11 @@ impl LoadedModule {
         self.manifest.kind
     }
 
+    /// Whether this is a policy that keeps state per key (`policy-keyed`).
+    pub fn is_keyed(&self) -> bool {
+        matches!(self.pre, Pre::KeyedPolicy(_))
+    }
+
     /// A fresh instance with its configuration applied.
     pub fn instantiate(
         &self,
@@ -315,6 +327,11 @@ impl LoadedModule {
                 let b = pre.instantiate(&mut store).map_err(|e| trap(e, &store))?;
                 let r = b.fleet_edge_module().call_init(&mut store, &config);
                 (Exports::Policy(b), r)
+            }
+            Pre::KeyedPolicy(pre) => {
+                let b = pre.instantiate(&mut store).map_err(|e| trap(e, &store))?;
+                let r = b.fleet_edge_module().call_init(&mut store, &config);
+                (Exports::KeyedPolicy(b), r)
             }
         };
         match init {

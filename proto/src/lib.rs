@@ -34,11 +34,17 @@ pub use record::{JournalId, Record, Seq};
 /// 2: journal ids in `hello`, the device's journal head in `batch`.
 /// 3: release distribution on the control stream ([`distribution`]); decisions name their
 ///    release ([`RELEASED_DECISIONS`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: decisions carry the step they make in their task's alert ([`STEPPED_DECISIONS`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// First version whose decisions carry their release: a device speaking an older one leaves
 /// it out of what it sends (its journal keeps it).
 pub const RELEASED_DECISIONS: u16 = 3;
+
+/// First version whose decisions carry their alert step: a device speaking an older one
+/// leaves it out of what it sends (its journal keeps it), and the aggregator treats each
+/// alert as an older policy's.
+pub const STEPPED_DECISIONS: u16 = 4;
 
 /// Lowest version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

@@ -17,7 +17,8 @@ pub type JournalId = u64;
 /// Encoded as a tagged union whose tags never change meaning (journals, ingest logs and
 /// history on disk hold them): a decision that names no release keeps the layout of
 /// protocol version 2 (tag 1); one that names its release is tag 5, the same fields followed
-/// by the release label (see `WireRecord`).
+/// by the release label; one that moves its task's alert (protocol version 4) is tag 6, the
+/// same fields followed by the release (if any) and the [`AlertStep`] (see `WireRecord`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(from = "WireRecord")]
 pub enum Record {
@@ -41,6 +42,7 @@ enum WireRecord {
     Schema(Schema),
     DeadLetter(DeadLetterRecord),
     ReleasedDecision(DecisionRecord, String),
+    SteppedDecision(DecisionRecord, Option<String>, AlertStep),
 }
 
 impl From<WireRecord> for Record {
@@ -55,6 +57,11 @@ impl From<WireRecord> for Record {
                 d.release = Some(release);
                 Self::Decision(d)
             }
+            WireRecord::SteppedDecision(mut d, release, step) => {
+                d.release = release;
+                d.alert_step = Some(step);
+                Self::Decision(d)
+            }
         }
     }
 }
@@ -64,9 +71,16 @@ impl Serialize for Record {
         const NAME: &str = "Record";
         match self {
             Self::Event(e) => s.serialize_newtype_variant(NAME, 0, "Event", e),
-            Self::Decision(d) => match &d.release {
-                None => s.serialize_newtype_variant(NAME, 1, "Decision", d),
-                Some(release) => {
+            Self::Decision(d) => match (&d.release, d.alert_step) {
+                (release, Some(step)) => {
+                    let mut v = s.serialize_tuple_variant(NAME, 6, "SteppedDecision", 3)?;
+                    serde::ser::SerializeTupleVariant::serialize_field(&mut v, d)?;
+                    serde::ser::SerializeTupleVariant::serialize_field(&mut v, release)?;
+                    serde::ser::SerializeTupleVariant::serialize_field(&mut v, &step)?;
+                    serde::ser::SerializeTupleVariant::end(v)
+                }
+                (None, None) => s.serialize_newtype_variant(NAME, 1, "Decision", d),
+                (Some(release), None) => {
                     let mut v = s.serialize_tuple_variant(NAME, 5, "ReleasedDecision", 2)?;
                     serde::ser::SerializeTupleVariant::serialize_field(&mut v, d)?;
                     serde::ser::SerializeTupleVariant::serialize_field(&mut v, release)?;
@@ -242,6 +256,33 @@ pub struct DecisionRecord {
     /// Encoded after the other fields (see [`Record`]); peers of protocol version 2 never see it.
     #[serde(skip)]
     pub release: Option<String>,
+    /// What this decision does to its task's alert, when its policy keeps state per key.
+    /// Encoded after the other fields (see [`Record`]); peers of protocol version 3 or older
+    /// never see it.
+    #[serde(skip)]
+    pub alert_step: Option<AlertStep>,
+}
+
+/// What a decision does to its task's alert (a policy with state per key decides it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStep {
+    /// The task's first alert, or its first since the last one resolved.
+    Opened,
+    /// The open alert's severity rose.
+    Escalated,
+    /// The open alert ended: the risk fell back below the policy's threshold.
+    Resolved,
+}
+
+impl AlertStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Escalated => "escalated",
+            Self::Resolved => "resolved",
+        }
+    }
 }
 
 /// The latest feature state of a key (task, or courier when there is no task).
@@ -385,6 +426,7 @@ pub(crate) mod tests {
             features: vec![1.0, f32::NAN],
             top_factors: vec![(0, 0.5)],
             release: release.map(str::to_string),
+            alert_step: None,
         })
     }
 
@@ -428,7 +470,29 @@ pub(crate) mod tests {
         );
         // An unknown tag is an error, not a wrong record.
         let mut bytes = postcard::to_stdvec(&r).unwrap();
-        bytes[0] = 6;
+        bytes[0] = 7;
         assert!(postcard::from_bytes::<Record>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_decision_keeps_its_alert_step_with_or_without_a_release() {
+        for release in [None, Some("city@1.2.0+0123456789abcdef")] {
+            let mut r = decision(release);
+            if let Record::Decision(d) = &mut r {
+                d.alert_step = Some(AlertStep::Resolved);
+            }
+            let Record::Decision(back) = roundtrip(&r) else {
+                unreachable!()
+            };
+            assert_eq!(
+                (
+                    back.alert_step,
+                    back.release.as_deref(),
+                    back.prediction_id.as_str()
+                ),
+                (Some(AlertStep::Resolved), release, "p1")
+            );
+            assert_eq!(postcard::to_stdvec(&r).unwrap()[0], 6);
+        }
     }
 }

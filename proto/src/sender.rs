@@ -8,7 +8,7 @@ use crate::batch::{BatchBody, Codec, Entry};
 use crate::frame::ErrorCode;
 use crate::frame::{Frame, ProtocolError};
 use crate::record::{JournalId, Record, Seq};
-use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RELEASED_DECISIONS};
+use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RELEASED_DECISIONS, STEPPED_DECISIONS};
 
 /// The device's journal, as the sender sees it.
 pub trait Outbox {
@@ -266,10 +266,13 @@ impl Sender {
                 _ => true,
             })
             .collect();
-        if self.version < Some(RELEASED_DECISIONS) {
+        if self.version < Some(STEPPED_DECISIONS) {
             for e in &mut entries {
                 if let Record::Decision(d) = &mut e.record {
-                    d.release = None;
+                    d.alert_step = None;
+                    if self.version < Some(RELEASED_DECISIONS) {
+                        d.release = None;
+                    }
                 }
             }
         }
@@ -310,6 +313,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::AlertStep;
 
     fn offered(frame: &Frame) -> u16 {
         match frame {
@@ -359,9 +363,14 @@ mod tests {
         }
     }
 
-    /// The release a decision names, as sent to an aggregator welcoming in `version`.
-    fn sent_release(version: u16) -> Option<String> {
-        let outbox = OneDecision(crate::record::tests::decision(Some("city@2.0.0+00ff")));
+    /// The release and alert step of a decision, as sent to an aggregator welcoming in
+    /// `version`.
+    fn sent(version: u16) -> (Option<String>, Option<AlertStep>) {
+        let mut record = crate::record::tests::decision(Some("city@2.0.0+00ff"));
+        if let Record::Decision(d) = &mut record {
+            d.alert_step = Some(AlertStep::Escalated);
+        }
+        let outbox = OneDecision(record);
         let mut s = Sender::new(SenderConfig::default(), 0);
         s.connected();
         s.handle(welcome(version)).unwrap();
@@ -377,18 +386,20 @@ mod tests {
         };
         let entries = BatchBody::decode(from, through, codec, &body).unwrap();
         match &entries[0].record {
-            Record::Decision(d) => d.release.clone(),
+            Record::Decision(d) => (d.release.clone(), d.alert_step),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn decisions_name_their_release_only_to_aggregators_that_read_it() {
+    fn decisions_carry_release_and_alert_step_only_to_aggregators_that_read_them() {
+        let release = Some("city@2.0.0+00ff".to_string());
         assert_eq!(
-            sent_release(PROTOCOL_VERSION).as_deref(),
-            Some("city@2.0.0+00ff")
+            sent(PROTOCOL_VERSION),
+            (release.clone(), Some(AlertStep::Escalated))
         );
-        assert_eq!(sent_release(RELEASED_DECISIONS - 1), None);
+        assert_eq!(sent(STEPPED_DECISIONS - 1), (release, None));
+        assert_eq!(sent(RELEASED_DECISIONS - 1), (None, None));
     }
 
     #[test]

@@ -3,11 +3,21 @@
 
 use fleet_proto::Seq;
 
+use super::alerts::AlertOf;
+
 pub(crate) const DEVICE: u8 = b'D';
 pub(crate) const RECORD: u8 = b'R';
 pub(crate) const ROUTE: u8 = b'P';
 pub(crate) const TASK: u8 = b'T';
+/// Layout 3's alert per decision; no longer written (see [`ALERT_BY_TIME`]).
+#[allow(dead_code)]
 pub(crate) const ALERT: u8 = b'A';
+/// Alert objects by the time they opened and their id.
+pub(crate) const ALERT_BY_TIME: u8 = b'B';
+/// An alert's open time by its id.
+pub(crate) const ALERT_ID: u8 = b'O';
+/// The open alert of a task (or of a courier without a task).
+pub(crate) const ALERT_OPEN: u8 = b'Q';
 pub(crate) const LATEST_TASK: u8 = b'L';
 pub(crate) const LATEST_COURIER: u8 = b'M';
 pub(crate) const SCHEMA: u8 = b'S';
@@ -53,6 +63,21 @@ impl Key {
             .time(time_ms)
             .str(device)
             .u64(seq)
+    }
+    /// An alert object.
+    pub(crate) fn alert(opened_ms: i64, id: &str) -> Self {
+        Self::new(ALERT_BY_TIME).time(opened_ms).str(id)
+    }
+    /// Where an alert's open time is found by its id.
+    pub(crate) fn alert_id(id: &str) -> Self {
+        Self::new(ALERT_ID).str(id)
+    }
+    /// Where the open alert of a task, or of a courier without a task, is found.
+    pub(crate) fn alert_open(of: AlertOf<'_>) -> Self {
+        match of {
+            AlertOf::Task(task) => Self::new(ALERT_OPEN).str("t").str(task),
+            AlertOf::Courier(courier) => Self::new(ALERT_OPEN).str("c").str(courier),
+        }
     }
     /// A task's event or decision at `time_ms`.
     pub(crate) fn task(task: &str, time_ms: i64, device: &str, seq: Seq) -> Self {

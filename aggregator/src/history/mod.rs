@@ -1,19 +1,20 @@
 //! Where the aggregator keeps history, behind [`History`] so a PostgreSQL backend can sit
 //! beside the embedded sled one.
 
+mod alerts;
 mod keys;
 mod plan;
 mod rows;
 mod sled;
 mod views;
 
+pub use alerts::AlertState;
 pub use sled::SledHistory;
 pub use views::{
-    Alert, DeadLetter, DeadLetterFilter, DeadLetterState, DeadLetters, DeviceStatus, Failures,
-    Latest, RoutePoint, StateSummary, Stats, TaskTimeline, TimelineItem,
+    Alert, AlertFilter, DeadLetter, DeadLetterFilter, DeadLetterState, DeadLetters, DeviceStatus,
+    Failures, Latest, RoutePoint, StateSummary, Stats, TaskTimeline, TimelineItem,
 };
 
-use fleet_proto::record::Severity;
 use fleet_proto::{Entry, JournalId, Seq};
 use thiserror::Error;
 
@@ -132,12 +133,11 @@ pub trait History: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Page<RoutePoint>, HistoryError>;
     fn task(&self, task: &str, page: &PageRequest) -> Result<Option<TaskTimeline>, HistoryError>;
-    fn alerts(
-        &self,
-        since_ms: i64,
-        min: Severity,
-        page: &PageRequest,
-    ) -> Result<Page<Alert>, HistoryError>;
+    /// Alerts by the time they opened, oldest first.
+    fn alerts(&self, filter: &AlertFilter, page: &PageRequest)
+    -> Result<Page<Alert>, HistoryError>;
+    /// One alert by its id (the prediction id of the decision that opened it).
+    fn alert(&self, id: &str) -> Result<Option<Alert>, HistoryError>;
     fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError>;
     fn devices(&self, now_ms: i64, page: &PageRequest) -> Result<Page<DeviceStatus>, HistoryError>;
     fn dead_letters(

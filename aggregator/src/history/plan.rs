@@ -1,6 +1,5 @@
 //! What one batch adds to history, decided once for every backend: each event stored once,
-//! decisions on their task's timeline (or apart when they have none), which decisions raise
-//! an alert, which latest rows an entry moves, and which feature states survive compaction.
+//! decisions on their task's timeline (or apart when they have none), what moves alerts, which latest rows an entry moves, and which feature states survive compaction.
 //! A backend turns a [`Plan`] into its own writes; it decides nothing about the domain.
 
 use fleet_proto::record::{
@@ -9,6 +8,7 @@ use fleet_proto::record::{
 use fleet_proto::{Entry, Record, Seq};
 
 use super::IngestOutcome;
+use super::alerts::{AlertMove, AlertOf};
 
 /// A latest row: of a task, or of a courier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,8 +32,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) events: Vec<(Seq, &'a EventRecord)>,
     /// Every decision: a task's go on its timeline, the others apart.
     pub(crate) decisions: Vec<(Seq, &'a DecisionRecord)>,
-    /// Decisions that raise an alert (warning or above).
-    pub(crate) alerts: Vec<(Seq, &'a DecisionRecord)>,
+    /// What moves alerts, in journal order: every decision, and every task's end.
+    pub(crate) alert_moves: Vec<(AlertOf<'a>, AlertMove<'a>)>,
     /// Latest-row moves, in journal order.
     pub(crate) folds: Vec<(LatestOf<'a>, Fold<'a>)>,
     /// The newest state of each key the batch carries (older ones are compacted away).
@@ -67,6 +67,10 @@ pub(crate) fn plan(cursor: Seq, base: Seq, entries: &[Entry]) -> Plan<'_> {
                 plan.events.push((seq, e));
                 if let Some(task) = &e.task_id {
                     plan.folds.push((LatestOf::Task(task), Fold::Event(e)));
+                    if AlertMove::ends_task(e) {
+                        plan.alert_moves
+                            .push((AlertOf::Task(task), AlertMove::Ended(e)));
+                    }
                 }
                 plan.folds
                     .push((LatestOf::Courier(&e.courier_id), Fold::Event(e)));
@@ -81,8 +85,9 @@ pub(crate) fn plan(cursor: Seq, base: Seq, entries: &[Entry]) -> Plan<'_> {
                     .push((LatestOf::Courier(&d.courier_id), Fold::Decision(d)));
                 if d.severity >= Severity::Warning {
                     plan.outcome.alerts += 1;
-                    plan.alerts.push((seq, d));
                 }
+                plan.alert_moves
+                    .push((AlertOf::of_decision(d), AlertMove::Decision(d)));
             }
             Record::State(s) => {
                 plan.states_received += 1;

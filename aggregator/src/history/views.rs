@@ -64,33 +64,76 @@ impl StateRow<'_> {
     }
 }
 
-/// An alert raised by a decision.
+/// An alert: one per task and episode of risk, from the decision that opened it to the one
+/// that resolved it (or the task's end).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    pub time: String,
+    /// The prediction id of the decision that opened it.
+    pub id: String,
+    pub state: super::alerts::AlertState,
+    /// The highest it reached.
     pub severity: String,
-    pub message: String,
-    pub score: f32,
     pub task_id: Option<String>,
     pub courier_id: String,
-    pub event_id: String,
-    pub prediction_id: String,
     pub device: String,
-    /// `name@version+id` of the release that raised it; none for modules outside a release
-    /// (or a device of protocol version 2).
+    pub opened: String,
+    pub escalated: Option<String>,
+    pub resolved: Option<String>,
+    /// Why it resolved: the risk fell back, or the task ended.
+    pub resolution: Option<String>,
+    pub peak_score: f32,
+    pub peak_at: String,
+    /// The message and factors of the decision that last raised it.
+    pub message: String,
+    pub top_factors: Vec<FactorView>,
+    /// `name@version` of the model, the modules (`name@version+digest`) and the release
+    /// (`name@version+id`; none for modules outside a release) that last raised it.
+    pub model: String,
+    pub modules: ModulesView,
     pub release: Option<String>,
+    /// Raises while it was open that changed nothing (a policy without state alerts on every
+    /// risky event).
+    pub repeats: u32,
 }
 
-/// Stored under the alert index.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct AlertRow {
-    pub(crate) severity: Severity,
-    pub(crate) message: String,
-    pub(crate) score: f32,
-    pub(crate) task_id: Option<String>,
-    pub(crate) courier_id: String,
-    pub(crate) event_id: String,
-    pub(crate) prediction_id: String,
+/// A feature's signed contribution to a score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FactorView {
+    pub feature: String,
+    pub contribution: f32,
+}
+
+/// The modules that made a decision, by kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModulesView {
+    pub features: String,
+    pub scorer: String,
+    pub policy: String,
+}
+
+impl ModulesView {
+    pub(crate) fn of(m: &[String; 3]) -> Self {
+        Self {
+            features: m[0].clone(),
+            scorer: m[1].clone(),
+            policy: m[2].clone(),
+        }
+    }
+}
+
+/// Which alerts to list.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AlertFilter {
+    /// Opened at or after.
+    pub since_ms: Option<i64>,
+    /// At least this severe.
+    pub min: Option<Severity>,
+    pub state: Option<super::alerts::AlertState>,
+    pub task: Option<String>,
+    pub courier: Option<String>,
+    pub device: Option<String>,
+    /// `name@version` of the model that last raised it.
+    pub model: Option<String>,
 }
 
 /// The latest known of a task or courier.

@@ -141,13 +141,21 @@ fn alerts(release: &Release, ledger: &Ledger) -> Alerts {
     let tasks: HashSet<&str> = release.truth.iter().map(|t| t.task_id.as_str()).collect();
     let alerted: HashSet<&str> = ledger
         .alerted
-        .iter()
+        .keys()
         .map(String::as_str)
         .filter(|t| tasks.contains(t))
         .collect();
+    let per_task: Vec<u32> = ledger.alerted.values().copied().collect();
     let hit = alerted.iter().filter(|t| late.contains(*t)).count() as f64;
     Alerts {
         raised: ledger.alerts_raised,
+        resolved: ledger.alerts_resolved,
+        per_alerted_task: if per_task.is_empty() {
+            0.0
+        } else {
+            f64::from(per_task.iter().sum::<u32>()) / per_task.len() as f64
+        },
+        most_on_a_task: per_task.iter().copied().max().unwrap_or(0),
         tasks: tasks.len() as u64,
         tasks_late: late.len() as u64,
         tasks_alerted: alerted.len() as u64,

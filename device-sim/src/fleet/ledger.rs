@@ -1,12 +1,12 @@
 //! The bookkeeping a report is made from: what each device acknowledged, when, and what the
 //! aggregator stored; the producer side of delivering a batch to a device.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleet_host::decision::Severity;
+use fleet_host::decision::{AlertStep, Severity};
 use fleet_host::event::Event;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -24,7 +24,10 @@ pub(super) struct Ledger {
     pub(super) stored_micros: Vec<u32>,
     pub(super) alerts_raised: u64,
     pub(super) dead_lettered: u64,
-    pub(super) alerted: HashSet<String>,
+    /// Alerts raised per task.
+    pub(super) alerted: HashMap<String, u32>,
+    /// Alerts their policy resolved (the risk fell back).
+    pub(super) alerts_resolved: u64,
     /// Event ids (hashed) each courier's device acknowledged as new.
     pub(super) ids: Vec<HashSet<u64>>,
     /// Batches a device refused (journal unavailable, ...) and that were sent again.
@@ -104,8 +107,11 @@ pub(super) async fn submit(
             if matches!(d.severity, Severity::Warning | Severity::Critical) {
                 l.alerts_raised += 1;
                 if let Some(t) = &d.task_id {
-                    l.alerted.insert(t.clone());
+                    *l.alerted.entry(t.clone()).or_default() += 1;
                 }
+            }
+            if d.alert_step == Some(AlertStep::Resolved) {
+                l.alerts_resolved += 1;
             }
         }
         fresh

@@ -127,5 +127,6 @@ pub fn decision_record(d: &Decision, schema: &Schema) -> DecisionRecord {
             })
             .collect(),
         release: d.modules.release.clone(),
+        alert_step: d.alert_step,
     }
 }

@@ -14,7 +14,7 @@ use fleet_proto::{Record, Seq};
 
 use crate::decision::{DeadLetter, Decision};
 use crate::event::Event;
-use crate::pipeline::{BatchOutcome, DEFAULT_DEDUP_WINDOW, Pipeline, StateStore};
+use crate::pipeline::{self, BatchOutcome, DEFAULT_DEDUP_WINDOW, Pipeline, StateStore};
 use crate::registry::{ModuleRegistry, ModuleSet};
 
 use super::blocked::{self, Blocked};
@@ -303,8 +303,14 @@ impl DeviceRuntime {
             }
             journaled.records.push(Record::Decision(record));
         }
-        let module = outcome.features_module.clone().unwrap_or_default();
+        let features = outcome.features_module.clone().unwrap_or_default();
+        let policy = outcome.policy_module.clone().unwrap_or_default();
         for (key, bytes) in &outcome.states {
+            let module = if pipeline::is_policy_state(key) {
+                &policy
+            } else {
+                &features
+            };
             journaled.records.push(Record::State(StateRecord {
                 key: key.clone(),
                 module: module.clone(),

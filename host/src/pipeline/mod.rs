@@ -8,6 +8,7 @@
 
 mod dedup;
 mod isolate;
+mod policy;
 mod stages;
 
 use std::collections::HashMap;
@@ -27,7 +28,21 @@ pub(crate) use stages::{extract, feature_names};
 /// Event ids remembered for deduplication by default.
 pub const DEFAULT_DEDUP_WINDOW: usize = 1 << 20;
 
-/// Per-key feature state, owned by the host.
+/// Where a policy's state for `key` lives beside the features module's: a prefix of control
+/// characters, which no valid id holds.
+pub fn policy_state_key(key: &str) -> String {
+    format!("{POLICY_STATE}{key}")
+}
+
+/// Whether a state key is a policy's ([`policy_state_key`]), not the features module's.
+pub fn is_policy_state(key: &str) -> bool {
+    key.starts_with(POLICY_STATE)
+}
+
+const POLICY_STATE: &str = "\u{1}policy\u{1}";
+
+/// Per-key module state (the features module's, and a keyed policy's under
+/// [`policy_state_key`]), owned by the host.
 pub trait StateStore {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     fn put(&mut self, key: String, state: Vec<u8>);
@@ -57,10 +72,14 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     /// Events folded into state but not scored (see the features module contract).
     pub unscored: usize,
-    /// The new state of every key the batch touched (already committed to the state store).
+    /// The new state of every key the batch touched (already committed to the state store):
+    /// the features module's, then the policy's ([`policy_state_key`]).
     pub states: Vec<(String, Vec<u8>)>,
-    /// Label of the features module the batch ran on (the author of `states`).
+    /// Label of the features module the batch ran on (the author of its states).
     pub features_module: Option<String>,
+    /// Label of the policy the batch ran on (the author of the states under
+    /// [`policy_state_key`]).
+    pub policy_module: Option<String>,
     /// [`ModuleSet::identity`] of the set the batch ran on.
     pub module_set: u64,
     /// Calls into modules that failed while isolating the failing events.
@@ -183,6 +202,7 @@ impl Pipeline {
         let live = self.lives.last_mut().expect("set above");
         let models = live.set.models.clone();
         outcome.features_module = Some(live.set.features.label());
+        outcome.policy_module = Some(live.set.policy.label());
         let run = isolate::run(live, &engine, &models, self.states.as_ref(), &events);
         let failed: HashSet128 = run.failed.iter().map(|&(i, ..)| hashes[i]).collect();
         for hash in hashes.into_iter().filter(|h| !failed.contains(h)) {

@@ -1,11 +1,10 @@
-//! One batch through the three stages: features per key, the scorer, the policy; every
+//! One batch through the three stages: features per key, the scorer, the policy (`policy.rs`); every
 //! module output checked against its contract before use.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::bindings::features::exports::fleet::edge::extract::{KeyBatch, KeyOutput};
-use crate::bindings::policy::exports::fleet::edge::decide::{Context, DecisionInput};
 use crate::bindings::types as wit;
 use crate::decision::{Action, Decision, Factor, Stage};
 use crate::engine::SandboxEngine;
@@ -13,6 +12,7 @@ use crate::event::Event;
 use crate::module::{Exports, Instance, LoadedModule};
 use crate::sandbox::ModuleError;
 
+use super::policy::Verdict;
 use super::{Live, StateStore};
 
 pub(crate) type StageFailure = (Stage, ModuleError);
@@ -66,63 +66,23 @@ pub(super) fn run_batch(
         ));
     }
 
-    let inputs: Vec<DecisionInput> = index
-        .iter()
-        .zip(scores)
-        .map(|(&i, score)| {
-            let e = &events[i];
-            DecisionInput {
-                score,
-                context: Context {
-                    courier_id: e.courier_id.clone(),
-                    task_id: e.task_id.clone(),
-                    event_type: e.event_type.into(),
-                    event_time_ms: e.event_time_ms(),
-                },
-            }
-        })
-        .collect();
-    let names: Vec<String> = live.decisions.feature_names.to_vec();
-    let actions = call(
-        &mut live.policy,
-        &live.set.policy,
-        engine,
-        models,
-        Stage::Policy,
-        |exports, store| match exports {
-            Exports::Policy(p) => p
-                .fleet_edge_decide()
-                .call_decide(store, &names, &matrix, &inputs)
-                .map(Ok),
-            _ => unreachable!("policy slot holds a policy instance"),
-        },
-    )?;
-    if actions.len() != inputs.len() {
-        return Err((
-            Stage::Policy,
-            ModuleError::Contract(format!(
-                "{} action lists for {} inputs",
-                actions.len(),
-                inputs.len()
-            )),
-        ));
-    }
-
+    let scored = index.iter().map(|&i| &events[i]).zip(scores).collect();
+    let (verdicts, policy_states) =
+        super::policy::decide(live, engine, models, states, &matrix, scored)?;
     let decisions = index
         .into_iter()
         .zip(vectors)
-        .zip(inputs)
-        .zip(actions)
-        .map(|(((i, values), input), actions)| {
-            decision(live, &events[i], values, input.score, actions)
-        })
+        .zip(verdicts)
+        .map(|((i, values), verdict)| decision(live, &events[i], values, verdict))
         .collect();
+    let mut new_states = new_states;
+    new_states.extend(policy_states);
     Ok((decisions, new_states, unscored))
 }
 
 /// Calls into one stage's instance (creating it if the last call poisoned it) under the
 /// sandbox deadline.
-fn call<T>(
+pub(super) fn call<T>(
     slot: &mut Option<Instance>,
     module: &LoadedModule,
     engine: &SandboxEngine,
@@ -248,15 +208,10 @@ fn check_features(
     Ok((states, scored))
 }
 
-fn decision(
-    live: &Live,
-    event: &Event,
-    values: Vec<f32>,
-    score: wit::Score,
-    actions: Vec<wit::Action>,
-) -> Decision {
+fn decision(live: &Live, event: &Event, values: Vec<f32>, verdict: Verdict) -> Decision {
     let names = &live.decisions.feature_names;
-    let factors = score
+    let factors = verdict
+        .score
         .top_factors
         .into_iter()
         .map(|f| Factor {
@@ -267,9 +222,15 @@ fn decision(
             contribution: f.contribution,
         })
         .collect();
-    let actions = actions.into_iter().map(Action::from).collect();
-    live.decisions
-        .make(event, values, score.probability, factors, actions)
+    let actions = verdict.actions.into_iter().map(Action::from).collect();
+    live.decisions.make(
+        event,
+        values,
+        verdict.score.probability,
+        factors,
+        actions,
+        verdict.alert_step,
+    )
 }
 
 /// Asks a features instance for its feature names.

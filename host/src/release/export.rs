@@ -17,6 +17,7 @@ fn config_help(kind: ModuleKind) -> &'static str {
         }
         ModuleKind::Policy => {
             "# warning_threshold = 0.5\n# critical_threshold = 0.7\n\
+             # hysteresis = 0.1   # a task's alert resolves below warning_threshold - hysteresis\n\
              # reassign_threshold = 0.9   # off unless set\n# notify_courier = true\n"
         }
     }

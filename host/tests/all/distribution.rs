@@ -4,7 +4,7 @@
 //! decisions after the swap carry the new release and its threshold, a policy-only release
 //! sends only the policy, and refusals reach the operator's status with their reason.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,8 +173,17 @@ fn bytes_served(api: &Api) -> u64 {
         .unwrap()
 }
 
-/// What a producer saw: for each decision, in order, its release label, score and severity.
-type Seen = Arc<Mutex<Vec<(Option<String>, f64, String)>>>;
+/// What a producer saw: for each decision, in order.
+type Seen = Arc<Mutex<Vec<SeenDecision>>>;
+
+#[derive(Clone, Debug)]
+struct SeenDecision {
+    release: Option<String>,
+    score: f64,
+    severity: String,
+    alert_step: Option<String>,
+    task: String,
+}
 
 /// Posts a courier's traffic to a device in small batches until `stop`, remembering what
 /// was acknowledged and the decisions that came back.
@@ -194,11 +203,13 @@ fn producer(
                 let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
                 let mut seen = seen.lock().unwrap();
                 for d in answer["decisions"].as_array().unwrap() {
-                    seen.push((
-                        d["modules"]["release"].as_str().map(str::to_string),
-                        d["score"].as_f64().unwrap(),
-                        d["severity"].as_str().unwrap().to_lowercase(),
-                    ));
+                    seen.push(SeenDecision {
+                        release: d["modules"]["release"].as_str().map(str::to_string),
+                        score: d["score"].as_f64().unwrap(),
+                        severity: d["severity"].as_str().unwrap().to_lowercase(),
+                        alert_step: d["alert_step"].as_str().map(str::to_string),
+                        task: d["task_id"].as_str().unwrap_or_default().to_string(),
+                    });
                 }
                 let mut acked = acked.lock().unwrap();
                 for l in chunk {
@@ -411,7 +422,7 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
         // Decisions come in order: the built-in set, then the release, never back.
         let first_new = log
             .iter()
-            .position(|(r, _, _)| r.as_deref() == Some(label.as_str()));
+            .position(|d| d.release.as_deref() == Some(label.as_str()));
         if i == DEVICES - 1 {
             assert!(
                 first_new.is_none(),
@@ -421,26 +432,49 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
         }
         let first_new =
             first_new.unwrap_or_else(|| panic!("device {i} never decided with {label}"));
-        for (release, score, severity) in &log[first_new..] {
-            if i == 0 && release.as_deref() != Some(label.as_str()) {
-                break; // the canary moved on to 1.2.0
+        // Each task's alert level as the policy keeps it, from its steps (the state carries
+        // over from the built-in set to the release).
+        let mut open: HashMap<String, u8> = HashMap::new();
+        let level_of = |severity: &str| match severity {
+            "critical" => 2u8,
+            "warning" => 1,
+            _ => 0,
+        };
+        for (n, d) in log.iter().enumerate() {
+            let level = open.entry(d.task.clone()).or_default();
+            if n >= first_new {
+                if i == 0 && d.release.as_deref() != Some(label.as_str()) {
+                    break; // the canary moved on to 1.2.0
+                }
+                assert_eq!(
+                    d.release.as_deref(),
+                    Some(label.as_str()),
+                    "device {i}: a mix"
+                );
+                // The new thresholds decide: a task alerts when its risk rises past the
+                // level its alert is at, and only then.
+                let want = if d.score >= 0.002 {
+                    2
+                } else if d.score >= 0.001 {
+                    1
+                } else {
+                    0
+                };
+                if want > *level {
+                    assert_eq!(level_of(&d.severity), want, "device {i}: {d:?}");
+                    let step = if *level == 0 { "opened" } else { "escalated" };
+                    assert_eq!(d.alert_step.as_deref(), Some(step), "device {i}: {d:?}");
+                } else {
+                    assert_eq!(d.severity, "info", "device {i}: {d:?}");
+                }
             }
-            assert_eq!(
-                release.as_deref(),
-                Some(label.as_str()),
-                "device {i}: a mix"
-            );
-            // The new thresholds decide.
-            let want = if *score >= 0.002 {
-                "critical"
-            } else if *score >= 0.001 {
-                "warning"
-            } else {
-                "info"
-            };
-            assert_eq!(severity, want, "device {i}: score {score}");
+            match d.alert_step.as_deref() {
+                Some("opened" | "escalated") => *level = level_of(&d.severity),
+                Some("resolved") => *level = 0,
+                _ => {}
+            }
         }
-        assert!(log[..first_new].iter().all(|(r, _, _)| r.is_none()));
+        assert!(log[..first_new].iter().all(|d| d.release.is_none()));
     }
     let couriers: Vec<String> = (0..DEVICES).map(|i| format!("rel{i}-c0")).collect();
     each_acknowledged_event_stored_once(&viewer, &couriers, &acked);
@@ -849,16 +883,16 @@ fn kill_9_during_download_and_swap_and_a_device_offline_all_end_on_the_new_relea
         let log = log.lock().unwrap();
         let first_new = log
             .iter()
-            .position(|(r, _, _)| r.as_deref() == Some(label.as_str()))
+            .position(|d| d.release.as_deref() == Some(label.as_str()))
             .unwrap_or_else(|| panic!("{name} never decided with {label}"));
         assert!(
-            log[..first_new].iter().all(|(r, _, _)| r.is_none()),
+            log[..first_new].iter().all(|d| d.release.is_none()),
             "{name}: a mix before the swap"
         );
         assert!(
             log[first_new..]
                 .iter()
-                .all(|(r, _, _)| r.as_deref() == Some(label.as_str())),
+                .all(|d| d.release.as_deref() == Some(label.as_str())),
             "{name}: a mix after the swap"
         );
     }

@@ -1,5 +1,6 @@
 //! Host integration tests: real guest components, the real model, real sandbox limits.
 
+mod alerts;
 mod api_auth;
 mod cli;
 mod dead_letters;

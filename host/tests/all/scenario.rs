@@ -1,6 +1,6 @@
 //! The design scenario, end to end through the real modules and the real model.
 
-use fleet_host::decision::{Action, Severity};
+use fleet_host::decision::{Action, AlertStep, Severity};
 use fleet_host::module::ModuleKind;
 use fleet_host::pipeline::Pipeline;
 use fleet_host::registry::{ModuleRegistry, ModuleSource};
@@ -35,14 +35,28 @@ fn late_task_raises_a_critical_alert_with_its_prediction_log() {
         4,
         "every event of the task is scored"
     );
-    let d = outcome.decisions.last().unwrap();
-    assert_eq!(d.event_id, "T-999-e4");
+    let last = outcome.decisions.last().unwrap();
+    assert_eq!(last.event_id, "T-999-e4");
     assert_eq!(
-        (d.task_id.as_deref(), d.courier_id.as_str()),
+        (last.task_id.as_deref(), last.courier_id.as_str()),
         (Some("T-999"), "123")
     );
-    assert!(d.score > 0.7, "P(late) = {}", d.score);
+    assert!(last.score > 0.7, "P(late) = {}", last.score);
+    // The task's alert turned critical once (opened or escalated there), with its message;
+    // decisions after that keep it open without raising it again.
+    let raised: Vec<_> = outcome
+        .decisions
+        .iter()
+        .filter(|d| d.severity >= Severity::Warning)
+        .collect();
+    assert!(!raised.is_empty() && raised.len() <= 2, "{raised:#?}");
+    let d = *raised.last().unwrap();
     assert_eq!(d.severity, Severity::Critical);
+    assert!(
+        matches!(d.alert_step, Some(AlertStep::Opened | AlertStep::Escalated)),
+        "{:?}",
+        d.alert_step
+    );
     assert!(
         matches!(&d.actions[0], Action::Alert { severity: Severity::Critical, message } if message.contains("T-999"))
     );
@@ -69,8 +83,9 @@ fn late_task_raises_a_critical_alert_with_its_prediction_log() {
     assert_eq!((&*d.model_name, &*d.model_version), ("late_risk", "1.0.0"));
     assert!(d.modules.features.starts_with("late-risk-features@"));
     assert!(d.modules.policy.starts_with("late-risk-policy@"));
-    let feature =
-        |name: &str| d.features.values[d.features.names.iter().position(|n| n == name).unwrap()];
+    let feature = |name: &str| {
+        last.features.values[last.features.names.iter().position(|n| n == name).unwrap()]
+    };
     assert!((feature("distance_to_dropoff_km") - 5.0).abs() < 0.01);
     assert_eq!(feature("hour_of_day"), 10.0);
     assert_eq!(feature("minutes_since_assigned"), 25.0);
@@ -82,6 +97,7 @@ fn late_task_raises_a_critical_alert_with_its_prediction_log() {
     assert!(!d.top_factors.is_empty() && d.top_factors.len() <= 3);
     let json = serde_json::to_value(d).unwrap();
     assert_eq!(json["severity"], "critical");
+    let json = serde_json::to_value(last).unwrap();
     assert!(
         json["features"]["minutes_since_pickup"].is_null(),
         "NaN is written as null"
@@ -132,10 +148,16 @@ fn thresholds_come_from_the_policy_configuration() {
     )
     .unwrap();
     let mut pipeline = Pipeline::new(registry.into());
-    let d = pipeline.process(t999()).decisions.pop().unwrap();
-    assert!(d.score > 0.7 && d.score < 0.999, "{}", d.score);
-    assert_eq!(d.severity, Severity::Warning);
-    assert!(d.modules.policy.starts_with("policy@2.0.0+"));
+    let decisions = pipeline.process(t999()).decisions;
+    let last = decisions.last().unwrap();
+    assert!(last.score > 0.7 && last.score < 0.999, "{}", last.score);
+    let severities: Vec<Severity> = decisions
+        .iter()
+        .map(|d| d.severity)
+        .filter(|s| *s > Severity::Info)
+        .collect();
+    assert_eq!(severities, [Severity::Warning], "one alert, never critical");
+    assert!(last.modules.policy.starts_with("policy@2.0.0+"));
 
     util::write_manifest(
         dir.path(),

@@ -11,15 +11,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use fleet_proto::record::{ActionRecord, DecisionRecord, Schema};
+use fleet_proto::record::Schema;
 use fleet_proto::{JournalId, Record, Seq};
 use fleet_sled::Db;
 use serde::{Deserialize, Serialize};
 
+use super::alerts::{AlertRow, KeyAlerts};
 use super::keys::{self, Key};
 use super::plan::{self, LatestOf, Plan};
 use super::rows::{Counters, DeadLetterRow, DeviceRow, LatestRow, Span};
-use super::views::{AlertRow, StateRow, TaskItem};
+use super::views::{StateRow, TaskItem};
 use super::{Batch, HistoryError, IngestOutcome, JournalView};
 
 /// sled-backed [`History`](super::History).
@@ -37,6 +38,9 @@ struct Written {
     devices: HashMap<String, DeviceRow>,
     /// Latest rows of tasks and couriers; emptied when it holds [`MAX_WRITTEN_LATEST`].
     latest: HashMap<Vec<u8>, LatestRow>,
+    /// The open alert (or none) of tasks and couriers by [`Key::alert_open`]; emptied when it
+    /// holds [`MAX_WRITTEN_LATEST`].
+    open_alerts: HashMap<Vec<u8>, Option<AlertRow>>,
 }
 
 /// About three times the tasks and couriers of a 10,000-courier city at once.
@@ -150,6 +154,7 @@ impl SledHistory {
                 counters,
                 devices: HashMap::new(),
                 latest: HashMap::new(),
+                open_alerts: HashMap::new(),
             }),
         })
     }
@@ -268,6 +273,7 @@ impl SledHistory {
         let mut sled_batch = sled::Batch::default();
         let mut next = written.counters.clone();
         self.write_plan(&db, &mut written, device, &plan, &mut next, &mut sled_batch)?;
+        let open_alerts = self.write_alerts(&db, &written, device, &plan, &mut sled_batch)?;
         let outcome = plan.outcome;
         if let Some(t) = plan.newest_event_ms {
             row.last_event_ms = Some(row.last_event_ms.map_or(t, |l| l.max(t)));
@@ -286,6 +292,10 @@ impl SledHistory {
         next.duplicates += outcome.duplicates;
         sled_batch.insert(COUNTERS, encode(&next));
         db.apply_batch(sled_batch)?;
+        if written.open_alerts.len() + open_alerts.len() > MAX_WRITTEN_LATEST {
+            written.open_alerts.clear();
+        }
+        written.open_alerts.extend(open_alerts);
         written.counters = next;
         written.devices.insert(device.into(), row);
         Ok(outcome)
@@ -328,21 +338,6 @@ impl SledHistory {
                 ),
             }
         }
-        for &(seq, d) in &plan.alerts {
-            let alert = AlertRow {
-                severity: d.severity,
-                message: alert_message(d),
-                score: d.score,
-                task_id: d.task_id.clone(),
-                courier_id: d.courier_id.clone(),
-                event_id: d.event_id.clone(),
-                prediction_id: d.prediction_id.clone(),
-            };
-            batch.insert(
-                Key::new(keys::ALERT).time(d.time_ms).str(device).u64(seq).0,
-                encode_extended(&alert, &d.release),
-            );
-        }
         self.write_latest(db, written, device, plan, batch)?;
         for &(seq, s) in &plan.states {
             let state = StateRow {
@@ -372,6 +367,47 @@ impl SledHistory {
             }
         }
         Ok(())
+    }
+
+    /// Folds the plan's alert moves, writing each alert it changed once; returns the open
+    /// alert of every key it touched, for [`Written::open_alerts`] once the batch is applied.
+    fn write_alerts(
+        &self,
+        db: &Db,
+        written: &Written,
+        device: &str,
+        plan: &Plan<'_>,
+        batch: &mut sled::Batch,
+    ) -> Result<HashMap<Vec<u8>, Option<AlertRow>>, HistoryError> {
+        let mut keyed: HashMap<Vec<u8>, KeyAlerts> = HashMap::new();
+        for &(of, m) in &plan.alert_moves {
+            let key = Key::alert_open(of).0;
+            if !keyed.contains_key(&key) {
+                let open = match written.open_alerts.get(&key) {
+                    Some(open) => open.clone(),
+                    None => read_open_alert(db, &key)?,
+                };
+                keyed.insert(key.clone(), KeyAlerts::new(open));
+            }
+            keyed.get_mut(&key).expect("inserted above").fold(device, m);
+        }
+        let mut open_alerts = HashMap::with_capacity(keyed.len());
+        for (key, alerts) in keyed {
+            for row in &alerts.closed {
+                write_alert(row, batch);
+            }
+            match &alerts.open {
+                Some(row) if alerts.changed => {
+                    write_alert(row, batch);
+                    batch.insert(key.clone(), encode(&(row.opened_ms, &row.id)));
+                }
+                Some(_) => {}
+                None if !alerts.closed.is_empty() => batch.remove(key.clone()),
+                None => {}
+            }
+            open_alerts.insert(key, alerts.open);
+        }
+        Ok(open_alerts)
     }
 
     /// Folds the plan's latest-row moves, writing each row once.
@@ -425,12 +461,15 @@ impl SledHistory {
     }
 }
 
-fn alert_message(d: &DecisionRecord) -> String {
-    d.actions
-        .iter()
-        .find_map(|a| match a {
-            ActionRecord::Alert { message, .. } => Some(message.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
+fn write_alert(row: &AlertRow, batch: &mut sled::Batch) {
+    batch.insert(Key::alert(row.opened_ms, &row.id).0, encode(row));
+    batch.insert(Key::alert_id(&row.id).0, encode(&row.opened_ms));
+}
+
+/// The open alert an [`Key::alert_open`] key points at.
+fn read_open_alert(db: &Db, key: &[u8]) -> Result<Option<AlertRow>, HistoryError> {
+    let Some((opened_ms, id)) = read::<(i64, String)>(db, key)? else {
+        return Ok(None);
+    };
+    read(db, &Key::alert(opened_ms, &id).0)
 }

@@ -3,18 +3,31 @@
 
 use std::collections::HashMap;
 
-use fleet_proto::record::{EventRecord, Severity};
+use fleet_proto::record::EventRecord;
 use fleet_proto::{JournalId, Seq};
 
 use super::{SledHistory, decode, decode_extended, read, str_at, u64_at};
+use crate::history::alerts::AlertRow;
 use crate::history::keys::{self, Key};
 use crate::history::rows::{DeadLetterRow, DeviceRow};
-use crate::history::views::{self, AlertRow, StateRow, TaskItem};
+use crate::history::views::{self, StateRow, TaskItem};
 use crate::history::{
-    Alert, Batch, DeadLetterFilter, DeadLetters, DeviceStatus, History, HistoryError,
+    Alert, AlertFilter, Batch, DeadLetterFilter, DeadLetters, DeviceStatus, History, HistoryError,
     IngestOutcome, JournalView, Latest, Page, PageRequest, RoutePoint, Stats, TaskTimeline,
     TimelineItem,
 };
+
+fn alert_matches(f: &AlertFilter, row: &AlertRow) -> bool {
+    let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    f.min.is_none_or(|min| row.severity >= min)
+        && f.state.is_none_or(|s| s == row.state())
+        && f.task
+            .as_deref()
+            .is_none_or(|t| row.task_id.as_deref() == Some(t))
+        && is(&f.courier, &row.courier_id)
+        && is(&f.device, &row.device)
+        && is(&f.model, &row.model)
+}
 
 /// Where a page starts: just after the cursor's key, which must lie in `[lo, hi]`.
 fn page_start(page: &PageRequest, lo: &[u8], hi: &[u8]) -> Result<Vec<u8>, HistoryError> {
@@ -195,30 +208,38 @@ impl History for SledHistory {
 
     fn alerts(
         &self,
-        since_ms: i64,
-        min: Severity,
+        filter: &AlertFilter,
         page: &PageRequest,
     ) -> Result<Page<Alert>, HistoryError> {
-        let lo = Key::new(keys::ALERT).time(since_ms).0;
-        let hi = prefix_end(&[keys::ALERT]);
+        let lo = Key::new(keys::ALERT_BY_TIME)
+            .time(filter.since_ms.unwrap_or(i64::MIN))
+            .0;
+        let hi = prefix_end(&[keys::ALERT_BY_TIME]);
+        let mut schemas = HashMap::new();
         scan_page(self, &lo, &hi, page, |k, v| {
-            let (row, release): (AlertRow, Option<String>) = decode_extended(k, v)?;
-            if row.severity < min {
+            let row: AlertRow = decode(k, v)?;
+            if !alert_matches(filter, &row) {
                 return Ok(None);
             }
-            Ok(Some(Alert {
-                time: views::rfc3339(keys::time_at(k, 1).unwrap_or_default()),
-                severity: row.severity.as_str().into(),
-                message: row.message,
-                score: row.score,
-                task_id: row.task_id,
-                courier_id: row.courier_id,
-                event_id: row.event_id,
-                prediction_id: row.prediction_id,
-                device: str_at(k, 9).map(|(d, _)| d).unwrap_or_default(),
-                release,
-            }))
+            let schema = self.schema(row.schema, &mut schemas)?;
+            Ok(Some(
+                row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
+            ))
         })
+    }
+
+    fn alert(&self, id: &str) -> Result<Option<Alert>, HistoryError> {
+        let db = self.db();
+        let Some(opened_ms) = read::<i64>(&db, &Key::alert_id(id).0)? else {
+            return Ok(None);
+        };
+        let Some(row) = read::<AlertRow>(&db, &Key::alert(opened_ms, id).0)? else {
+            return Ok(None);
+        };
+        let schema = self.schema(row.schema, &mut HashMap::new())?;
+        Ok(Some(
+            row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
+        ))
     }
 
     fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError> {

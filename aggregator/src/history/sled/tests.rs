@@ -1,13 +1,15 @@
 //! The sled history against hand-made batches.
 
 use fleet_proto::record::{
-    DeadLetterOutcome, DeadLetterRecord, DecisionRecord, EventKind, EventRecord, FailureCause,
-    GeoE7, Severity, Stage, StateRecord,
+    AlertStep, DeadLetterOutcome, DeadLetterRecord, DecisionRecord, EventKind, EventRecord,
+    FailureCause, GeoE7, Severity, Stage, StateRecord,
 };
 use fleet_proto::{Entry, JournalId, Record, Seq};
 
 use super::*;
-use crate::history::{DeadLetterFilter, DeadLetterState, History, IngestOutcome, PageRequest};
+use crate::history::{
+    AlertFilter, AlertState, DeadLetterFilter, DeadLetterState, History, IngestOutcome, PageRequest,
+};
 
 fn event(seq: Seq, task: Option<&str>) -> Entry {
     Entry {
@@ -45,8 +47,17 @@ fn decision(seq: Seq, task: Option<&str>, severity: Severity) -> Entry {
             features: vec![1.0],
             top_factors: vec![],
             release: None,
+            alert_step: None,
         }),
     }
+}
+
+fn stepped(mut entry: Entry, step: AlertStep, score: f32) -> Entry {
+    if let Record::Decision(d) = &mut entry.record {
+        d.alert_step = Some(step);
+        d.score = score;
+    }
+    entry
 }
 
 fn released(mut entry: Entry, release: &str) -> Entry {
@@ -160,7 +171,7 @@ fn each_record_is_stored_once_and_every_index_answers() {
     assert_eq!(latest.time_ms, 4_000);
     assert_eq!(
         history
-            .alerts(0, Severity::Warning, &all())
+            .alerts(&AlertFilter::default(), &all())
             .unwrap()
             .items
             .len(),
@@ -187,15 +198,16 @@ fn decisions_and_alerts_name_their_release_and_rows_from_before_read_without_one
         .map(|i| i.data["release"].clone())
         .collect();
     assert_eq!(releases, [serde_json::Value::Null, release.into()]);
-    let alerts = history.alerts(0, Severity::Warning, &all()).unwrap().items;
+    // Decisions of a policy without state: the task's second alert repeats its first.
+    let alerts = history
+        .alerts(&AlertFilter::default(), &all())
+        .unwrap()
+        .items;
     let releases: Vec<_> = alerts
         .iter()
-        .map(|a| (a.prediction_id.as_str(), a.release.as_deref()))
+        .map(|a| (a.id.as_str(), a.release.as_deref(), a.repeats))
         .collect();
-    assert_eq!(
-        releases,
-        [("p1", None), ("p2", Some(release)), ("p3", Some(release))]
-    );
+    assert_eq!(releases, [("p1", None, 1), ("p3", Some(release), 0)]);
 
     // A row as written before decisions named their release: the row alone.
     let Record::Decision(d) = &entries[0].record else {
@@ -208,6 +220,90 @@ fn decisions_and_alerts_name_their_release_and_rows_from_before_read_without_one
     let mut broken = encode_extended(&TaskItem::Decision(Box::new(Cow::Borrowed(d))), &Some("x"));
     broken.push(0xff);
     assert!(decode_extended::<TaskItem, Option<String>>(b"T", &broken).is_err());
+}
+
+/// A task's alert across batches, and a history reopened in the middle: opened, escalated,
+/// its peak followed, resolved; then a second one, which the task's end resolves.
+#[test]
+fn alerts_live_across_batches_and_a_reopened_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h");
+    let t = Some("T-1");
+    {
+        let history = SledHistory::open(&path).unwrap();
+        let entries = [
+            stepped(decision(1, t, Severity::Warning), AlertStep::Opened, 0.6),
+            stepped(decision(2, t, Severity::Info), AlertStep::Opened, 0.1),
+        ];
+        // The second is not an alert at all (no alert severity): it moves nothing.
+        ingest(&history, "d1", 7, 2, &entries, 0).unwrap();
+        let open = history
+            .alerts(
+                &AlertFilter {
+                    state: Some(AlertState::Open),
+                    ..AlertFilter::default()
+                },
+                &all(),
+            )
+            .unwrap()
+            .items;
+        assert_eq!(open.len(), 1);
+        history.flush().unwrap();
+    }
+    let history = SledHistory::open(&path).unwrap();
+    let mut end = event(6, t);
+    if let Record::Event(e) = &mut end.record {
+        e.event_type = EventKind::Delivered;
+    }
+    let entries = [
+        stepped(
+            decision(3, t, Severity::Critical),
+            AlertStep::Escalated,
+            0.8,
+        ),
+        decision(4, t, Severity::Info),
+        stepped(decision(5, t, Severity::Info), AlertStep::Resolved, 0.2),
+        stepped(decision(6, t, Severity::Warning), AlertStep::Opened, 0.65),
+        end,
+    ];
+    ingest(&history, "d1", 7, 6, &entries, 0).unwrap();
+    let alerts = history
+        .alerts(&AlertFilter::default(), &all())
+        .unwrap()
+        .items;
+    let [first, second] = alerts.as_slice() else {
+        panic!("{alerts:#?}")
+    };
+    assert_eq!(
+        (first.id.as_str(), first.severity.as_str(), first.state),
+        ("p1", "critical", AlertState::Resolved)
+    );
+    assert_eq!(first.peak_score, 0.9, "decision 4 scored 0.9");
+    assert!(first.escalated.is_some());
+    assert_eq!(
+        first.resolution.as_deref(),
+        Some("risk fell below the policy's threshold")
+    );
+    assert_eq!(
+        (second.id.as_str(), second.resolution.as_deref()),
+        ("p6", Some("task ended: delivered"))
+    );
+    assert_eq!(history.alert("p6").unwrap().unwrap(), second.clone());
+    assert!(history.alert("p2").unwrap().is_none());
+    let by_task = |task: &str| {
+        history
+            .alerts(
+                &AlertFilter {
+                    task: Some(task.into()),
+                    ..AlertFilter::default()
+                },
+                &all(),
+            )
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!((by_task("T-1"), by_task("T-2")), (2, 0));
 }
 
 #[test]

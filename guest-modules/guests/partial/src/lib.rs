@@ -1,12 +1,12 @@
-//! A component that exports the module lifecycle but not `decide`: loading it as a policy must
-//! fail with a clear "missing export" error.
+//! A component that exports the module lifecycle but neither `decide` nor `decide-keyed`:
+//! loading it as a policy must fail with a clear "missing export" error.
 
 wit_bindgen::generate!({
     path: "../../../wit",
     inline: "
         package fleet:partial;
         world partial {
-            export fleet:edge/module@0.2.0;
+            export fleet:edge/module@0.2.1;
         }
     ",
     world: "fleet:partial/partial",

@@ -1,9 +1,13 @@
-//! The late-risk policy: alert by severity when P(late) crosses configured thresholds, and
-//! tell the courier when it is critical.
+//! The late-risk policy: one alert per task and severity. A task's alert opens when P(late)
+//! first crosses a threshold, escalates once from warning to critical, and resolves when
+//! P(late) falls below the warning threshold minus a hysteresis; the courier is told once,
+//! when the task turns critical. The host keeps each task's state between batches (the
+//! `policy-keyed` world: state in, state out).
 //!
 //! Configuration (all optional): `warning_threshold` (default 0.5), `critical_threshold`
-//! (default 0.7), `notify_courier` (`true`/`false`, default true), `reassign_threshold`
-//! (unset by default: never suggests a reassignment).
+//! (default 0.7), `hysteresis` (default 0.1), `notify_courier` (`true`/`false`, default true),
+//! `reassign_threshold` (unset by default: never suggests a reassignment; else once per
+//! alert, the first time P(late) is above it).
 //!
 //! Probabilities are read and written as plain decimals by the few lines in `decimal`, not by
 //! `str::parse::<f32>` and `{:.2}`: core's float parsing and formatting are a quarter of this
@@ -16,10 +20,12 @@ use guest_alloc as _;
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "policy",
+    world: "policy-keyed",
 });
 
-use exports::fleet::edge::decide::{DecisionInput, Guest as Decide};
+use exports::fleet::edge::decide_keyed::{
+    AlertStep, Decided, Guest as Decide, KeyState, KeyedInput, Outcome,
+};
 use exports::fleet::edge::module::Guest as Module;
 use fleet::edge::types::{Action, Alert, Config, FeatureMatrix, Severity};
 
@@ -29,6 +35,7 @@ pub struct Policy;
 struct Thresholds {
     warning: f32,
     critical: f32,
+    hysteresis: f32,
     notify_courier: bool,
     reassign: Option<f32>,
 }
@@ -36,6 +43,7 @@ struct Thresholds {
 const DEFAULT: Thresholds = Thresholds {
     warning: 0.5,
     critical: 0.7,
+    hysteresis: 0.1,
     notify_courier: true,
     reassign: None,
 };
@@ -59,6 +67,7 @@ impl Module for Policy {
             match key.as_str() {
                 "warning_threshold" => t.warning = probability()?,
                 "critical_threshold" => t.critical = probability()?,
+                "hysteresis" => t.hysteresis = probability()?,
                 "reassign_threshold" => t.reassign = Some(probability()?),
                 "notify_courier" => {
                     t.notify_courier = value.parse().map_err(|_| {
@@ -81,48 +90,141 @@ impl Module for Policy {
     }
 }
 
+/// A task's alert as this module remembers it between batches.
+#[derive(Clone, Copy, Default, PartialEq, Debug)]
+struct TaskAlert {
+    /// 0: none open; 1: warning; 2: critical.
+    level: u8,
+    /// A reassignment was suggested for the open alert.
+    reassigned: bool,
+}
+
+impl TaskAlert {
+    const FORMAT: u8 = 1;
+
+    /// An unknown or damaged state reads as no open alert.
+    fn decode(bytes: Option<&[u8]>) -> Self {
+        match bytes {
+            Some([Self::FORMAT, level @ 0..=2, reassigned @ 0..=1]) => Self {
+                level: *level,
+                reassigned: *reassigned == 1,
+            },
+            _ => Self::default(),
+        }
+    }
+
+    fn encode(self) -> Vec<u8> {
+        vec![Self::FORMAT, self.level, u8::from(self.reassigned)]
+    }
+}
+
 impl Decide for Policy {
     fn decide(
         feature_names: Vec<String>,
         _features: FeatureMatrix,
-        inputs: Vec<DecisionInput>,
-    ) -> Vec<Vec<Action>> {
+        states: Vec<KeyState>,
+        inputs: Vec<KeyedInput>,
+    ) -> Decided {
         let t = THRESHOLDS.with(Cell::get);
-        inputs
+        let mut alerts: Vec<TaskAlert> = states
             .iter()
-            .map(|input| decide_one(&t, &feature_names, input))
-            .collect()
+            .map(|s| TaskAlert::decode(s.state.as_deref()))
+            .collect();
+        let outcomes = inputs
+            .iter()
+            .map(|input| match alerts.get_mut(input.key as usize) {
+                Some(alert) => decide_one(&t, &feature_names, input, alert),
+                // The host never sends a key out of range; deciding nothing keeps the count.
+                None => Outcome {
+                    alert_step: None,
+                    actions: Vec::new(),
+                },
+            })
+            .collect();
+        Decided {
+            states: alerts.into_iter().map(TaskAlert::encode).collect(),
+            outcomes,
+        }
     }
 }
 
-fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Action> {
+/// One input's outcome, moving its task's alert.
+fn decide_one(
+    t: &Thresholds,
+    names: &[String],
+    input: &KeyedInput,
+    alert: &mut TaskAlert,
+) -> Outcome {
     let p = input.score.probability;
-    let severity = if p > t.critical {
-        Severity::Critical
+    let level = if p > t.critical {
+        2
     } else if p > t.warning {
-        Severity::Warning
+        1
     } else {
-        return Vec::new();
+        0
     };
-    let task = input.context.task_id.as_deref().unwrap_or("-");
-    let label = if matches!(severity, Severity::Critical) {
+    let mut actions = Vec::new();
+    let step = if level > alert.level {
+        let step = if alert.level == 0 {
+            AlertStep::Opened
+        } else {
+            AlertStep::Escalated
+        };
+        alert.level = level;
+        actions.push(Action::Alert(Alert {
+            severity: if level == 2 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            message: message(level, names, input),
+        }));
+        if t.notify_courier && level == 2 {
+            let task = input.task_id.as_deref().unwrap_or("-");
+            actions.push(Action::NotifyCourier(
+                [
+                    "Task ",
+                    task,
+                    " is at risk of being late; head to the dropoff now",
+                ]
+                .concat(),
+            ));
+        }
+        Some(step)
+    } else if alert.level > 0 && p < t.warning - t.hysteresis {
+        *alert = TaskAlert::default();
+        Some(AlertStep::Resolved)
+    } else {
+        None
+    };
+    if alert.level > 0 && !alert.reassigned && t.reassign.is_some_and(|r| p > r) {
+        alert.reassigned = true;
+        let mut reason = String::from("P(late)=");
+        decimal::push_hundredths(&mut reason, p);
+        reason.push_str(" above reassign threshold");
+        actions.push(Action::Reassign(reason));
+    }
+    Outcome {
+        alert_step: step,
+        actions,
+    }
+}
+
+/// The alert's text: severity, task, courier, P(late) and the top factors.
+fn message(level: u8, names: &[String], input: &KeyedInput) -> String {
+    let task = input.task_id.as_deref().unwrap_or("-");
+    let label = if level == 2 {
         "CRITICAL: task "
     } else {
         "WARNING: task "
     };
     // Messages are assembled by appending: `format!` in a guest costs more than the rest of
-    // the decision (a third of the whole pipeline when most events alert).
+    // the decision.
     let mut message = String::with_capacity(160);
-    for part in [
-        label,
-        task,
-        " (courier ",
-        &input.context.courier_id,
-        ") P(late)=",
-    ] {
+    for part in [label, task, " (courier ", &input.courier_id, ") P(late)="] {
         message.push_str(part);
     }
-    decimal::push_hundredths(&mut message, p);
+    decimal::push_hundredths(&mut message, input.score.probability);
     message.push_str("; top factors: ");
     for (i, f) in input.score.top_factors.iter().enumerate() {
         if i > 0 {
@@ -132,25 +234,7 @@ fn decide_one(t: &Thresholds, names: &[String], input: &DecisionInput) -> Vec<Ac
         message.push_str(if f.contribution < 0.0 { " -" } else { " +" });
         decimal::push_hundredths(&mut message, f.contribution.abs());
     }
-    let mut actions = Vec::with_capacity(3);
-    actions.push(Action::Alert(Alert { severity, message }));
-    if t.notify_courier && matches!(severity, Severity::Critical) {
-        actions.push(Action::NotifyCourier(
-            [
-                "Task ",
-                task,
-                " is at risk of being late; head to the dropoff now",
-            ]
-            .concat(),
-        ));
-    }
-    if t.reassign.is_some_and(|r| p > r) {
-        let mut reason = String::from("P(late)=");
-        decimal::push_hundredths(&mut reason, p);
-        reason.push_str(" above reassign threshold");
-        actions.push(Action::Reassign(reason));
-    }
-    actions
+    message
 }
 
 /// Decimals without core's float parser and formatter (see the module comment).
@@ -254,7 +338,9 @@ export!(Policy);
 
 /// For native callers (benchmarks): the generated types and the implementation.
 pub mod native {
-    pub use crate::exports::fleet::edge::decide::{Context, DecisionInput, Guest as Decide};
+    pub use crate::exports::fleet::edge::decide_keyed::{
+        AlertStep, Decided, Guest as Decide, KeyState, KeyedInput, Outcome,
+    };
     pub use crate::exports::fleet::edge::module::Guest as Module;
     pub use crate::fleet::edge::types::{
         Action, EventType, Factor, FeatureMatrix, Score, Severity,
