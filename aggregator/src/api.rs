@@ -50,6 +50,7 @@ pub fn router(
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}", get(alert))
+        .route(auth::STREAM_PATH, get(crate::live::endpoint::stream))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/couriers/{id}", get(courier))
@@ -63,7 +64,7 @@ pub fn router(
     let authenticated = viewer
         .merge(operator)
         .merge(admin)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,stream,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
         .layer(middleware::from_fn_with_state(authority, auth::authenticate));
     Router::new()
         .route("/healthz", get(health))
@@ -72,10 +73,10 @@ pub fn router(
 }
 
 /// A JSON error response.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl ApiError {
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
     fn not_found(message: impl Into<String>) -> Self {
@@ -114,7 +115,10 @@ async fn query<T: Send + 'static>(
 }
 
 /// Parses a query string, refusing parameters the endpoint does not know, and repeats.
-fn params(raw: Option<String>, known: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn params(
+    raw: Option<String>,
+    known: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -143,7 +147,7 @@ fn params(raw: Option<String>, known: &[&str]) -> Result<HashMap<String, String>
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

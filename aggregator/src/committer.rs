@@ -25,6 +25,7 @@ use fleet_wal::{CheckpointPolicy, Checkpointer};
 
 use crate::history::{Batch, History, HistoryError, IngestOutcome};
 use crate::ingest_log::IngestLog;
+use crate::live::{Derived, LiveFeed};
 use crate::metrics::Metrics;
 
 /// Most requests folded into one commit.
@@ -161,6 +162,7 @@ pub fn spawn(
     mut log: IngestLog,
     checkpoints: CheckpointPolicy,
     metrics: Arc<Metrics>,
+    live: Arc<LiveFeed>,
 ) -> (CommitterHandle, Arc<StorageHealth>) {
     let (tx, rx) = mpsc::channel::<Job>(1024);
     let health = Arc::new(StorageHealth::default());
@@ -171,6 +173,7 @@ pub fn spawn(
         history,
         log,
         metrics,
+        live,
         health: health.clone(),
         durable: HashMap::new(),
         unsynced: HashSet::new(),
@@ -216,6 +219,8 @@ struct Committer {
     log: IngestLog,
     checkpointer: Checkpointer,
     metrics: Arc<Metrics>,
+    /// Where what a group made durable goes live.
+    live: Arc<LiveFeed>,
     health: Arc<StorageHealth>,
     /// Per device touched since start: its cursor (history's numbering) as of the last
     /// successful sync. Devices not here have never been ingested by this process, so
@@ -229,6 +234,7 @@ struct Committer {
 struct Ingested {
     device: Arc<str>,
     through: Seq,
+    entries: Vec<Entry>,
     result: Result<IngestOutcome, CommitError>,
     done: Done<IngestOutcome>,
 }
@@ -285,6 +291,7 @@ impl Committer {
                     ingested.push(Ingested {
                         device,
                         through,
+                        entries,
                         result,
                         done,
                     });
@@ -300,9 +307,16 @@ impl Committer {
             &self.metrics.commit_micros,
             started.elapsed().as_micros() as u64,
         );
+        let mut live = Derived::default();
         for i in ingested {
             let result = match (synced.clone(), i.result) {
-                (Ok(()), Ok(outcome)) => {
+                (Ok(()), Ok(mut outcome)) => {
+                    // Durable now: what it changed goes live.
+                    let steps = std::mem::take(&mut outcome.alert_steps);
+                    if let Some(from) = outcome.fresh_from {
+                        let fresh = i.entries.partition_point(|e| e.seq < from);
+                        live.batch(&i.device, &i.entries[fresh..], steps);
+                    }
                     Metrics::add(&self.metrics.events, outcome.events);
                     Metrics::add(&self.metrics.decisions, outcome.decisions);
                     Metrics::add(&self.metrics.duplicates, outcome.duplicates);
@@ -317,6 +331,7 @@ impl Committer {
             };
             let _ = i.done.send(result);
         }
+        self.live.publish(live);
     }
 
     /// Why persists are refused now: the history must be reopened, or the log still cannot
@@ -436,7 +451,8 @@ mod tests {
             every,
             max_segment_bytes: u64::MAX,
         };
-        let (committer, _) = spawn(history.clone(), log, policy, metrics.clone());
+        let live = LiveFeed::new(crate::live::LiveConfig::default());
+        let (committer, _) = spawn(history.clone(), log, policy, metrics.clone(), live);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

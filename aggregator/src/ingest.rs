@@ -114,6 +114,7 @@ async fn connection(conn: quinn::Connection, shared: Arc<Shared>) {
         tracing::error!(%device, error = %e, "recording the device");
     }
     tracing::info!(%device, %remote, "device connected");
+    publish_device(&shared, &device, true);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -126,10 +127,18 @@ async fn connection(conn: quinn::Connection, shared: Arc<Shared>) {
             }
             Err(e) => {
                 tracing::info!(%device, reason = %e, "device disconnected");
+                publish_device(&shared, &device, false);
                 return;
             }
         }
     }
+}
+
+/// Tells stream subscribers a device connected or went away.
+fn publish_device(shared: &Shared, device: &str, connected: bool) {
+    let mut live = crate::live::Derived::default();
+    live.device(device, connected, crate::now_ms());
+    shared.live.publish(live);
 }
 
 /// Why a stream ended badly, and how the connection is closed.

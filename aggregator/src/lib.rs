@@ -12,6 +12,7 @@ pub mod committer;
 pub mod history;
 pub mod ingest;
 pub mod ingest_log;
+pub mod live;
 pub mod metrics;
 pub mod releases;
 pub mod revocation;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub connections: ingest::Connections,
     /// Published releases, deployments and what devices report (`DATA/releases/`).
     pub releases: Arc<releases::FleetReleases>,
+    /// What was made durable, pushed to stream subscribers.
+    pub live: Arc<live::LiveFeed>,
 }
 
 impl Shared {
@@ -64,11 +67,13 @@ impl Shared {
             tracing::info!(batches, elapsed = ?started.elapsed(), "replayed the ingest log");
         }
         let metrics = Arc::new(Metrics::default());
+        let live = live::LiveFeed::new(live::LiveConfig::default());
         let (committer, storage) = committer::spawn(
             history.clone(),
             log,
             committer::CHECKPOINTS,
             metrics.clone(),
+            live.clone(),
         );
         Ok(Arc::new(Self {
             history,
@@ -77,6 +82,7 @@ impl Shared {
             storage,
             connections: ingest::Connections::default(),
             releases,
+            live,
         }))
     }
 

@@ -46,6 +46,10 @@ enum TokensCommand {
         /// Who holds it.
         #[arg(long, default_value = "")]
         name: String,
+        /// A customer's token (role viewer): it follows only this task on the live stream
+        /// (`/api/v1/stream`: its courier's positions and its status) and reads nothing else.
+        #[arg(long)]
+        task: Option<String>,
     },
     /// Lists the tokens: id, role, name, when issued.
     List {
@@ -125,8 +129,14 @@ fn main() -> anyhow::Result<()> {
 
 fn tokens(command: TokensCommand) -> anyhow::Result<()> {
     match command {
-        TokensCommand::Issue { dir, role, name } => {
-            let (record, secret) = TokenFile::in_dir(&dir).issue(role, &name)?;
+        TokensCommand::Issue {
+            dir,
+            role,
+            name,
+            task,
+        } => {
+            let (record, secret) =
+                TokenFile::in_dir(&dir).issue_scoped(role, &name, task.as_deref())?;
             eprintln!("token {} ({role}) issued; it is shown only now:", record.id);
             println!("{secret}");
         }

@@ -28,11 +28,17 @@ pub struct Metrics {
     pub api_unauthorized: AtomicU64,
     pub api_forbidden: AtomicU64,
     pub api_rate_limited: AtomicU64,
+    pub stream_subscribers: AtomicU64,
 }
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// For gauges.
+    pub fn sub(gauge: &AtomicU64, n: u64) {
+        gauge.fetch_sub(n, Relaxed);
     }
 
     /// The exposition text, with per-device lag from `devices` and dead letters from
@@ -92,6 +98,12 @@ impl Metrics {
             "Time spent in checkpoints, microseconds.",
             "counter",
             self.checkpoint_micros.load(Relaxed),
+        );
+        counter(
+            "fleet_stream_subscribers",
+            "Live stream subscribers (WebSocket) now.",
+            "gauge",
+            self.stream_subscribers.load(Relaxed),
         );
         counter(
             "fleet_connected_devices",

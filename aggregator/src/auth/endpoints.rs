@@ -36,7 +36,7 @@ async fn list(State(authority): State<Arc<Authority>>) -> Response {
         Ok(tokens) => {
             let tokens: Vec<_> = tokens
                 .iter()
-                .map(|t| json!({"id": t.id, "role": t.role, "name": t.name, "issued_ms": t.issued_ms}))
+                .map(|t| json!({"id": t.id, "role": t.role, "name": t.name, "issued_ms": t.issued_ms, "task": t.task}))
                 .collect();
             Json(json!({ "tokens": tokens })).into_response()
         }
@@ -49,6 +49,9 @@ async fn list(State(authority): State<Arc<Authority>>) -> Response {
 struct IssueRequest {
     role: Role,
     name: String,
+    /// A customer's token, following only this task.
+    #[serde(default)]
+    task: Option<String>,
 }
 
 async fn issue(
@@ -67,7 +70,7 @@ async fn issue(
     };
     let issued = authority
         .file()
-        .issue(request.role, &request.name)
+        .issue_scoped(request.role, &request.name, request.task.as_deref())
         .and_then(|issued| authority.reload().map(|()| issued));
     match issued {
         Ok((record, secret)) => (

@@ -75,13 +75,18 @@ impl Authority {
         &self.file
     }
 
-    /// The caller a request's headers name, or why it is refused.
-    fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<Caller, Refusal> {
-        let secret = headers
+    /// The caller a request names, or why it is refused: the bearer token in its headers, or
+    /// for the live stream (which browsers open without headers) its `access_token` parameter.
+    fn authenticate(&self, request: &Request) -> Result<Caller, Refusal> {
+        let secret = request
+            .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .map(str::trim)
+            .map(str::to_string)
+            .or_else(|| stream_token(request));
+        let secret = secret.as_deref();
         let token = secret.and_then(|s| self.tokens.load().get(&tokens::secret_hash(s)).cloned());
         let Some(token) = token else {
             Metrics::add(&self.metrics.api_unauthorized, 1);
@@ -160,7 +165,7 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match authority.authenticate(request.headers()) {
+    match authority.authenticate(&request) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
@@ -168,6 +173,20 @@ pub async fn authenticate(
         Err(refused) => refused.into_response(),
     }
 }
+
+/// The `access_token` query parameter of a request to the live stream.
+fn stream_token(request: &Request) -> Option<String> {
+    if request.uri().path() != STREAM_PATH {
+        return None;
+    }
+    request.uri().query()?.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("access_token=")?;
+        Some(crate::api::percent_decode(value)?.trim().to_string())
+    })
+}
+
+/// The one path that takes its token as a query parameter.
+pub const STREAM_PATH: &str = "/api/v1/stream";
 
 /// What a group of routes requires: a role, checked against the caller's.
 #[derive(Clone)]
@@ -178,10 +197,17 @@ pub struct Gate {
 
 /// Route middleware: 403 unless the caller's role is at least the gate's.
 pub async fn require(State(gate): State<Gate>, request: Request, next: Next) -> Response {
-    let allowed = request
-        .extensions()
-        .get::<Caller>()
-        .is_some_and(|c| c.token.role >= gate.role);
+    let caller = request.extensions().get::<Caller>();
+    if let Some(task) = caller.and_then(|c| c.token.task.as_deref())
+        && request.uri().path() != STREAM_PATH
+    {
+        Metrics::add(&gate.authority.metrics.api_forbidden, 1);
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("this token follows task {task}: it reads {STREAM_PATH}?task={task} only"),
+        );
+    }
+    let allowed = caller.is_some_and(|c| c.token.role >= gate.role);
     if allowed {
         next.run(request).await
     } else {

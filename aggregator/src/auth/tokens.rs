@@ -56,6 +56,10 @@ pub struct TokenRecord {
     pub issued_ms: i64,
     /// sha256 of the secret, hex.
     pub sha256: String,
+    /// A customer's token: it follows this one task on the live stream (its courier's
+    /// positions and its status), and reads nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -119,6 +123,19 @@ impl TokenFile {
 
     /// Issues a token: stores its record and returns it with the secret (shown only now).
     pub fn issue(&self, role: Role, name: &str) -> anyhow::Result<(TokenRecord, String)> {
+        self.issue_scoped(role, name, None)
+    }
+
+    /// Issues a token; one with a `task` is a viewer's that follows only that task.
+    pub fn issue_scoped(
+        &self,
+        role: Role,
+        name: &str,
+        task: Option<&str>,
+    ) -> anyhow::Result<(TokenRecord, String)> {
+        if task.is_some() && role != Role::Viewer {
+            anyhow::bail!("a token that follows one task is a viewer's (--role viewer)");
+        }
         let mut random = [0u8; 36];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let id: String = random[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -132,6 +149,7 @@ impl TokenFile {
             name: name.replace(['\n', '\r'], " "),
             issued_ms: crate::now_ms(),
             sha256: secret_hash(&secret),
+            task: task.map(str::to_string),
         };
         let mut tokens = self.load()?;
         tokens.push(record.clone());

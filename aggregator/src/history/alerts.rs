@@ -185,6 +185,8 @@ pub(crate) struct KeyAlerts {
     pub(crate) changed: bool,
     /// Alerts opened and escalations during the batch.
     pub(crate) raised: u64,
+    /// Each step an alert took during the batch, with the alert as it was right after.
+    pub(crate) steps: Vec<(AlertStep, AlertRow)>,
 }
 
 impl KeyAlerts {
@@ -218,13 +220,16 @@ impl KeyAlerts {
         };
         match (step, self.open.as_mut()) {
             (Some(AlertStep::Opened | AlertStep::Escalated), None) if raises => {
-                self.open = Some(AlertRow::open(device, d));
+                let open = AlertRow::open(device, d);
+                self.steps.push((AlertStep::Opened, open.clone()));
+                self.open = Some(open);
                 self.changed = true;
                 self.raised += 1;
             }
             (Some(AlertStep::Opened | AlertStep::Escalated), Some(open)) if raises => {
                 if d.severity > open.severity {
                     open.escalate(d);
+                    self.steps.push((AlertStep::Escalated, open.clone()));
                     self.raised += 1;
                 } else {
                     open.repeats += 1;
@@ -254,6 +259,7 @@ impl KeyAlerts {
     fn close(&mut self, at_ms: i64, why: &str) {
         if let Some(mut open) = self.open.take() {
             open.resolve(at_ms, why);
+            self.steps.push((AlertStep::Resolved, open.clone()));
             self.closed.push(open);
             self.changed = false;
         }
@@ -326,6 +332,15 @@ mod tests {
         }
         assert!(a.open.is_none());
         assert_eq!(a.raised, 2);
+        let steps: Vec<_> = a.steps.iter().map(|(s, row)| (*s, row.severity)).collect();
+        assert_eq!(
+            steps,
+            [
+                (Opened, Severity::Warning),
+                (Escalated, Severity::Critical),
+                (Resolved, Severity::Critical)
+            ]
+        );
         let [closed] = a.closed.as_slice() else {
             panic!("{:?}", a.closed)
         };

@@ -14,6 +14,7 @@ pub use views::{
     Alert, AlertFilter, DeadLetter, DeadLetterFilter, DeadLetterState, DeadLetters, DeviceStatus,
     Failures, Latest, RoutePoint, StateSummary, Stats, TaskTimeline, TimelineItem,
 };
+pub(crate) use views::{event_json, rfc3339};
 
 use fleet_proto::{Entry, JournalId, Seq};
 use thiserror::Error;
@@ -48,7 +49,7 @@ pub enum HistoryError {
 }
 
 /// What one ingest did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct IngestOutcome {
     pub stored: u64,
     /// Entries at or below the device's cursor: already in history, absorbed.
@@ -56,6 +57,18 @@ pub struct IngestOutcome {
     pub events: u64,
     pub decisions: u64,
     pub alerts: u64,
+    /// The first entry stored (in the journal's numbering): entries from it on were new.
+    pub fresh_from: Option<Seq>,
+    /// Every step an alert took, in order, with the alert right after it (what live streams
+    /// push once the ingest is durable).
+    pub alert_steps: Vec<AlertChange>,
+}
+
+/// A step an alert took, and the alert right after it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AlertChange {
+    pub step: fleet_proto::record::AlertStep,
+    pub alert: Alert,
 }
 
 /// One batch from a device's journal, as the committer hands it to history.

@@ -59,6 +59,7 @@ pub(crate) fn plan(cursor: Seq, base: Seq, entries: &[Entry]) -> Plan<'_> {
             continue;
         }
         plan.outcome.stored += 1;
+        plan.outcome.fresh_from.get_or_insert(entry.seq);
         match &entry.record {
             Record::Event(e) => {
                 plan.outcome.events += 1;

@@ -10,12 +10,14 @@ use fleet_aggregator::auth::{Role, TokenFile};
 use crate::fleet::{self, Api, InProcess};
 
 /// What each role gets from each endpoint (no data was synced: unknown ids are 404; a POST
-/// without a body is a 400 once past the gate).
+/// without a body is a 400 once past the gate; the stream asked for as a plain GET is 406).
 const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/metrics", Some(Role::Viewer)),
     ("GET", "/api/v1/stats", Some(Role::Viewer)),
     ("GET", "/api/v1/devices", Some(Role::Viewer)),
     ("GET", "/api/v1/alerts", Some(Role::Viewer)),
+    ("GET", "/api/v1/alerts/pred-1", Some(Role::Viewer)),
+    ("GET", "/api/v1/stream", Some(Role::Viewer)),
     ("GET", "/api/v1/dead-letters", Some(Role::Viewer)),
     ("GET", "/api/v1/tasks/T-1", Some(Role::Viewer)),
     ("GET", "/api/v1/couriers/c1", Some(Role::Viewer)),
@@ -58,6 +60,7 @@ fn every_endpoint_answers_each_role_as_its_role_allows() {
                     assert_eq!(got, 403, "{role} {method} {path}");
                 }
                 _ if method == "POST" => assert_eq!(got, 400, "{role} {method} {path}"),
+                _ if path == "/api/v1/stream" => assert_eq!(got, 406, "{role} {method} {path}"),
                 _ => assert!(matches!(got, 200 | 404), "{role} {method} {path}: {got}"),
             }
         }

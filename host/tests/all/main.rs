@@ -14,6 +14,7 @@ mod inference;
 mod release;
 mod sandbox;
 mod scenario;
+mod stream;
 mod swap;
 mod sync;
 mod util;

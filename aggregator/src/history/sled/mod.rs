@@ -21,7 +21,7 @@ use super::keys::{self, Key};
 use super::plan::{self, LatestOf, Plan};
 use super::rows::{Counters, DeadLetterRow, DeviceRow, LatestRow, Span};
 use super::views::{StateRow, TaskItem};
-use super::{Batch, HistoryError, IngestOutcome, JournalView};
+use super::{AlertChange, Batch, HistoryError, IngestOutcome, JournalView};
 
 /// sled-backed [`History`](super::History).
 pub struct SledHistory {
@@ -40,8 +40,11 @@ struct Written {
     latest: HashMap<Vec<u8>, LatestRow>,
     /// The open alert (or none) of tasks and couriers by [`Key::alert_open`]; emptied when it
     /// holds [`MAX_WRITTEN_LATEST`].
-    open_alerts: HashMap<Vec<u8>, Option<AlertRow>>,
+    open_alerts: OpenAlerts,
 }
+
+/// The open alert (or none) of each key an ingest touched, by [`Key::alert_open`].
+type OpenAlerts = HashMap<Vec<u8>, Option<AlertRow>>;
 
 /// About three times the tasks and couriers of a 10,000-courier city at once.
 const MAX_WRITTEN_LATEST: usize = 65_536;
@@ -273,8 +276,10 @@ impl SledHistory {
         let mut sled_batch = sled::Batch::default();
         let mut next = written.counters.clone();
         self.write_plan(&db, &mut written, device, &plan, &mut next, &mut sled_batch)?;
-        let open_alerts = self.write_alerts(&db, &written, device, &plan, &mut sled_batch)?;
-        let outcome = plan.outcome;
+        let (open_alerts, alert_steps) =
+            self.write_alerts(&db, &written, device, &plan, &mut sled_batch)?;
+        let mut outcome = plan.outcome;
+        outcome.alert_steps = alert_steps;
         if let Some(t) = plan.newest_event_ms {
             row.last_event_ms = Some(row.last_event_ms.map_or(t, |l| l.max(t)));
         }
@@ -370,7 +375,8 @@ impl SledHistory {
     }
 
     /// Folds the plan's alert moves, writing each alert it changed once; returns the open
-    /// alert of every key it touched, for [`Written::open_alerts`] once the batch is applied.
+    /// alert of every key it touched, for [`Written::open_alerts`] once the batch is applied,
+    /// and the steps alerts took.
     fn write_alerts(
         &self,
         db: &Db,
@@ -378,7 +384,7 @@ impl SledHistory {
         device: &str,
         plan: &Plan<'_>,
         batch: &mut sled::Batch,
-    ) -> Result<HashMap<Vec<u8>, Option<AlertRow>>, HistoryError> {
+    ) -> Result<(OpenAlerts, Vec<AlertChange>), HistoryError> {
         let mut keyed: HashMap<Vec<u8>, KeyAlerts> = HashMap::new();
         for &(of, m) in &plan.alert_moves {
             let key = Key::alert_open(of).0;
@@ -392,7 +398,20 @@ impl SledHistory {
             keyed.get_mut(&key).expect("inserted above").fold(device, m);
         }
         let mut open_alerts = HashMap::with_capacity(keyed.len());
-        for (key, alerts) in keyed {
+        let mut steps = Vec::new();
+        let mut schemas: HashMap<u64, Option<Schema>> = plan
+            .schemas
+            .iter()
+            .map(|s| (s.id, Some((*s).clone())))
+            .collect();
+        for (key, mut alerts) in keyed {
+            for (step, row) in std::mem::take(&mut alerts.steps) {
+                let schema = self.schema(row.schema, &mut schemas)?;
+                steps.push(AlertChange {
+                    step,
+                    alert: row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
+                });
+            }
             for row in &alerts.closed {
                 write_alert(row, batch);
             }
@@ -407,7 +426,7 @@ impl SledHistory {
             }
             open_alerts.insert(key, alerts.open);
         }
-        Ok(open_alerts)
+        Ok((open_alerts, steps))
     }
 
     /// Folds the plan's latest-row moves, writing each row once.
