@@ -53,6 +53,8 @@ pub fn router(
         .route(auth::STREAM_PATH, get(crate::live::endpoint::stream))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/tasks/{id}", get(task))
+        .route("/api/v1/couriers", get(couriers_within))
+        .route("/api/v1/couriers/nearby", get(couriers_nearby))
         .route("/api/v1/couriers/{id}", get(courier))
         .route("/api/v1/couriers/{id}/route", get(route))
         .with_state(shared.clone())
@@ -64,7 +66,7 @@ pub fn router(
     let authenticated = viewer
         .merge(operator)
         .merge(admin)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,stream,dead-letters,tasks/ID,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,stream,dead-letters,tasks/ID,couriers?bbox=,couriers/nearby,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
         .layer(middleware::from_fn_with_state(authority, auth::authenticate));
     Router::new()
         .route("/healthz", get(health))
@@ -367,6 +369,53 @@ async fn task(
         Some(t) => Ok(Json(t).into_response()),
         None => Err(ApiError::not_found(format!("no history for task {id:?}"))),
     }
+}
+
+/// A number parameter within `range`; `default` when absent (`None`: required).
+fn number_param(
+    p: &HashMap<String, String>,
+    name: &str,
+    range: std::ops::RangeInclusive<f64>,
+    default: Option<f64>,
+) -> Result<f64, ApiError> {
+    match (p.get(name), default) {
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(ApiError::bad(format!("{name} is required"))),
+        (Some(v), _) => match v.parse::<f64>() {
+            Ok(x) if range.contains(&x) => Ok(x),
+            _ => Err(ApiError::bad(format!(
+                "{name}={v:?}: expected a number from {} to {}",
+                range.start(),
+                range.end()
+            ))),
+        },
+    }
+}
+
+/// Most couriers a "nearby" or area query answers with.
+const MAX_COURIERS: usize = 10_000;
+
+async fn couriers_nearby(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = params(q, &["lat", "lon", "radius_km", "limit"])?;
+    let lat = number_param(&p, "lat", -90.0..=90.0, None)?;
+    let lon = number_param(&p, "lon", -180.0..=180.0, None)?;
+    let radius = number_param(&p, "radius_km", 0.0..=500.0, Some(5.0))?;
+    let limit = number_param(&p, "limit", 1.0..=MAX_COURIERS as f64, Some(50.0))? as usize;
+    let found = s.nearby.near(lat, lon, radius, limit);
+    Ok(Json(json!({"couriers": found})).into_response())
+}
+
+async fn couriers_within(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = params(q, &["bbox", "limit"])?;
+    let filter = crate::live::Filter::parse(&p).map_err(ApiError::bad)?;
+    let Some((a, b, c, d)) = filter.bbox else {
+        return Err(ApiError::bad(
+            "bbox=min_lat,min_lon,max_lat,max_lon is required (or see /api/v1/couriers/nearby)",
+        ));
+    };
+    let limit = number_param(&p, "limit", 1.0..=MAX_COURIERS as f64, Some(1000.0))? as usize;
+    let found = s.nearby.within((a, b), (c, d), limit);
+    Ok(Json(json!({"couriers": found})).into_response())
 }
 
 async fn courier(

@@ -27,6 +27,7 @@ use crate::history::{Batch, History, HistoryError, IngestOutcome};
 use crate::ingest_log::IngestLog;
 use crate::live::{Derived, LiveFeed};
 use crate::metrics::Metrics;
+use crate::nearby::Nearby;
 
 /// Most requests folded into one commit.
 const MAX_GROUP: usize = 512;
@@ -163,6 +164,7 @@ pub fn spawn(
     checkpoints: CheckpointPolicy,
     metrics: Arc<Metrics>,
     live: Arc<LiveFeed>,
+    nearby: Arc<Nearby>,
 ) -> (CommitterHandle, Arc<StorageHealth>) {
     let (tx, rx) = mpsc::channel::<Job>(1024);
     let health = Arc::new(StorageHealth::default());
@@ -174,6 +176,7 @@ pub fn spawn(
         log,
         metrics,
         live,
+        nearby,
         health: health.clone(),
         durable: HashMap::new(),
         unsynced: HashSet::new(),
@@ -221,6 +224,8 @@ struct Committer {
     metrics: Arc<Metrics>,
     /// Where what a group made durable goes live.
     live: Arc<LiveFeed>,
+    /// The couriers' latest positions, moved by what a group made durable.
+    nearby: Arc<Nearby>,
     health: Arc<StorageHealth>,
     /// Per device touched since start: its cursor (history's numbering) as of the last
     /// successful sync. Devices not here have never been ingested by this process, so
@@ -315,6 +320,7 @@ impl Committer {
                     let steps = std::mem::take(&mut outcome.alert_steps);
                     if let Some(from) = outcome.fresh_from {
                         let fresh = i.entries.partition_point(|e| e.seq < from);
+                        self.nearby.apply(&i.device, &i.entries[fresh..]);
                         live.batch(&i.device, &i.entries[fresh..], steps);
                     }
                     Metrics::add(&self.metrics.events, outcome.events);
@@ -452,7 +458,14 @@ mod tests {
             max_segment_bytes: u64::MAX,
         };
         let live = LiveFeed::new(crate::live::LiveConfig::default());
-        let (committer, _) = spawn(history.clone(), log, policy, metrics.clone(), live);
+        let (committer, _) = spawn(
+            history.clone(),
+            log,
+            policy,
+            metrics.clone(),
+            live,
+            Arc::default(),
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

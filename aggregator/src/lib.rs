@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod ingest_log;
 pub mod live;
 pub mod metrics;
+pub mod nearby;
 pub mod releases;
 pub mod revocation;
 
@@ -39,6 +40,8 @@ pub struct Shared {
     pub releases: Arc<releases::FleetReleases>,
     /// What was made durable, pushed to stream subscribers.
     pub live: Arc<live::LiveFeed>,
+    /// The couriers' latest positions, for "near here" queries.
+    pub nearby: Arc<nearby::Nearby>,
 }
 
 impl Shared {
@@ -68,12 +71,14 @@ impl Shared {
         }
         let metrics = Arc::new(Metrics::default());
         let live = live::LiveFeed::new(live::LiveConfig::default());
+        let nearby = Arc::new(nearby::Nearby::default());
         let (committer, storage) = committer::spawn(
             history.clone(),
             log,
             committer::CHECKPOINTS,
             metrics.clone(),
             live.clone(),
+            nearby.clone(),
         );
         Ok(Arc::new(Self {
             history,
@@ -83,6 +88,7 @@ impl Shared {
             connections: ingest::Connections::default(),
             releases,
             live,
+            nearby,
         }))
     }
 

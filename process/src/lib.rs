@@ -69,6 +69,13 @@ pub fn restart_when(
 /// busy thread gets about a tenth of the CPU a normal one gets when they compete).
 const BACKGROUND_NICE: i32 = 10;
 
+/// Schedules the calling thread at the background priority (Linux; elsewhere a no-op): for
+/// threads that do only such work, like a pool pushing live streams.
+pub fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE);
+}
+
 /// Runs `f` on a thread of its own at a lower scheduling priority (Linux; elsewhere at the
 /// normal one) and returns what it returns: work that must not take cores from the threads
 /// serving events when cores are short, such as verifying and loading a release. The thread
@@ -77,11 +84,7 @@ pub fn in_background<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         let worker = std::thread::Builder::new().name("background".into());
         let worker = worker.spawn_scoped(s, || {
-            #[cfg(target_os = "linux")]
-            let _ = rustix::process::setpriority_process(
-                Some(rustix::thread::gettid()),
-                BACKGROUND_NICE,
-            );
+            lower_this_threads_priority();
             f()
         });
         worker

@@ -37,6 +37,22 @@ const MAX_PER_MESSAGE: usize = 4096;
 /// A subscriber whose socket takes longer than this to take one message is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where subscribers are served: two threads at the background priority, so that pushing to
+/// many subscribers takes only the CPU ingest leaves (a subscriber that falls behind catches
+/// up from the ring, or is told what it lost).
+fn fanout() -> &'static tokio::runtime::Runtime {
+    static FANOUT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    FANOUT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("stream-fanout")
+            .on_thread_start(fleet_process::lower_this_threads_priority)
+            .enable_all()
+            .build()
+            .expect("starting the stream fan-out threads")
+    })
+}
+
 /// What a subscriber is sent next.
 enum Out {
     Events(Vec<Arc<LiveEvent>>),
@@ -220,7 +236,8 @@ pub async fn stream(
         let metrics = shared.metrics.clone();
         return Ok(ws.on_upgrade(move |socket| async move {
             crate::metrics::Metrics::add(&metrics.stream_subscribers, 1);
-            serve_websocket(socket, Subscription::start(feed, filter, since)).await;
+            let sub = Subscription::start(feed, filter, since);
+            let _ = fanout().spawn(serve_websocket(socket, sub)).await;
             crate::metrics::Metrics::sub(&metrics.stream_subscribers, 1);
         }));
     }
@@ -234,10 +251,19 @@ pub async fn stream(
             "this is a stream: open it as a WebSocket, or with Accept: text/event-stream".into(),
         ));
     }
-    let sub = Subscription::start(feed, filter, since);
-    let events = futures_util::stream::unfold(sub, |mut sub| async move {
-        let out = sub.next().await?;
-        Some((futures_util::stream::iter(sse_events(out)), sub))
+    // Filtering and formatting run on the fan-out pool; the response only forwards.
+    let mut sub = Subscription::start(feed, filter, since);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Out>(16);
+    fanout().spawn(async move {
+        while let Some(out) = sub.next().await {
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let out = rx.recv().await?;
+        Some((futures_util::stream::iter(sse_events(out)), rx))
     })
     .flatten();
     Ok(Sse::new(events)

@@ -132,6 +132,37 @@ fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
             other => panic!("{other} was not asked for"),
         }
     }
+    // The courier is found near its last position, and in a box around it, with its risk.
+    let last_at = got
+        .iter()
+        .rev()
+        .find(|e| e["topic"] == "positions")
+        .map(|e| (e["data"]["lat"].as_f64().unwrap(), e["data"]["lon"].as_f64().unwrap()))
+        .unwrap();
+    let near = api.get_json(&format!(
+        "/api/v1/couriers/nearby?lat={}&lon={}&radius_km=0.5&limit=5",
+        last_at.0,
+        last_at.1 + 0.002
+    ));
+    let found = &near["couriers"][0];
+    assert_eq!(found["courier_id"], "c-T-live", "{near}");
+    assert!(found["distance_km"].as_f64().unwrap() < 0.5);
+    assert!(found["score"].as_f64().unwrap() > 0.5, "{found}");
+    let boxed = api.get_json(&format!(
+        "/api/v1/couriers?bbox={},{},{},{}",
+        last_at.0 - 0.01,
+        last_at.1 - 0.01,
+        last_at.0 + 0.01,
+        last_at.1 + 0.01
+    ));
+    assert_eq!(boxed["couriers"].as_array().unwrap().len(), 1, "{boxed}");
+    let far = api.get_json("/api/v1/couriers/nearby?lat=0&lon=0&radius_km=5");
+    assert!(far["couriers"].as_array().unwrap().is_empty());
+    let (status, body) = api
+        .request("GET", "/api/v1/couriers/nearby?lat=91&lon=0", "")
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+
     // Positions: at most one per courier per second of event time (pings here are a minute
     // apart, so all of them).
     let positions = got.iter().filter(|e| e["topic"] == "positions").count();
