@@ -50,6 +50,7 @@ pub fn router(
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}", get(alert))
+        .route("/api/v1/predictions/{id}", get(prediction))
         .route(auth::STREAM_PATH, get(crate::live::endpoint::stream))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/tasks/{id}", get(task))
@@ -66,7 +67,7 @@ pub fn router(
     let authenticated = viewer
         .merge(operator)
         .merge(admin)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,stream,dead-letters,tasks/ID,couriers?bbox=,couriers/nearby,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,predictions/ID,stream,dead-letters,tasks/ID,couriers?bbox=,couriers/nearby,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
         .layer(middleware::from_fn_with_state(authority, auth::authenticate));
     Router::new()
         .route("/healthz", get(health))
@@ -322,6 +323,21 @@ async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResul
     let page = page_param(&p)?;
     let alerts = query(&s, move |h| h.alerts(&filter, &page)).await?;
     Ok(Json(json!({"alerts": alerts.items, "next_cursor": alerts.next})).into_response())
+}
+
+async fn prediction(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    params(q, &[])?;
+    let wanted = id.clone();
+    match query(&s, move |h| h.prediction(&wanted)).await? {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no decision with prediction id {id:?}"
+        ))),
+    }
 }
 
 async fn alert(

@@ -18,6 +18,8 @@ pub(crate) const ALERT_BY_TIME: u8 = b'B';
 pub(crate) const ALERT_ID: u8 = b'O';
 /// The open alert of a task (or of a courier without a task).
 pub(crate) const ALERT_OPEN: u8 = b'Q';
+/// Where a decision is stored, by its prediction id.
+pub(crate) const PREDICTION: u8 = b'F';
 pub(crate) const LATEST_TASK: u8 = b'L';
 pub(crate) const LATEST_COURIER: u8 = b'M';
 pub(crate) const SCHEMA: u8 = b'S';
@@ -63,6 +65,10 @@ impl Key {
             .time(time_ms)
             .str(device)
             .u64(seq)
+    }
+    /// Where the decision with this prediction id is stored.
+    pub(crate) fn prediction(id: &str) -> Self {
+        Self::new(PREDICTION).str(id)
     }
     /// An alert object.
     pub(crate) fn alert(opened_ms: i64, id: &str) -> Self {

@@ -149,6 +149,9 @@ pub trait History: Send + Sync + 'static {
     /// Alerts by the time they opened, oldest first.
     fn alerts(&self, filter: &AlertFilter, page: &PageRequest)
     -> Result<Page<Alert>, HistoryError>;
+    /// One decision with its prediction log (features, score, factors, model, modules,
+    /// release, alert step) by its prediction id, and the device that made it.
+    fn prediction(&self, id: &str) -> Result<Option<serde_json::Value>, HistoryError>;
     /// One alert by its id (the prediction id of the decision that opened it).
     fn alert(&self, id: &str) -> Result<Option<Alert>, HistoryError>;
     fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError>;

@@ -336,6 +336,7 @@ pub(crate) fn decision_json(d: &DecisionRecord, schema: Option<&Schema>) -> serd
         "model": d.model,
         "modules": {"features": d.modules[0], "scorer": d.modules[1], "policy": d.modules[2]},
         "release": d.release,
+        "alert_step": d.alert_step.map(|s| s.as_str()),
         "features": features,
         "top_factors": d.top_factors.iter().map(|(i, c)| serde_json::json!({"feature": name(*i as usize), "contribution": c})).collect::<Vec<_>>(),
     })

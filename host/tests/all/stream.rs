@@ -137,7 +137,12 @@ fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
         .iter()
         .rev()
         .find(|e| e["topic"] == "positions")
-        .map(|e| (e["data"]["lat"].as_f64().unwrap(), e["data"]["lon"].as_f64().unwrap()))
+        .map(|e| {
+            (
+                e["data"]["lat"].as_f64().unwrap(),
+                e["data"]["lon"].as_f64().unwrap(),
+            )
+        })
         .unwrap();
     let near = api.get_json(&format!(
         "/api/v1/couriers/nearby?lat={}&lon={}&radius_km=0.5&limit=5",

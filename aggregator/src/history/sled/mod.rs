@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use fleet_proto::record::Schema;
+use fleet_proto::record::{AlertStep, DecisionRecord, Schema};
 use fleet_proto::{JournalId, Record, Seq};
 use fleet_sled::Db;
 use serde::{Deserialize, Serialize};
@@ -329,19 +329,19 @@ impl SledHistory {
             }
         }
         for &(seq, d) in &plan.decisions {
-            match &d.task_id {
+            let key = match &d.task_id {
                 Some(task) => {
-                    let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
-                    batch.insert(
-                        Key::task(task, d.time_ms, device, seq).0,
-                        encode_extended(&item, &d.release),
-                    );
+                    let key = Key::task(task, d.time_ms, device, seq).0;
+                    batch.insert(key.clone(), encode_task_decision(d));
+                    key
                 }
-                None => batch.insert(
-                    Key::record(device, seq).0,
-                    encode(&Record::Decision(d.clone())),
-                ),
-            }
+                None => {
+                    let key = Key::record(device, seq).0;
+                    batch.insert(key.clone(), encode(&Record::Decision(d.clone())));
+                    key
+                }
+            };
+            batch.insert(Key::prediction(&d.prediction_id).0, key);
         }
         self.write_latest(db, written, device, plan, batch)?;
         for &(seq, s) in &plan.states {
@@ -477,6 +477,45 @@ impl SledHistory {
         self.db()
             .insert(Key::new(keys::SEEN).str(device).0, encode(&now_ms))?;
         Ok(())
+    }
+}
+
+/// A decision on its task's timeline: the row, then its release, then (when it moved an alert)
+/// its alert step. Rows written before either read back with none.
+fn encode_task_decision(d: &DecisionRecord) -> Vec<u8> {
+    let item = TaskItem::Decision(Box::new(Cow::Borrowed(d)));
+    match d.alert_step {
+        None => encode_extended(&item, &d.release),
+        Some(step) => encode_extended(&item, &(&d.release, Some(step))),
+    }
+}
+
+/// Reads back what [`encode_task_decision`] (or an event's row) wrote.
+fn decode_task_item(key: &[u8], bytes: &[u8]) -> Result<TaskItem<'static>, HistoryError> {
+    if let Ok((item, (release, step))) =
+        decode_extended::<TaskItem, (Option<String>, Option<AlertStep>)>(key, bytes)
+    {
+        return Ok(with_extras(item, release, step));
+    }
+    let (item, release) = decode_extended::<TaskItem, Option<String>>(key, bytes)?;
+    Ok(with_extras(item, release, None))
+}
+
+fn with_extras(
+    item: TaskItem<'_>,
+    release: Option<String>,
+    step: Option<AlertStep>,
+) -> TaskItem<'static> {
+    match item {
+        TaskItem::Decision(d) => {
+            let mut d = d.into_owned();
+            d.release = release;
+            d.alert_step = step;
+            TaskItem::Decision(Box::new(Cow::Owned(d)))
+        }
+        TaskItem::Event { courier_id } => TaskItem::Event {
+            courier_id: Cow::Owned(courier_id.into_owned()),
+        },
     }
 }
 

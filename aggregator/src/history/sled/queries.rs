@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use fleet_proto::record::EventRecord;
 use fleet_proto::{JournalId, Seq};
 
-use super::{SledHistory, decode, decode_extended, read, str_at, u64_at};
+use super::{SledHistory, decode, decode_task_item, read, str_at, u64_at};
 use crate::history::alerts::AlertRow;
 use crate::history::keys::{self, Key};
 use crate::history::rows::{DeadLetterRow, DeviceRow};
@@ -162,8 +162,7 @@ impl History for SledHistory {
             let Some(seq) = u64_at(k, after) else {
                 return Ok(None);
             };
-            let (item, release) = decode_extended::<TaskItem, Option<String>>(k, v)?;
-            let (kind, data) = match item {
+            let (kind, data) = match decode_task_item(k, v)? {
                 TaskItem::Event { courier_id } => {
                     let key = Key::route(&courier_id, time_ms, &device, seq).0;
                     let Some(bytes) = self.db().get(&key)? else {
@@ -172,8 +171,6 @@ impl History for SledHistory {
                     ("event", views::event_json(&decode(&key, &bytes)?))
                 }
                 TaskItem::Decision(d) => {
-                    let mut d = d.into_owned();
-                    d.release = release;
                     let schema = self.schema(d.schema, &mut schemas)?;
                     ("decision", views::decision_json(&d, schema.as_ref()))
                 }
@@ -240,6 +237,41 @@ impl History for SledHistory {
         Ok(Some(
             row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
         ))
+    }
+
+    fn prediction(&self, id: &str) -> Result<Option<serde_json::Value>, HistoryError> {
+        let db = self.db();
+        let Some(key) = db.get(Key::prediction(id).0)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = db.get(&key)? else {
+            return Ok(None);
+        };
+        let decision = match key.first() {
+            Some(&keys::TASK) => match decode_task_item(&key, &bytes)? {
+                TaskItem::Decision(d) => d.into_owned(),
+                TaskItem::Event { .. } => return Ok(None),
+            },
+            _ => match decode::<fleet_proto::Record>(&key, &bytes)? {
+                fleet_proto::Record::Decision(d) => d,
+                _ => return Ok(None),
+            },
+        };
+        let schema = self.schema(decision.schema, &mut HashMap::new())?;
+        let device = match key.first() {
+            Some(&keys::TASK) => {
+                let at = Key::new(keys::TASK)
+                    .str(decision.task_id.as_deref().unwrap_or(""))
+                    .0
+                    .len()
+                    + 8;
+                str_at(&key, at).map(|(d, _)| d)
+            }
+            _ => str_at(&key, 1).map(|(d, _)| d),
+        };
+        let mut json = views::decision_json(&decision, schema.as_ref());
+        json["device"] = device.into();
+        Ok(Some(json))
     }
 
     fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError> {

@@ -304,6 +304,38 @@ fn alerts_live_across_batches_and_a_reopened_history() {
             .len()
     };
     assert_eq!((by_task("T-1"), by_task("T-2")), (2, 0));
+
+    // Each decision by its prediction id, with its step; the timeline shows the steps.
+    let d = history.prediction("p3").unwrap().unwrap();
+    assert_eq!(
+        (&d["alert_step"], &d["device"], &d["severity"]),
+        (&"escalated".into(), &"d1".into(), &"critical".into())
+    );
+    assert_eq!(
+        history.prediction("p4").unwrap().unwrap()["alert_step"],
+        serde_json::Value::Null
+    );
+    assert!(history.prediction("nope").unwrap().is_none());
+    let steps: Vec<_> = history
+        .task("T-1", &all())
+        .unwrap()
+        .unwrap()
+        .items
+        .iter()
+        .filter(|i| i.kind == "decision")
+        .map(|i| i.data["alert_step"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            Some("opened".into()),
+            Some("opened".into()),
+            Some("escalated".into()),
+            None,
+            Some("resolved".into()),
+            Some("opened".into())
+        ]
+    );
 }
 
 #[test]
