@@ -3,7 +3,8 @@
 //! in the journal; malformed lines are reported by line number and field and do not hold back
 //! the others. `/healthz` says whether the journal can take writes; `/v1/dead-letters` lists
 //! the parked events and `POST /v1/dead-letters/retry` scores them again; `/v1/release` says
-//! which release runs, what the release store holds and which releases were refused, and why.
+//! which release runs, what the release store holds and which releases were refused, and why;
+//! `/v1/courier-actions` streams what the policy meant for the courier (notifications).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub fn router(
         .route("/v1/release", get(release))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/retry", post(retry))
+        .route("/v1/courier-actions", get(courier_actions))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(AppState {
             writer,
@@ -57,6 +59,45 @@ pub fn router(
 
 fn journal(s: &AppState) -> &Arc<Journal> {
     s.writer.journal()
+}
+
+/// `GET /v1/courier-actions?courier=`: Server-Sent Events, one per action a policy meant for a
+/// courier (`notify_courier`, `reassign`), sent once its decision is durable; for the handset
+/// app to show. A reader that falls behind by more than the writer keeps is told how many it
+/// missed (`lagged`).
+async fn courier_actions(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    if let Some(unknown) = q.keys().find(|k| k.as_str() != "courier") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("unknown query parameter {unknown:?}; this endpoint takes courier")})),
+        )
+            .into_response();
+    }
+    let courier = q.get("courier").cloned();
+    let rx = s.writer.courier_actions();
+    let stream = futures_util::stream::unfold((rx, courier), |(mut rx, courier)| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(a) if courier.as_deref().is_some_and(|c| c != a.courier_id) => continue,
+                Ok(a) => SseEvent::default()
+                    .event(a.kind)
+                    .data(serde_json::to_string(&*a).unwrap_or_default()),
+                Err(RecvError::Lagged(n)) => SseEvent::default()
+                    .event("lagged")
+                    .data(json!({"missed": n}).to_string()),
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(event), (rx, courier)));
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn health(State(s): State<AppState>) -> Response {

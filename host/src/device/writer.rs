@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use fleet_journal::{Journal, JournalError, StoreHealth};
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
+use crate::decision::Action;
 use crate::event::Event;
 use crate::registry::ModuleRegistry;
 
@@ -71,7 +72,49 @@ struct Device {
     journal: Arc<Journal>,
     synced: Arc<Notify>,
     registry: Arc<ModuleRegistry>,
+    /// What the policy asked to tell the device's couriers, once durable.
+    courier_actions: broadcast::Sender<Arc<CourierAction>>,
 }
+
+/// Something a policy wants a courier to see: a notification, or a suggested reassignment.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CourierAction {
+    pub courier_id: String,
+    pub task_id: Option<String>,
+    /// `notify_courier` or `reassign`.
+    pub kind: &'static str,
+    pub message: String,
+    pub prediction_id: String,
+    pub event_time: String,
+}
+
+impl CourierAction {
+    /// The actions meant for couriers among a batch's decisions.
+    fn of(accepted: &Accepted) -> Vec<Self> {
+        let mut out = Vec::new();
+        for d in &accepted.decisions {
+            for a in &d.actions {
+                let (kind, message) = match a {
+                    Action::NotifyCourier { message } => ("notify_courier", message),
+                    Action::Reassign { reason } => ("reassign", reason),
+                    _ => continue,
+                };
+                out.push(Self {
+                    courier_id: d.courier_id.clone(),
+                    task_id: d.task_id.clone(),
+                    kind,
+                    message: message.clone(),
+                    prediction_id: d.prediction_id.clone(),
+                    event_time: d.event_time.to_rfc3339(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Courier actions kept for a subscriber that is behind (a handset app reading its stream).
+const COURIER_ACTIONS: usize = 1024;
 
 /// The writer thread, shared by any number of devices. Its pipeline remembers recent event
 /// ids across all of them, so their ids must be unique fleet-wide (as UUIDs or
@@ -103,6 +146,7 @@ impl Writer {
             journal,
             synced,
             registry,
+            courier_actions: broadcast::channel(COURIER_ACTIONS).0,
         };
         self.devices
             .lock()
@@ -169,6 +213,12 @@ impl WriterHandle {
     pub fn journal(&self) -> &Arc<Journal> {
         &self.device.journal
     }
+
+    /// What the policy asks to tell this device's couriers from now on, each once its
+    /// decision is durable.
+    pub fn courier_actions(&self) -> broadcast::Receiver<Arc<CourierAction>> {
+        self.device.courier_actions.subscribe()
+    }
 }
 
 /// Most submissions folded into one flush.
@@ -228,7 +278,7 @@ struct WriterThread {
 
 /// What a group did, to be answered after its flush.
 enum Done {
-    Batch(Reply<Accepted>, Result<Accepted, SubmitError>),
+    Batch(Device, Reply<Accepted>, Result<Accepted, SubmitError>),
     Retry(Reply<Retried>, Result<Retried, SubmitError>),
 }
 
@@ -260,7 +310,11 @@ impl WriterThread {
                     } => {
                         let set = device.registry.current();
                         let result = self.runtime.process_on(&device.journal, set, events);
-                        done.push(Done::Batch(reply, result.map_err(|e| (&e).into())));
+                        done.push(Done::Batch(
+                            device.clone(),
+                            reply,
+                            result.map_err(|e| (&e).into()),
+                        ));
                         note(&mut touched, device);
                     }
                     Job::Retry { device, reply } => {
@@ -281,7 +335,15 @@ impl WriterThread {
             }
             for d in done {
                 match d {
-                    Done::Batch(reply, result) => answer(reply, &flushed, result),
+                    Done::Batch(device, reply, result) => {
+                        if let (Ok(()), Ok(accepted)) = (&flushed, &result) {
+                            for action in CourierAction::of(accepted) {
+                                // Nobody listening is not an error.
+                                let _ = device.courier_actions.send(Arc::new(action));
+                            }
+                        }
+                        answer(reply, &flushed, result)
+                    }
                     Done::Retry(reply, result) => answer(reply, &flushed, result),
                 }
             }
