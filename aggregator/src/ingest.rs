@@ -209,6 +209,7 @@ async fn stream(
             reader,
             control,
             shared.releases.clone(),
+            shared.live.clone(),
             device.clone(),
         )
         .await

@@ -549,4 +549,10 @@ fn print_hints(
     }
     println!("  curl -s {auth} {base}/api/v1/devices");
     println!("  curl -s {auth} {base}/api/v1/dead-letters");
+    println!(
+        "  curl -s {auth} '{base}/api/v1/couriers/nearby?lat=12.97&lon=77.59&radius_km=2&limit=5'"
+    );
+    println!(
+        "  curl -sN {auth} -H 'Accept: text/event-stream' '{base}/api/v1/stream?topics=alerts'   # live, until Ctrl-C"
+    );
 }

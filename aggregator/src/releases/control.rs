@@ -1,7 +1,8 @@
 //! A device's control stream at the aggregator, driving the sans-IO
 //! [`Distributor`]: pings answered; a device that reports (version 3) is offered the release
 //! its deployments say it should run, now and whenever a deployment changes, and is served
-//! the pieces it asks for, read from disk. A version-2 device only pings.
+//! the pieces it asks for, read from disk; each report goes to the live stream (`devices`). A
+//! version-2 device only pings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use fleet_proto::distribution::{DistributeEvent, Distributor};
 use fleet_proto::frame::Control;
 
 use super::FleetReleases;
+use crate::live::{Derived, LiveFeed};
 
 /// Serves the control stream whose first frame was `first`, until it ends.
 pub async fn serve(
@@ -19,6 +21,7 @@ pub async fn serve(
     mut reader: FrameReader,
     first: Frame,
     releases: Arc<FleetReleases>,
+    live: Arc<LiveFeed>,
     device: Arc<str>,
 ) -> Result<(), StreamError> {
     let mut distributor = Distributor::new();
@@ -55,6 +58,18 @@ pub async fn serve(
             DistributeEvent::Reply(frame) => write_frame(&mut send, &frame).await,
             DistributeEvent::Report(report) => {
                 let reported = releases.report(&device, &report);
+                let mut pushed = Derived::default();
+                pushed.release(
+                    &device,
+                    serde_json::json!({
+                        "active": report.active_label,
+                        "offered": report.offered.as_ref().map(|(id, step)| serde_json::json!({
+                            "release": fleet_release::Sha256Digest(*id).hex(),
+                            "step": step,
+                        })),
+                    }),
+                );
+                live.publish(pushed);
                 let sent = offer(&mut send, &mut distributor, &releases, &device, &reported).await;
                 labels = Some(reported);
                 sent
