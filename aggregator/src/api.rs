@@ -72,6 +72,7 @@ pub fn router(
     Router::new()
         .route("/healthz", get(health))
         .with_state(shared)
+        .merge(crate::dashboard::routes())
         .merge(authenticated)
 }
 

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod committer;
+pub mod dashboard;
 pub mod history;
 pub mod ingest;
 pub mod ingest_log;

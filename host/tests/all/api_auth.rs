@@ -32,6 +32,8 @@ const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("DELETE", "/api/v1/tokens/00000000", Some(Role::Admin)),
     ("GET", "/api/v1/no-such-thing", Some(Role::Viewer)),
     ("GET", "/healthz", None),
+    ("GET", "/", None),
+    ("GET", "/dashboard/app.js", None),
 ];
 
 fn status(api: &Api, method: &str, path: &str) -> u16 {
