@@ -185,6 +185,26 @@ fn time_param(params: &HashMap<String, String>, name: &str, default: i64) -> Res
         })
 }
 
+/// `state`: one of `states` by name, or `all` (or absent) for any.
+fn state_param<T: Copy>(
+    params: &HashMap<String, String>,
+    states: &[(&str, T)],
+) -> Result<Option<T>, ApiError> {
+    let Some(v) = params.get("state").filter(|v| *v != "all") else {
+        return Ok(None);
+    };
+    match states.iter().find(|(name, _)| name == v) {
+        Some(&(_, state)) => Ok(Some(state)),
+        None => {
+            let names: Vec<&str> = states.iter().map(|(n, _)| *n).collect();
+            Err(ApiError::bad(format!(
+                "state={v:?}: expected {} or all",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
 /// `limit` and `cursor`.
 fn page_param(params: &HashMap<String, String>) -> Result<PageRequest, ApiError> {
     let limit = match params.get("limit") {
@@ -299,16 +319,13 @@ async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResul
             ))
         })?),
     };
-    let state = match p.get("state").map(String::as_str) {
-        None | Some("all") => None,
-        Some("open") => Some(AlertState::Open),
-        Some("resolved") => Some(AlertState::Resolved),
-        Some(v) => {
-            return Err(ApiError::bad(format!(
-                "state={v:?}: expected open, resolved or all"
-            )));
-        }
-    };
+    let state = state_param(
+        &p,
+        &[
+            ("open", AlertState::Open),
+            ("resolved", AlertState::Resolved),
+        ],
+    )?;
     let filter = AlertFilter {
         since_ms: p
             .contains_key("since")
@@ -326,19 +343,31 @@ async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResul
     Ok(Json(json!({"alerts": alerts.items, "next_cursor": alerts.next})).into_response())
 }
 
+/// One item by its id, taking no parameters; 404 saying `what` when history has none.
+async fn by_id<T: serde::Serialize + Send + 'static>(
+    s: &Arc<Shared>,
+    q: Option<String>,
+    id: String,
+    what: &str,
+    get: fn(&dyn History, &str) -> Result<Option<T>, HistoryError>,
+) -> ApiResult {
+    params(q, &[])?;
+    let wanted = id.clone();
+    match query(s, move |h| get(h, &wanted)).await? {
+        Some(item) => Ok(Json(item).into_response()),
+        None => Err(ApiError::not_found(format!("no {what} {id:?}"))),
+    }
+}
+
 async fn prediction(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    params(q, &[])?;
-    let wanted = id.clone();
-    match query(&s, move |h| h.prediction(&wanted)).await? {
-        Some(d) => Ok(Json(d).into_response()),
-        None => Err(ApiError::not_found(format!(
-            "no decision with prediction id {id:?}"
-        ))),
-    }
+    by_id(&s, q, id, "decision with prediction id", |h, id| {
+        h.prediction(id)
+    })
+    .await
 }
 
 async fn alert(
@@ -346,26 +375,18 @@ async fn alert(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    params(q, &[])?;
-    let wanted = id.clone();
-    match query(&s, move |h| h.alert(&wanted)).await? {
-        Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError::not_found(format!("no alert {id:?}"))),
-    }
+    by_id(&s, q, id, "alert", |h, id| h.alert(id)).await
 }
 
 async fn dead_letters(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
     let p = params(q, &["state", "device", "limit", "cursor"])?;
-    let state = match p.get("state").map(String::as_str) {
-        None | Some("all") => None,
-        Some("open") => Some(DeadLetterState::Open),
-        Some("rescored") => Some(DeadLetterState::Rescored),
-        Some(v) => {
-            return Err(ApiError::bad(format!(
-                "state={v:?}: expected open, rescored or all"
-            )));
-        }
-    };
+    let state = state_param(
+        &p,
+        &[
+            ("open", DeadLetterState::Open),
+            ("rescored", DeadLetterState::Rescored),
+        ],
+    )?;
     let filter = DeadLetterFilter {
         state,
         device: p.get("device").cloned(),

@@ -75,32 +75,30 @@ impl Derived {
 
     /// A device connected or went away.
     pub fn device(&mut self, device: &str, connected: bool, at_ms: i64) {
-        self.push(Item {
-            topic: Topic::Devices,
-            courier: None,
-            task: None,
-            position: None,
-            severity: None,
-            time_ms: None,
-            data: serde_json::json!({
-                "kind": if connected { "connected" } else { "disconnected" },
-                "device": device,
-                "time": crate::history::rfc3339(at_ms),
-            }),
-        });
+        self.push(device_item(serde_json::json!({
+            "kind": if connected { "connected" } else { "disconnected" },
+            "device": device,
+            "time": crate::history::rfc3339(at_ms),
+        })));
     }
 
     /// A device's report on a release (offered, downloading, verified, active, failed).
     pub fn release(&mut self, device: &str, report: serde_json::Value) {
-        self.push(Item {
-            topic: Topic::Devices,
-            courier: None,
-            task: None,
-            position: None,
-            severity: None,
-            time_ms: None,
-            data: serde_json::json!({"kind": "release", "device": device, "release": report}),
-        });
+        self.push(device_item(
+            serde_json::json!({"kind": "release", "device": device, "release": report}),
+        ));
+    }
+}
+
+fn device_item(data: serde_json::Value) -> Item {
+    Item {
+        topic: Topic::Devices,
+        courier: None,
+        task: None,
+        position: None,
+        severity: None,
+        time_ms: None,
+        data,
     }
 }
 

@@ -186,7 +186,9 @@ fn a_policy_built_for_the_previous_wit_version_still_loads_and_alerts_per_event(
         release: None,
     });
     let mut pipeline = Pipeline::new(registry.clone());
-    let decisions = pipeline.process_on(set, late_task("T-old")).decisions;
+    let decisions = pipeline
+        .process_on(set, util::late_task("T-old", 40))
+        .decisions;
     let alerts = decisions
         .iter()
         .filter(|d| d.severity >= Severity::Warning)
@@ -198,30 +200,13 @@ fn a_policy_built_for_the_previous_wit_version_still_loads_and_alerts_per_event(
     assert!(decisions.iter().all(|d| d.alert_step.is_none()));
 }
 
-/// A task that runs late: assigned with a 10-minute promise, picked up late, crawling.
-fn late_task(task: &str) -> Vec<fleet_host::event::Event> {
-    let pickup = (12.9716, 77.5946);
-    let dropoff = util::north(pickup, 6.0);
-    let mut t = util::Task::new(task, &format!("c-{task}"));
-    let mut events = vec![
-        t.assigned(0.0, util::north(pickup, -1.0), pickup, dropoff, 10.0),
-        t.event("arrived_pickup", 8.0, pickup),
-        t.event("picked_up", 14.0, pickup),
-    ];
-    for minute in 15..40 {
-        let km = f64::from(minute - 14) * 0.05;
-        events.push(t.event("location", f64::from(minute), util::north(pickup, km)));
-    }
-    events
-}
-
 /// Through the pipeline, a late task raises one alert (plus at most an escalation) however
 /// many of its events score high, and its policy state sits beside its feature state.
 #[test]
 fn the_pipeline_keeps_policy_state_per_task() {
     let registry: Arc<ModuleRegistry> = util::registry();
     let mut pipeline = Pipeline::new(registry);
-    let events = late_task("T-late");
+    let events = util::late_task("T-late", 40);
     let mut outcomes = Vec::new();
     // In small batches, as a device receives them.
     for chunk in events.chunks(3) {
@@ -300,7 +285,7 @@ fn a_tasks_alert_survives_a_device_killed_mid_task() {
             .collect()
     };
 
-    let events = late_task("T-kill");
+    let events = util::late_task("T-kill", 40);
     let (first, rest) = events.split_at(events.len() / 2);
     let mut d = start();
     let before = raised(&post(first));

@@ -64,28 +64,6 @@ fn post(device: SocketAddr, events: &[fleet_host::event::Event]) {
     assert_eq!(status, 200, "{answer}");
 }
 
-/// A task that turns late: its alert opens.
-fn late(task: &str) -> Vec<fleet_host::event::Event> {
-    let pickup = (12.9716, 77.5946);
-    let mut t = util::Task::new(task, &format!("c-{task}"));
-    let mut events = vec![
-        t.assigned(
-            0.0,
-            util::north(pickup, -1.0),
-            pickup,
-            util::north(pickup, 6.0),
-            10.0,
-        ),
-        t.event("arrived_pickup", 8.0, pickup),
-        t.event("picked_up", 14.0, pickup),
-    ];
-    for minute in 15..30 {
-        let km = f64::from(minute - 14) * 0.05;
-        events.push(t.event("location", f64::from(minute), util::north(pickup, km)));
-    }
-    events
-}
-
 #[test]
 fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +87,7 @@ fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    post(device, &late("T-live"));
+    post(device, &util::late_task("T-live", 30));
     let got = read_until(&mut ws, |e| {
         e.iter()
             .any(|e| e["topic"] == "alerts" && e["data"]["step"] == "opened")
@@ -176,7 +154,7 @@ fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
     drop(ws);
 
     // Away for a while: the next task's events are published meanwhile.
-    post(device, &late("T-live-2"));
+    post(device, &util::late_task("T-live-2", 30));
     let mut again = connect(&api, &format!("&topics=positions&since={last}"));
     let resumed = read_until(&mut again, |e| {
         e.iter().any(|e| e["data"]["task_id"] == "T-live-2")
@@ -190,14 +168,14 @@ fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
             .chain(e)
             .filter(|e| e["data"]["task_id"] == "T-live-2")
             .count()
-            >= late("T-live-2").len()
+            >= util::late_task("T-live-2", 30).len()
     });
     let count = resumed
         .iter()
         .chain(&all)
         .filter(|e| e["data"]["task_id"] == "T-live-2")
         .count();
-    assert_eq!(count, late("T-live-2").len());
+    assert_eq!(count, util::late_task("T-live-2", 30).len());
 
     // Server-Sent Events: each event with its id; a reconnect with Last-Event-ID resumes.
     let (ids, _) = sse(&api, None, 3);

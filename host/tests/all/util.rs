@@ -196,3 +196,20 @@ pub(crate) fn healthy_task(task: &str) -> Vec<Event> {
         t.event("location", 7.0, north(pickup, 0.8)),
     ]
 }
+
+/// A task that runs late: assigned with a 10-minute promise, picked up at minute 14, then
+/// crawling towards a dropoff 6 km away with a ping a minute until minute `until`.
+pub(crate) fn late_task(task: &str, until: u32) -> Vec<Event> {
+    let pickup = (12.9716, 77.5946);
+    let mut t = Task::new(task, &format!("c-{task}"));
+    let mut events = vec![
+        t.assigned(0.0, north(pickup, -1.0), pickup, north(pickup, 6.0), 10.0),
+        t.event("arrived_pickup", 8.0, pickup),
+        t.event("picked_up", 14.0, pickup),
+    ];
+    for minute in 15..until {
+        let km = f64::from(minute - 14) * 0.05;
+        events.push(t.event("location", f64::from(minute), north(pickup, km)));
+    }
+    events
+}
