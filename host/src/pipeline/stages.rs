@@ -1,5 +1,5 @@
-//! One batch through the three stages: features per key, the scorer, the policy (`policy.rs`); every
-//! module output checked against its contract before use.
+//! One batch through the three stages: features per key, the scorer, the policy
+//! (`policy.rs`); every module output checked against its contract before use.
 
 use std::collections::HashMap;
 use std::sync::Arc;
