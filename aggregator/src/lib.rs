@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod committer;
 pub mod dashboard;
+pub mod drift;
 pub mod history;
 pub mod ingest;
 pub mod ingest_log;
