@@ -13,7 +13,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
-use fleet_proto::record::Severity;
 use serde_json::json;
 
 use crate::auth::{self, Authority, Gate, Role};
@@ -311,14 +310,7 @@ async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResul
             "since", "severity", "state", "task", "courier", "device", "model", "limit", "cursor",
         ],
     )?;
-    let min = match p.get("severity") {
-        None => None,
-        Some(v) => Some(Severity::parse(v).ok_or_else(|| {
-            ApiError::bad(format!(
-                "severity={v:?}: expected info, warning or critical"
-            ))
-        })?),
-    };
+    let min = crate::live::severity_param(&p).map_err(ApiError::bad)?;
     let state = state_param(
         &p,
         &[
@@ -445,8 +437,7 @@ async fn couriers_nearby(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) ->
 
 async fn couriers_within(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
     let p = params(q, &["bbox", "limit"])?;
-    let filter = crate::live::Filter::parse(&p).map_err(ApiError::bad)?;
-    let Some((a, b, c, d)) = filter.bbox else {
+    let Some((a, b, c, d)) = crate::live::bbox_param(&p).map_err(ApiError::bad)? else {
         return Err(ApiError::bad(
             "bbox=min_lat,min_lon,max_lat,max_lon is required (or see /api/v1/couriers/nearby)",
         ));

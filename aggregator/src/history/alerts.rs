@@ -129,11 +129,6 @@ impl AlertRow {
 
     /// The alert as the API shows it; `names` are the feature names of its schema.
     pub(crate) fn view(&self, names: Option<&[String]>) -> Alert {
-        let name = |i: u32| {
-            names
-                .and_then(|n| n.get(i as usize).cloned())
-                .unwrap_or_else(|| format!("f{i}"))
-        };
         Alert {
             id: self.id.clone(),
             state: self.state(),
@@ -152,7 +147,7 @@ impl AlertRow {
                 .top_factors
                 .iter()
                 .map(|&(i, contribution)| views::FactorView {
-                    feature: name(i),
+                    feature: views::feature_name(names, i as usize),
                     contribution,
                 })
                 .collect(),
@@ -183,8 +178,6 @@ pub(crate) struct KeyAlerts {
     pub(crate) closed: Vec<AlertRow>,
     /// Whether `open` changed (or a new one opened).
     pub(crate) changed: bool,
-    /// Alerts opened and escalations during the batch.
-    pub(crate) raised: u64,
     /// Each step an alert took during the batch, with the alert as it was right after.
     pub(crate) steps: Vec<(AlertStep, AlertRow)>,
 }
@@ -211,6 +204,15 @@ impl KeyAlerts {
         }
     }
 
+    /// Alerts opened and escalations so far.
+    #[cfg(test)]
+    fn raised(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|(s, _)| *s != AlertStep::Resolved)
+            .count()
+    }
+
     fn fold_decision(&mut self, device: &str, d: &DecisionRecord) {
         let raises = d.severity >= Severity::Warning;
         let step = match d.alert_step {
@@ -224,13 +226,11 @@ impl KeyAlerts {
                 self.steps.push((AlertStep::Opened, open.clone()));
                 self.open = Some(open);
                 self.changed = true;
-                self.raised += 1;
             }
             (Some(AlertStep::Opened | AlertStep::Escalated), Some(open)) if raises => {
                 if d.severity > open.severity {
                     open.escalate(d);
                     self.steps.push((AlertStep::Escalated, open.clone()));
-                    self.raised += 1;
                 } else {
                     open.repeats += 1;
                 }
@@ -331,7 +331,7 @@ mod tests {
             a.fold("dev", AlertMove::Decision(d));
         }
         assert!(a.open.is_none());
-        assert_eq!(a.raised, 2);
+        assert_eq!(a.raised(), 2);
         let steps: Vec<_> = a.steps.iter().map(|(s, row)| (*s, row.severity)).collect();
         assert_eq!(
             steps,
@@ -372,7 +372,7 @@ mod tests {
         }
         let open = a.open.clone().unwrap();
         assert_eq!(
-            (open.severity, open.repeats, open.peak_score, a.raised),
+            (open.severity, open.repeats, open.peak_score, a.raised()),
             (Severity::Critical, 3, 0.85, 2)
         );
         let end = ended(6);
@@ -399,6 +399,6 @@ mod tests {
         assert_eq!(a.closed.len(), 1);
         assert_eq!(a.open.as_ref().map(|o| o.id.as_str()), Some("p3"));
         assert!(a.changed);
-        assert_eq!(a.raised, 2);
+        assert_eq!(a.raised(), 2);
     }
 }

@@ -298,12 +298,16 @@ pub(crate) fn event_json(e: &EventRecord) -> serde_json::Value {
     v
 }
 
+/// Feature `i` of a schema's `names`, or `f<i>` when the schema is not known.
+pub(crate) fn feature_name(names: Option<&[String]>, i: usize) -> String {
+    names
+        .and_then(|n| n.get(i).cloned())
+        .unwrap_or_else(|| format!("f{i}"))
+}
+
 pub(crate) fn decision_json(d: &DecisionRecord, schema: Option<&Schema>) -> serde_json::Value {
-    let name = |i: usize| {
-        schema
-            .and_then(|s| s.feature_names.get(i).cloned())
-            .unwrap_or_else(|| format!("f{i}"))
-    };
+    let names = schema.map(|s| s.feature_names.as_slice());
+    let name = |i: usize| feature_name(names, i);
     let features: serde_json::Map<String, serde_json::Value> = d
         .features
         .iter()

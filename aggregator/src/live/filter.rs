@@ -38,6 +38,43 @@ impl Topic {
     }
 }
 
+/// `bbox=min_lat,min_lon,max_lat,max_lon` (degrees, minimum first), if given.
+pub fn bbox_param(p: &HashMap<String, String>) -> Result<Option<(f64, f64, f64, f64)>, String> {
+    let Some(v) = p.get("bbox") else {
+        return Ok(None);
+    };
+    let n: Vec<f64> = v
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bbox={v:?}: expected min_lat,min_lon,max_lat,max_lon"))?;
+    match n.as_slice() {
+        &[a, b, c, d]
+            if a <= c
+                && b <= d
+                && (-90.0..=90.0).contains(&a)
+                && (-90.0..=90.0).contains(&c)
+                && (-180.0..=180.0).contains(&b)
+                && (-180.0..=180.0).contains(&d) =>
+        {
+            Ok(Some((a, b, c, d)))
+        }
+        _ => Err(format!(
+            "bbox={v:?}: expected min_lat,min_lon,max_lat,max_lon in degrees, minimum first"
+        )),
+    }
+}
+
+/// `severity=info|warning|critical`, if given.
+pub fn severity_param(p: &HashMap<String, String>) -> Result<Option<Severity>, String> {
+    p.get("severity")
+        .map(|v| {
+            Severity::parse(v)
+                .ok_or_else(|| format!("severity={v:?}: expected info, warning or critical"))
+        })
+        .transpose()
+}
+
 /// A subscription's filters; what is not given does not filter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Filter {
@@ -68,46 +105,12 @@ impl Filter {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let bbox = match p.get("bbox") {
-            None => None,
-            Some(v) => {
-                let n: Vec<f64> = v
-                    .split(',')
-                    .map(|x| x.trim().parse::<f64>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| format!("bbox={v:?}: expected min_lat,min_lon,max_lat,max_lon"))?;
-                match n.as_slice() {
-                    &[a, b, c, d]
-                        if a <= c
-                            && b <= d
-                            && (-90.0..=90.0).contains(&a)
-                            && (-90.0..=90.0).contains(&c)
-                            && (-180.0..=180.0).contains(&b)
-                            && (-180.0..=180.0).contains(&d) =>
-                    {
-                        Some((a, b, c, d))
-                    }
-                    _ => {
-                        return Err(format!(
-                            "bbox={v:?}: expected min_lat,min_lon,max_lat,max_lon in degrees, minimum first"
-                        ));
-                    }
-                }
-            }
-        };
-        let severity = match p.get("severity") {
-            None => None,
-            Some(v) => Some(
-                Severity::parse(v)
-                    .ok_or_else(|| format!("severity={v:?}: expected info, warning or critical"))?,
-            ),
-        };
         Ok(Self {
             topics,
             courier: p.get("courier").cloned(),
             task: p.get("task").cloned(),
-            bbox,
-            severity,
+            bbox: bbox_param(p)?,
+            severity: severity_param(p)?,
         })
     }
 

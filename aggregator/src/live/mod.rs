@@ -22,7 +22,7 @@ use fleet_proto::record::Severity;
 use tokio::sync::broadcast;
 
 pub use derive::Derived;
-pub use filter::{Filter, Topic};
+pub use filter::{Filter, Topic, bbox_param, severity_param};
 
 /// How much the feed keeps and how often it pushes a courier's position.
 #[derive(Clone, Copy, Debug)]

@@ -21,7 +21,7 @@ use super::keys::{self, Key};
 use super::plan::{self, LatestOf, Plan};
 use super::rows::{Counters, DeadLetterRow, DeviceRow, LatestRow, Span};
 use super::views::{StateRow, TaskItem};
-use super::{AlertChange, Batch, HistoryError, IngestOutcome, JournalView};
+use super::{Alert, AlertChange, Batch, HistoryError, IngestOutcome, JournalView};
 
 /// sled-backed [`History`](super::History).
 pub struct SledHistory {
@@ -187,6 +187,17 @@ impl SledHistory {
         cache.insert(id, schema.clone());
         Ok(schema)
     }
+
+    /// An alert as the API shows it, its factors named by its schema.
+    fn alert_view(
+        &self,
+        row: &AlertRow,
+        schemas: &mut HashMap<u64, Option<Schema>>,
+    ) -> Result<Alert, HistoryError> {
+        let schema = self.schema(row.schema, schemas)?;
+        Ok(row.view(schema.as_ref().map(|s| s.feature_names.as_slice())))
+    }
+
     /// The device's row: as ingest last wrote it, or as stored.
     fn device_row(
         &self,
@@ -406,10 +417,9 @@ impl SledHistory {
             .collect();
         for (key, mut alerts) in keyed {
             for (step, row) in std::mem::take(&mut alerts.steps) {
-                let schema = self.schema(row.schema, &mut schemas)?;
                 steps.push(AlertChange {
                     step,
-                    alert: row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
+                    alert: self.alert_view(&row, &mut schemas)?,
                 });
             }
             for row in &alerts.closed {

@@ -218,10 +218,7 @@ impl History for SledHistory {
             if !alert_matches(filter, &row) {
                 return Ok(None);
             }
-            let schema = self.schema(row.schema, &mut schemas)?;
-            Ok(Some(
-                row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
-            ))
+            self.alert_view(&row, &mut schemas).map(Some)
         })
     }
 
@@ -233,10 +230,7 @@ impl History for SledHistory {
         let Some(row) = read::<AlertRow>(&db, &Key::alert(opened_ms, id).0)? else {
             return Ok(None);
         };
-        let schema = self.schema(row.schema, &mut HashMap::new())?;
-        Ok(Some(
-            row.view(schema.as_ref().map(|s| s.feature_names.as_slice())),
-        ))
+        self.alert_view(&row, &mut HashMap::new()).map(Some)
     }
 
     fn prediction(&self, id: &str) -> Result<Option<serde_json::Value>, HistoryError> {
