@@ -320,7 +320,7 @@ impl Committer {
                     let steps = std::mem::take(&mut outcome.alert_steps);
                     if let Some(from) = outcome.fresh_from {
                         let fresh = i.entries.partition_point(|e| e.seq < from);
-                        self.nearby.apply(&i.device, &i.entries[fresh..]);
+                        self.nearby.apply(&i.device, &i.entries[fresh..], &steps);
                         live.batch(&i.device, &i.entries[fresh..], steps);
                     }
                     Metrics::add(&self.metrics.events, outcome.events);

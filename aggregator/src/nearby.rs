@@ -24,7 +24,8 @@ pub struct CourierAt {
     pub time_ms: i64,
     pub task_id: Option<String>,
     pub device: String,
-    /// P(late) and severity of the courier's latest decision, if any.
+    /// P(late) of the courier's latest decision, and the severity of its open alert: `info`
+    /// once scored with none open, `None` before its first decision.
     pub score: Option<f32>,
     pub severity: Option<String>,
 }
@@ -94,8 +95,14 @@ impl Nearby {
         index.couriers.insert(at.courier_id.clone(), at);
     }
 
-    /// Moves the couriers of a device's stored entries and records their latest scores.
-    pub fn apply(&self, device: &str, entries: &[fleet_proto::Entry]) {
+    /// Moves the couriers of a device's stored entries, records their latest scores, and the
+    /// severity of their open alerts after `alert_steps`.
+    pub fn apply(
+        &self,
+        device: &str,
+        entries: &[fleet_proto::Entry],
+        alert_steps: &[crate::history::AlertChange],
+    ) {
         use fleet_proto::Record;
         for entry in entries {
             match &entry.record {
@@ -109,18 +116,31 @@ impl Nearby {
                     score: None,
                     severity: None,
                 }),
-                Record::Decision(d) => self.scored(&d.courier_id, d.score, d.severity.as_str()),
+                Record::Decision(d) => self.scored(&d.courier_id, d.score),
                 _ => {}
             }
         }
+        for change in alert_steps {
+            let a = &change.alert;
+            let open = a.state == crate::history::AlertState::Open;
+            self.alerted(&a.courier_id, open.then_some(a.severity.as_str()));
+        }
     }
 
-    /// Records the courier's latest decision.
-    pub fn scored(&self, courier: &str, score: f32, severity: &str) {
+    /// Records the courier's latest score (a courier seen scored has severity `info` at least).
+    pub fn scored(&self, courier: &str, score: f32) {
         let mut index = self.0.write().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = index.couriers.get_mut(courier) {
             c.score = Some(score);
-            c.severity = Some(severity.into());
+            c.severity.get_or_insert_with(|| "info".into());
+        }
+    }
+
+    /// Records the severity of the courier's open alert (`None`: it has none open now).
+    pub fn alerted(&self, courier: &str, severity: Option<&str>) {
+        let mut index = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = index.couriers.get_mut(courier) {
+            c.severity = Some(severity.unwrap_or("info").into());
         }
     }
 
@@ -264,16 +284,29 @@ mod tests {
     }
 
     #[test]
-    fn an_older_report_does_not_move_a_courier_and_scores_stay() {
+    fn an_older_report_does_not_move_a_courier_and_scores_and_alerts_stay() {
         let index = Nearby::default();
         index.moved(at("a", 1.0, 1.0, 10));
-        index.scored("a", 0.8, "critical");
+        index.scored("a", 0.8);
+        index.alerted("a", Some("critical"));
         index.moved(at("a", 2.0, 2.0, 5));
         let found = index.near(1.0, 1.0, 1.0, 10);
         assert_eq!(found.len(), 1);
         index.moved(at("a", 1.5, 1.5, 20));
         let found = index.near(1.5, 1.5, 1.0, 10);
         assert_eq!(found[0].courier.score, Some(0.8));
+        // The alert's severity holds while it is open, whatever later decisions score.
+        assert_eq!(found[0].courier.severity.as_deref(), Some("critical"));
+        index.scored("a", 0.75);
+        assert_eq!(
+            index.near(1.5, 1.5, 1.0, 1)[0].courier.severity.as_deref(),
+            Some("critical")
+        );
+        index.alerted("a", None);
+        assert_eq!(
+            index.near(1.5, 1.5, 1.0, 1)[0].courier.severity.as_deref(),
+            Some("info")
+        );
         assert!(index.near(1.0, 1.0, 1.0, 10).is_empty(), "moved away");
     }
 }

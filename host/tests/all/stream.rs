@@ -131,6 +131,11 @@ fn the_stream_pushes_what_history_holds_and_resumes_without_a_gap() {
     assert_eq!(found["courier_id"], "c-T-live", "{near}");
     assert!(found["distance_km"].as_f64().unwrap() < 0.5);
     assert!(found["score"].as_f64().unwrap() > 0.5, "{found}");
+    // Coloured by its open alert, not by whether its latest decision raised one.
+    assert!(
+        ["warning", "critical"].contains(&found["severity"].as_str().unwrap()),
+        "{found}"
+    );
     let boxed = api.get_json(&format!(
         "/api/v1/couriers?bbox={},{},{},{}",
         last_at.0 - 0.01,
