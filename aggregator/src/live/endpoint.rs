@@ -141,8 +141,12 @@ impl Subscription {
                 match self.rx.try_recv() {
                     Ok(published) => self.take(&published, &mut events),
                     Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                        self.pending
-                            .push_back(Out::Events(std::mem::take(&mut events)));
+                        // What was taken goes before what the ring catches up with; an
+                        // empty message is not sent.
+                        if !events.is_empty() {
+                            self.pending
+                                .push_back(Out::Events(std::mem::take(&mut events)));
+                        }
                         self.catch_up();
                         break;
                     }

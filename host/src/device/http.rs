@@ -71,12 +71,8 @@ async fn courier_actions(
 ) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    if let Some(unknown) = q.keys().find(|k| k.as_str() != "courier") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": format!("unknown query parameter {unknown:?}; this endpoint takes courier")})),
-        )
-            .into_response();
+    if let Some(refused) = unknown_param(&q, &["courier"]) {
+        return refused;
     }
     let courier = q.get("courier").cloned();
     let rx = s.writer.courier_actions();
@@ -156,13 +152,8 @@ async fn dead_letters(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(unknown) = q
-        .keys()
-        .find(|k| !["limit", "cursor"].contains(&k.as_str()))
-    {
-        return bad(format!(
-            "unknown query parameter {unknown:?}; this endpoint takes limit and cursor"
-        ));
+    if let Some(refused) = unknown_param(&q, &["limit", "cursor"]) {
+        return refused;
     }
     let number = |name: &str, default: usize| match q.get(name) {
         None => Ok(default),
@@ -265,6 +256,15 @@ fn status_of(e: &SubmitError) -> StatusCode {
 
 fn submit_error(e: &SubmitError) -> Response {
     (status_of(e), Json(json!({"error": e.to_string()}))).into_response()
+}
+
+/// A 400 naming the first query parameter that is not `known`, if there is one.
+fn unknown_param(q: &HashMap<String, String>, known: &[&str]) -> Option<Response> {
+    let unknown = q.keys().find(|k| !known.contains(&k.as_str()))?;
+    Some(bad(format!(
+        "unknown query parameter {unknown:?}; this endpoint takes {}",
+        known.join(" and ")
+    )))
 }
 
 fn bad(message: String) -> Response {

@@ -288,11 +288,40 @@ fn a_tasks_alert_survives_a_device_killed_mid_task() {
     let events = util::late_task("T-kill", 40);
     let (first, rest) = events.split_at(events.len() / 2);
     let mut d = start();
+    let (status, body) = fleet::http(device, "GET", "/v1/courier-actions?courer=c", "").unwrap();
+    assert_eq!(status, 400, "a misspelt filter is refused: {body}");
+    assert!(body.contains("courer"), "{body}");
+    // The handset app's stream of what the policy means for its courier.
+    let mut app = std::net::TcpStream::connect(device).unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(
+        &mut app,
+        b"GET /v1/courier-actions?courier=c-T-kill HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut app = std::io::BufRead::lines(std::io::BufReader::new(app));
+    assert!(app.next().unwrap().unwrap().contains("200"));
     let before = raised(&post(first));
     assert_eq!(
         before.first().map(String::as_str),
         Some("opened"),
         "{before:?}"
+    );
+    // Told once the decision that turned the task critical was durable.
+    let told = app
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .unwrap();
+    let told: serde_json::Value = serde_json::from_str(&told).unwrap();
+    assert_eq!(
+        (&told["kind"], &told["courier_id"], &told["task_id"]),
+        (
+            &"notify_courier".into(),
+            &"c-T-kill".into(),
+            &"T-kill".into()
+        ),
+        "{told}"
     );
     d.0.kill().unwrap();
     d.0.wait().unwrap();
