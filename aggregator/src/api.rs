@@ -50,6 +50,7 @@ pub fn router(
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}", get(alert))
         .route("/api/v1/predictions/{id}", get(prediction))
+        .route("/api/v1/drift", get(drift))
         .route(auth::STREAM_PATH, get(crate::live::endpoint::stream))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/tasks/{id}", get(task))
@@ -66,7 +67,7 @@ pub fn router(
     let authenticated = viewer
         .merge(operator)
         .merge(admin)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,predictions/ID,stream,dead-letters,tasks/ID,couriers?bbox=,couriers/nearby,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/{stats,devices,alerts,alerts/ID,predictions/ID,drift,stream,dead-letters,tasks/ID,couriers?bbox=,couriers/nearby,couriers/ID,couriers/ID/route,releases,deployments,tokens}") })
         .layer(middleware::from_fn_with_state(authority, auth::authenticate));
     Router::new()
         .route("/healthz", get(health))
@@ -272,7 +273,9 @@ async fn metrics(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResu
     .await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&devices, &dead) + &s.releases.render_metrics(),
+        s.metrics.render(&devices, &dead)
+            + &s.releases.render_metrics()
+            + &s.drift.render_metrics(),
     )
         .into_response())
 }
@@ -333,6 +336,45 @@ async fn alerts(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResul
     let page = page_param(&p)?;
     let alerts = query(&s, move |h| h.alerts(&filter, &page)).await?;
     Ok(Json(json!({"alerts": alerts.items, "next_cursor": alerts.next})).into_response())
+}
+
+/// Each model's drift against its training baseline: over `since`..`until` (event time), or
+/// over the last day of decisions the model has.
+async fn drift(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = params(q, &["model", "since", "until"])?;
+    let time = |name: &str| {
+        p.contains_key(name)
+            .then(|| time_param(&p, name, 0))
+            .transpose()
+    };
+    let (from, to) = (time("since")?, time("until")?);
+    let model = p.get("model").cloned();
+    if let Some(m) = &model
+        && s.drift.baselines.get(m).is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "no training baseline for model {m:?} (known: {})",
+            s.drift
+                .baselines
+                .all()
+                .iter()
+                .map(|k| k.baseline.model.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let baselines = s.drift.baselines.clone();
+    let models = query(&s, move |h| {
+        crate::drift::reports(h, &baselines, model.as_deref(), from, to)
+    })
+    .await?;
+    Ok(Json(json!({
+        "window_ms": crate::drift::WINDOW_MS,
+        "alert_psi": crate::drift::ALERT_PSI,
+        "min_decisions": crate::drift::MIN_DECISIONS,
+        "models": models,
+    }))
+    .into_response())
 }
 
 /// One item by its id, taking no parameters; 404 saying `what` when history has none.

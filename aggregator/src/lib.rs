@@ -44,19 +44,29 @@ pub struct Shared {
     pub live: Arc<live::LiveFeed>,
     /// The couriers' latest positions, for "near here" queries.
     pub nearby: Arc<nearby::Nearby>,
+    /// The models' training baselines and the last evaluation of the drift alert.
+    pub drift: Arc<drift::DriftWatch>,
 }
 
 impl Shared {
+    /// The releases kept in `data` (and the baselines of their models).
+    pub fn open_releases(data: &Path) -> anyhow::Result<Arc<releases::FleetReleases>> {
+        let dir = data.join(RELEASES_DIR);
+        Ok(Arc::new(releases::FleetReleases::open(&dir).with_context(
+            || format!("opening releases at {}", dir.display()),
+        )?))
+    }
+
     /// Starts the committer on `history` with its ingest log in `data`, first replaying
     /// into `history` whatever the log holds (batches acknowledged before a crash that the
-    /// history may not have made durable); opens the releases kept in `data`.
-    pub fn open(history: Arc<dyn History>, data: &Path) -> anyhow::Result<Arc<Self>> {
+    /// history may not have made durable). `history` bins decisions for drift by the
+    /// baselines `releases` knows.
+    pub fn open(
+        history: Arc<dyn History>,
+        releases: Arc<releases::FleetReleases>,
+        data: &Path,
+    ) -> anyhow::Result<Arc<Self>> {
         let log_dir = &data.join(INGEST_LOG_DIR);
-        let releases_dir = data.join(RELEASES_DIR);
-        let releases = Arc::new(
-            releases::FleetReleases::open(&releases_dir)
-                .with_context(|| format!("opening releases at {}", releases_dir.display()))?,
-        );
         let started = std::time::Instant::now();
         let (log, batches) = IngestLog::recover(
             log_dir,
@@ -74,6 +84,12 @@ impl Shared {
         let metrics = Arc::new(Metrics::default());
         let live = live::LiveFeed::new(live::LiveConfig::default());
         let nearby = Arc::new(nearby::Nearby::default());
+        let couriers = nearby
+            .seed(history.as_ref())
+            .context("reading the couriers' latest positions")?;
+        if couriers > 0 {
+            tracing::info!(couriers, "couriers' latest positions read from history");
+        }
         let (committer, storage) = committer::spawn(
             history.clone(),
             log,
@@ -88,9 +104,10 @@ impl Shared {
             committer,
             storage,
             connections: ingest::Connections::default(),
-            releases,
             live,
             nearby,
+            drift: Arc::new(drift::DriftWatch::new(releases.baselines())),
+            releases,
         }))
     }
 
@@ -101,9 +118,10 @@ impl Shared {
 
     /// History in sled at `data` and the ingest log beside it (the embedded default).
     pub fn open_sled(data: &Path) -> anyhow::Result<Arc<Self>> {
-        let history = SledHistory::open(data)
+        let releases = Self::open_releases(data)?;
+        let history = SledHistory::open_with(data, releases.baselines())
             .with_context(|| format!("opening history at {}", data.display()))?;
-        Self::open(Arc::new(history), data)
+        Self::open(Arc::new(history), releases, data)
     }
 }
 
@@ -171,6 +189,11 @@ pub async fn start(
     let release_keys = config.certs.join("release-keys");
     let serving = async move {
         releases::spawn_saver(shared.releases.clone());
+        drift::spawn_watch(
+            shared.drift.clone(),
+            shared.history.clone(),
+            shared.live.clone(),
+        );
         let api = axum::serve(
             http,
             api::router(shared.clone(), authority.clone(), release_keys),

@@ -127,6 +127,51 @@ impl Nearby {
         }
     }
 
+    /// Fills the index from history: every courier's latest position and score, and the
+    /// severity of its open alert (what the index held before a restart). Returns how many
+    /// couriers it holds.
+    pub fn seed(
+        &self,
+        history: &dyn crate::history::History,
+    ) -> Result<usize, crate::history::HistoryError> {
+        use crate::history::PageRequest;
+        let mut page = PageRequest {
+            limit: 10_000,
+            after: None,
+        };
+        loop {
+            let latest = history.latest_couriers(&page)?;
+            for l in latest.items {
+                self.moved(CourierAt {
+                    courier_id: l.courier_id,
+                    lat: l.lat,
+                    lon: l.lon,
+                    time_ms: l.time_ms,
+                    task_id: l.task_id,
+                    device: l.device,
+                    severity: l.score.map(|_| "info".to_string()),
+                    score: l.score,
+                });
+            }
+            match latest.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        page.after = None;
+        loop {
+            let open = history.open_alerts(&page)?;
+            for a in open.items {
+                self.alerted(&a.courier_id, Some(&a.severity));
+            }
+            match open.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        Ok(self.len())
+    }
+
     /// Records the courier's latest score (a courier seen scored has severity `info` at least).
     pub fn scored(&self, courier: &str, score: f32) {
         let mut index = self.0.write().unwrap_or_else(|e| e.into_inner());
@@ -308,5 +353,94 @@ mod tests {
             Some("info")
         );
         assert!(index.near(1.0, 1.0, 1.0, 10).is_empty(), "moved away");
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use fleet_proto::record::{AlertStep, DecisionRecord, EventKind, EventRecord, GeoE7, Severity};
+    use fleet_proto::{Entry, Record};
+
+    use super::*;
+    use crate::history::{Batch, History, SledHistory};
+
+    fn event(seq: u64, courier: &str, lat: f64) -> Entry {
+        Entry {
+            seq,
+            record: Record::Event(EventRecord {
+                event_id: format!("e{seq}"),
+                courier_id: courier.into(),
+                task_id: Some(format!("T-{courier}")),
+                event_type: EventKind::Location,
+                time_ms: seq as i64 * 1_000,
+                utc_offset_s: 0,
+                position: GeoE7::from_degrees(lat, 77.6),
+                speed_kmh: None,
+                accuracy_m: None,
+                context: None,
+            }),
+        }
+    }
+
+    fn opened(seq: u64, courier: &str) -> Entry {
+        Entry {
+            seq,
+            record: Record::Decision(DecisionRecord {
+                event_id: format!("e{}", seq - 1),
+                prediction_id: format!("p{seq}"),
+                courier_id: courier.into(),
+                task_id: Some(format!("T-{courier}")),
+                time_ms: (seq as i64 - 1) * 1_000,
+                score: 0.9,
+                severity: Severity::Critical,
+                actions: vec![],
+                model: "m@1".into(),
+                modules: ["f@1".into(), "s@1".into(), "p@1".into()],
+                schema: 1,
+                features: vec![],
+                top_factors: vec![],
+                release: None,
+                alert_step: Some(AlertStep::Opened),
+            }),
+        }
+    }
+
+    /// After a restart the map is what it was: every courier where history last saw it, the
+    /// one with an open alert at that alert's severity.
+    #[test]
+    fn the_index_is_seeded_from_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = SledHistory::open(&dir.path().join("h")).unwrap();
+        let entries = [
+            event(1, "a", 12.90),
+            event(2, "a", 12.91),
+            opened(3, "a"),
+            event(4, "b", 12.95),
+        ];
+        history
+            .ingest(&Batch {
+                device: "d",
+                journal: 1,
+                through: 4,
+                journaled: 4,
+                entries: &entries,
+                now_ms: 0,
+            })
+            .unwrap();
+        let index = Nearby::default();
+        assert_eq!(index.seed(&history).unwrap(), 2);
+        let near = index.near(12.91, 77.6, 10.0, 10);
+        let found: Vec<(&str, f64, Option<&str>)> = near
+            .iter()
+            .map(|n| {
+                let c = &n.courier;
+                (c.courier_id.as_str(), c.lat, c.severity.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [("a", 12.91, Some("critical")), ("b", 12.95, None)],
+            "{near:?}"
+        );
     }
 }

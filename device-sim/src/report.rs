@@ -22,11 +22,68 @@ pub struct Report {
     pub sync: Sync,
     pub burst: Option<BurstReport>,
     pub deploy: Option<DeployReport>,
+    /// Each model's drift against its training baseline, as the aggregator measured it.
+    pub drift: Vec<DriftSummary>,
     pub processes: Vec<ProcessUsage>,
     pub aggregator_http: String,
     /// A task and a courier of this run, for the query hints.
     pub sample_task: Option<String>,
     pub sample_courier: Option<String>,
+}
+
+/// A model's drift over the run (from `/api/v1/drift`).
+#[derive(Debug, Default, Serialize)]
+pub struct DriftSummary {
+    pub model: String,
+    pub decisions: u64,
+    /// The worst band (stable, moderate, significant).
+    pub band: String,
+    pub alert: bool,
+    pub score_psi: f64,
+    /// The features of highest PSI, highest first, with their PSI (calendar features apart).
+    pub worst: Vec<(String, f64)>,
+    /// Calendar features (hour, weekday) with their PSI: a run shorter than their period
+    /// differs from training by construction; they raise no alert.
+    pub seasonal: Vec<(String, f64)>,
+}
+
+impl DriftSummary {
+    /// The summaries of an `/api/v1/drift` answer.
+    pub fn of_api(answer: &serde_json::Value) -> Vec<Self> {
+        let models = answer["models"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        models
+            .iter()
+            .map(|m| {
+                let features = m["features"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let psi = |seasonal: bool| -> Vec<(String, f64)> {
+                    let mut list: Vec<(String, f64)> = features
+                        .iter()
+                        .filter(|f| f["seasonal"].as_bool() == Some(seasonal))
+                        .filter_map(|f| Some((f["name"].as_str()?.to_string(), f["psi"].as_f64()?)))
+                        .collect();
+                    list.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    list
+                };
+                let mut worst = psi(false);
+                worst.truncate(3);
+                Self {
+                    model: m["model"].as_str().unwrap_or_default().into(),
+                    decisions: m["decisions"].as_u64().unwrap_or(0),
+                    band: m["band"].as_str().unwrap_or("none").into(),
+                    alert: m["alert"].as_bool().unwrap_or(false),
+                    score_psi: m["score"]["psi"].as_f64().unwrap_or(0.0),
+                    worst,
+                    seasonal: psi(true),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -314,6 +371,25 @@ impl Report {
             a.precision,
             a.recall
         );
+        for d in &self.drift {
+            let list = |l: &[(String, f64)]| {
+                l.iter()
+                    .map(|(n, p)| format!("{n} {p:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "drift of {} over {} decisions: {}{}; score PSI {:.3}; highest PSI: {} (calendar, no alert: {})",
+                d.model,
+                d.decisions,
+                d.band,
+                if d.alert { ", DRIFT ALERT" } else { "" },
+                d.score_psi,
+                list(&d.worst),
+                list(&d.seasonal)
+            );
+        }
         let _ = writeln!(
             s,
             "sync: {} connections, {} ended in error",

@@ -64,6 +64,17 @@ fn a_short_fleet_run_stores_exactly_what_was_generated() {
     );
     assert_balanced(&report);
     assert_eq!(report["devices"], 30);
+    // The synthetic city is not the food table the model learned: its handsets ping every
+    // 10 s instead of every minute, its routes are longer. The aggregator says so.
+    let drift = &report["drift"][0];
+    assert_eq!(drift["alert"], true, "{drift}");
+    let worst: Vec<&str> = drift["worst"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[0].as_str().unwrap())
+        .collect();
+    assert!(worst.contains(&"gps_gap_s"), "{drift}");
 }
 
 #[test]
@@ -150,6 +161,14 @@ fn the_food_cab_and_amazon_replays_run_through_the_runtime() {
         );
         assert_eq!(n("journaled"), n("stored"), "{source}: {e}");
         assert_eq!((n("lost"), n("duplicated")), (0, 0), "{source}: {e}");
+        if source == "food" {
+            // The replay of the table the model was trained on shows no drift (calendar
+            // features apart: three hours of one day are not the whole table's days).
+            let drift = &report["drift"][0];
+            assert_eq!(drift["alert"], false, "{drift}");
+            assert_ne!(drift["band"], "significant", "{drift}");
+            assert!(drift["decisions"].as_u64().unwrap() > 500, "{drift}");
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod api;
 mod fleet;
 mod keys;
+mod observe;
 mod release;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,12 @@ enum Command {
     Status(fleet::StatusArgs),
     /// Every device: the release it runs, its labels, when it was last seen.
     Devices(fleet::DevicesArgs),
+    /// Alerts (open ones by default), oldest first: one per task and episode of risk, with
+    /// its lifecycle, peak score and the release that raised it.
+    Alerts(observe::AlertsArgs),
+    /// Each model's drift against its training baseline: PSI per feature and for the score,
+    /// and whether the drift alert is raised.
+    Drift(observe::DriftArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +53,8 @@ fn main() -> std::process::ExitCode {
         Command::Deploy(args) => fleet::deploy(args),
         Command::Status(args) => fleet::status(args),
         Command::Devices(args) => fleet::devices(args),
+        Command::Alerts(args) => observe::alerts(args),
+        Command::Drift(args) => observe::drift(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

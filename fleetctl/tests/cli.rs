@@ -132,6 +132,8 @@ fn commands_that_need_the_aggregator_say_what_is_missing() {
         &["deploy", "--help"],
         &["status", "--help"],
         &["devices", "--help"],
+        &["alerts", "--help"],
+        &["drift", "--help"],
     ] {
         assert!(ok(dir, command).contains("--token-file"), "{command:?}");
     }

@@ -34,9 +34,13 @@ PARAMS = dict(
 )
 
 
-def feature_names():
+def feature_specs():
     with open(HERE / "features.toml", "rb") as f:
-        return [feat["name"] for feat in tomllib.load(f)["feature"]]
+        return tomllib.load(f)["feature"]
+
+
+def feature_names():
+    return [feat["name"] for feat in feature_specs()]
 
 
 def load(features_csv, tasks_csv, names):
@@ -72,7 +76,50 @@ def metrics(y, p):
     return out
 
 
-def export(model, names, version):
+BASELINE_BINS = 10
+
+
+def binned(values, edges):
+    """Shares of `values` in the bins `edges` split them into (a value equal to an edge goes
+    above it, as the aggregator bins), then the share of missing values."""
+    present = values[~np.isnan(values)]
+    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    shares = list(counts / len(values)) + [float(np.isnan(values).sum()) / len(values)]
+    return [round(float(s), 6) for s in shares]
+
+
+def bin_edges(values):
+    """Deciles of the present values. A feature with few distinct values gets a bin for each,
+    and one below and one above them all, so a value training never had (a constant feature
+    that varies in the field) is seen as drift."""
+    present = values[~np.isnan(values)]
+    distinct = np.unique(present.astype(np.float32))
+    if len(distinct) <= BASELINE_BINS + 2:
+        above = np.nextafter(distinct[-1], np.float32(np.inf))
+        return [float(v) for v in distinct] + [float(above)]
+    qs = np.quantile(present, np.linspace(0, 1, BASELINE_BINS + 1)[1:-1], method="lower")
+    return [float(v) for v in np.unique(qs.astype(np.float32))]
+
+
+def baseline(X, scores, names):
+    """The training baseline drift is measured against (the `fleet.baseline` metadata): for
+    each feature and for the score, bin edges and each bin's share of the held-out rows."""
+
+    def entry(values):
+        edges = bin_edges(values)
+        return {"edges": edges, "expected": binned(values, np.asarray(edges, dtype=np.float32))}
+
+    return {
+        "rows": int(len(X)),
+        "features": [
+            dict(name=n, **entry(X[:, i]), **({"seasonal": True} if spec.get("seasonal") else {}))
+            for i, (n, spec) in enumerate(zip(names, feature_specs()))
+        ],
+        "score": entry(scores.astype(np.float32)),
+    }
+
+
+def export(model, names, version, base):
     onx = onnxmltools.convert_xgboost(
         model, initial_types=[("input", FloatTensorType([None, len(names)]))], target_opset=15
     )
@@ -82,6 +129,7 @@ def export(model, names, version):
         ("fleet.model_name", "late_risk"),
         ("fleet.model_version", version),
         ("fleet.features", ",".join(names)),
+        ("fleet.baseline", json.dumps(base, separators=(",", ":"))),
     ):
         entry = onx.metadata_props.add()
         entry.key, entry.value = key, value
@@ -120,7 +168,9 @@ def main():
         },
     }
 
-    onx = export(model, names, args.version)
+    base = baseline(X[test], p_test, names)
+    report["baseline_rows"] = base["rows"]
+    onx = export(model, names, args.version, base)
     onnx.checker.check_model(onx)
     (HERE / "model.onnx").write_bytes(onx.SerializeToString())
 

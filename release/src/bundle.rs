@@ -175,7 +175,7 @@ impl Pending {
 /// An artifact's content from its file (whose digest and size were checked): the file itself,
 /// or for a zstd-encoded one exactly the `size` bytes of digest `sha256` the manifest says,
 /// or refused.
-fn decode(listed: &Artifact, file: &Arc<[u8]>) -> Result<Arc<[u8]>, ReleaseError> {
+pub(crate) fn decode(listed: &Artifact, file: &Arc<[u8]>) -> Result<Arc<[u8]>, ReleaseError> {
     let Encoding::Zstd { size, sha256 } = listed.encoding else {
         return Ok(file.clone());
     };

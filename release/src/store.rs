@@ -14,6 +14,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::{
     Artifact, ReleaseError, ReleaseId, ReleaseManifest, Sha256Digest, TrustedKeys, VerifiedRelease,
@@ -159,6 +160,20 @@ impl ReleaseStore {
     /// Whether the artifact is here whole (its size; its digest is checked when loaded).
     pub fn has(&self, artifact: &Artifact) -> bool {
         std::fs::metadata(self.object(&artifact.sha256)).is_ok_and(|m| m.len() == artifact.size)
+    }
+
+    /// A stored artifact's content: its file checked against the digest and size listed,
+    /// then decoded (what a release's model is read from without loading the release).
+    pub fn content(&self, artifact: &Artifact) -> Result<Arc<[u8]>, ReleaseError> {
+        let path = self.object(&artifact.sha256);
+        let file: Arc<[u8]> = std::fs::read(&path).map_err(io(&path))?.into();
+        if file.len() as u64 != artifact.size || Sha256Digest::of(&file) != artifact.sha256 {
+            return Err(ReleaseError::Corrupt(format!(
+                "{} is not the artifact it is named after",
+                path.display()
+            )));
+        }
+        crate::bundle::decode(artifact, &file)
     }
 
     /// The path of a stored artifact, for serving it in pieces.

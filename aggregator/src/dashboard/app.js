@@ -178,11 +178,40 @@ async function refresh() {
   }
 }
 
+// --- drift ----------------------------------------------------------------------------------
+async function showDrift() {
+  try {
+    const d = await api("/api/v1/drift");
+    const body = $("drift").querySelector("tbody");
+    body.replaceChildren();
+    const raised = d.models.filter((m) => m.alert).map((m) => m.model);
+    $("drift-summary").textContent = raised.length ? `drift alert: ${raised.join(", ")}` : `${d.models.length} model(s), no alert`;
+    $("drift-summary").className = raised.length ? "critical" : "";
+    for (const m of d.models) {
+      // The score first, then the features by PSI, highest first.
+      const rows = [m.score, ...m.features.slice().sort((a, b) => (b.psi ?? 0) - (a.psi ?? 0))];
+      for (const f of rows) {
+        const tr = document.createElement("tr");
+        tr.className = `drift ${f.seasonal ? "seasonal" : f.band || ""}`;
+        tr.append(
+          text("td", m.model),
+          text("td", f.seasonal ? `${f.name} (calendar)` : f.name),
+          text("td", f.psi == null ? "" : f.psi.toFixed(3)),
+          text("td", f.band || `${m.decisions} decisions`),
+        );
+        body.append(tr);
+      }
+    }
+  } catch (e) {
+    console.warn(e);
+  }
+}
+
 // --- the live stream ------------------------------------------------------------------------
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const since = state.lastSeq ? `&since=${state.lastSeq}` : "";
-  const ws = new WebSocket(`${proto}://${location.host}/api/v1/stream?topics=alerts,positions,devices&access_token=${encodeURIComponent(state.token)}${since}`);
+  const ws = new WebSocket(`${proto}://${location.host}/api/v1/stream?topics=alerts,positions,devices,drift&access_token=${encodeURIComponent(state.token)}${since}`);
   state.socket = ws;
   ws.onopen = () => { $("live").textContent = "live"; $("live").className = "on"; };
   ws.onclose = () => {
@@ -198,6 +227,7 @@ function connect() {
       if (e.topic === "positions") moved(e.data);
       else if (e.topic === "alerts") alertStep(e.data);
       else if (e.topic === "devices") refresh();
+      else if (e.topic === "drift") showDrift();
     }
   };
 }
@@ -213,7 +243,9 @@ async function start() {
   showAlerts();
   connect();
   refresh();
+  showDrift();
   setInterval(refresh, 5000);
+  setInterval(showDrift, 30000);
   requestAnimationFrame(draw);
 }
 

@@ -28,6 +28,10 @@ pub(crate) const STATE: u8 = b'K';
 pub(crate) const LAYOUT: u8 = b'V';
 pub(crate) const SEEN: u8 = b'E';
 pub(crate) const DEAD_LETTER: u8 = b'X';
+/// Drift histograms by model, baseline fingerprint and window.
+pub(crate) const DRIFT: u8 = b'H';
+/// The first and newest drift window of a model's baseline.
+pub(crate) const DRIFT_SPAN: u8 = b'W';
 
 pub(crate) struct Key(pub(crate) Vec<u8>);
 
@@ -84,6 +88,14 @@ impl Key {
             AlertOf::Task(task) => Self::new(ALERT_OPEN).str("t").str(task),
             AlertOf::Courier(courier) => Self::new(ALERT_OPEN).str("c").str(courier),
         }
+    }
+    /// A model's drift histograms of one window, binned by the baseline `fingerprint`.
+    pub(crate) fn drift(model: &str, fingerprint: u64, window_ms: i64) -> Self {
+        Self::new(DRIFT).str(model).u64(fingerprint).time(window_ms)
+    }
+    /// Where the span of a model's drift windows is found.
+    pub(crate) fn drift_span(model: &str, fingerprint: u64) -> Self {
+        Self::new(DRIFT_SPAN).str(model).u64(fingerprint)
     }
     /// A task's event or decision at `time_ms`.
     pub(crate) fn task(task: &str, time_ms: i64, device: &str, seq: Seq) -> Self {

@@ -155,6 +155,10 @@ pub trait History: Send + Sync + 'static {
     /// One alert by its id (the prediction id of the decision that opened it).
     fn alert(&self, id: &str) -> Result<Option<Alert>, HistoryError>;
     fn latest_courier(&self, courier: &str) -> Result<Option<Latest>, HistoryError>;
+    /// The latest known of every courier, by courier id.
+    fn latest_couriers(&self, page: &PageRequest) -> Result<Page<Latest>, HistoryError>;
+    /// Every alert open now (one per task, or per courier without a task).
+    fn open_alerts(&self, page: &PageRequest) -> Result<Page<Alert>, HistoryError>;
     fn devices(&self, now_ms: i64, page: &PageRequest) -> Result<Page<DeviceStatus>, HistoryError>;
     fn dead_letters(
         &self,
@@ -162,4 +166,16 @@ pub trait History: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<DeadLetters, HistoryError>;
     fn stats(&self) -> Result<Stats, HistoryError>;
+    /// Drift windows of `model` binned by the baseline `fingerprint`, those starting in
+    /// `[from_ms, to_ms)` (event time), in time order.
+    fn drift(
+        &self,
+        model: &str,
+        fingerprint: u64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, crate::drift::DriftRow)>, HistoryError>;
+    /// The first and the newest window of `model`'s drift under that baseline.
+    fn drift_span(&self, model: &str, fingerprint: u64)
+    -> Result<Option<(i64, i64)>, HistoryError>;
 }

@@ -269,6 +269,9 @@ pub struct Stats {
     pub dead_letters_open: u64,
     /// Dead letters a later retry scored.
     pub dead_letters_rescored: u64,
+    /// Decisions since this aggregator started of models whose training baseline it does not
+    /// know (not counted for drift).
+    pub decisions_without_baseline: u64,
 }
 
 pub(crate) fn event_json(e: &EventRecord) -> serde_json::Value {

@@ -90,6 +90,21 @@ impl Derived {
     }
 }
 
+impl Derived {
+    /// A model's drift alert was raised or cleared.
+    pub fn drift(&mut self, report: &crate::drift::DriftReport) {
+        self.push(Item {
+            topic: Topic::Drift,
+            courier: None,
+            task: None,
+            position: None,
+            severity: report.alert.then_some(Severity::Warning),
+            time_ms: None,
+            data: serde_json::to_value(report).unwrap_or_default(),
+        });
+    }
+}
+
 fn device_item(data: serde_json::Value) -> Item {
     Item {
         topic: Topic::Devices,

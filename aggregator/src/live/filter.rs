@@ -19,10 +19,18 @@ pub enum Topic {
     Tasks,
     /// A device connected or went away, or reported on a release.
     Devices,
+    /// A model's drift alert was raised or cleared (its drift report with it).
+    Drift,
 }
 
 impl Topic {
-    pub const ALL: [Self; 4] = [Self::Alerts, Self::Positions, Self::Tasks, Self::Devices];
+    pub const ALL: [Self; 5] = [
+        Self::Alerts,
+        Self::Positions,
+        Self::Tasks,
+        Self::Devices,
+        Self::Drift,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,6 +38,7 @@ impl Topic {
             Self::Positions => "positions",
             Self::Tasks => "tasks",
             Self::Devices => "devices",
+            Self::Drift => "drift",
         }
     }
 

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use fleet_proto::distribution::{DeviceReport, Digest, Offer, Step};
 use fleet_release::store::ReleaseStore;
 use fleet_release::{ReleaseId, ReleaseManifest, TrustedKeys};
+
+use crate::drift::Baselines;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -107,6 +109,8 @@ pub struct FleetReleases {
     changes: watch::Sender<u64>,
     /// Bumped on every change to `devices`, for the saver.
     device_changes: std::sync::atomic::AtomicU64,
+    /// The training baselines of the built-in model and of every published release's models.
+    baselines: Arc<Baselines>,
 }
 
 /// Writes a file whole (temporary file, fsync, rename, fsync of the directory).
@@ -140,12 +144,34 @@ impl FleetReleases {
             counters: Mutex::new(Counters::default()),
             changes: watch::Sender::new(0),
             device_changes: std::sync::atomic::AtomicU64::new(0),
+            baselines: Arc::new(Baselines::with_builtin()),
         };
         for id in releases.store.releases()? {
             let (manifest, _) = releases.store.signed(&id)?;
-            releases.remember(&id, &ReleaseManifest::from_canonical_bytes(&manifest)?);
+            let manifest = ReleaseManifest::from_canonical_bytes(&manifest)?;
+            for model in &manifest.models {
+                let content = manifest
+                    .artifact(&model.artifact)
+                    .map(|a| releases.store.content(a))
+                    .transpose()?;
+                releases.add_baseline(&manifest, content.as_deref());
+            }
+            releases.remember(&id, &manifest);
         }
         Ok(releases)
+    }
+
+    /// The training baselines drift is measured against.
+    pub fn baselines(&self) -> Arc<Baselines> {
+        self.baselines.clone()
+    }
+
+    /// Learns the baseline a release's model ships, if it ships one.
+    fn add_baseline(&self, manifest: &ReleaseManifest, model: Option<&[u8]>) {
+        let Some(model) = model else { return };
+        if let Err(e) = self.baselines.add_model(model) {
+            tracing::warn!(release = %manifest.label(), error = %e, "a model's baseline is unreadable; no drift for it");
+        }
     }
 
     fn remember(&self, id: &ReleaseId, manifest: &ReleaseManifest) -> Published {
@@ -165,6 +191,10 @@ impl FleetReleases {
         let release = fleet_release::read_bundle(std::io::Cursor::new(bundle), &trusted, u64::MAX)
             .map_err(PublishError::Refused)?;
         self.store.publish(&release).map_err(PublishError::Store)?;
+        for model in &release.manifest.models {
+            let content = release.artifact(&model.artifact);
+            self.add_baseline(&release.manifest, content.map(|c| &c[..]));
+        }
         tracing::info!(release = %release.label(), "release published");
         Ok(self.remember(&release.id, &release.manifest))
     }

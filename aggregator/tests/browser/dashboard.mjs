@@ -44,6 +44,10 @@ try {
   const rows = await page.locator("#timeline tbody tr").count();
   console.log(`its task's timeline: ${rows} rows`);
   await page.waitForSelector("#devices tbody tr", { timeout: 30_000 });
+  // The drift panel shows the model's score and features against its training baseline.
+  await page.waitForFunction(() => document.querySelectorAll("#drift tbody tr.drift").length >= 2, null, { timeout: 60_000 });
+  const drift = await page.locator("#drift tbody tr").first().innerText();
+  console.log(`drift: ${drift.replace(/\s+/g, " ")}`);
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
 } finally {

@@ -12,7 +12,7 @@ use super::devices::Fleet;
 use super::ledger::Ledger;
 use super::release::Release;
 use crate::aggregator::Aggregator;
-use crate::report::{Alerts, BurstReport, Percentiles, ProcessUsage, Report};
+use crate::report::{Alerts, BurstReport, DriftSummary, Percentiles, ProcessUsage, Report};
 
 /// What a finished run hands to its report.
 pub(super) struct Run<'a> {
@@ -94,6 +94,7 @@ pub(super) fn report(run: Run<'_>) -> anyhow::Result<Report> {
 
     let stats = aggregator.api().get_json("/api/v1/stats")?;
     report.events.stored = stats["events"].as_u64().unwrap_or(0);
+    report.drift = DriftSummary::of_api(&aggregator.api().get_json("/api/v1/drift")?);
     let courier_ids: Vec<String> = release
         .feeds
         .iter()

@@ -2,7 +2,8 @@
 //! (restaurant -> pickup, customer -> dropoff, `Time_taken(min)` -> when it was delivered, so
 //! late = over the 30-minute promise). The table has no clock times and no GPS tracks, so, as
 //! in the model's training pipeline, a courier's orders follow one another from the start of
-//! the window, pickups come 5/10/15 min after assignment, and pings run along straight legs.
+//! the window, pickups come 5/10/15 min after assignment after 1-5 min at the restaurant, and
+//! pings (every ~60 s on the handset's own clock, not the status changes') run along straight legs.
 //! Coordinates are used as they are, zeros and all.
 
 use std::collections::{HashMap, VecDeque};
@@ -123,7 +124,9 @@ fn courier(config: &FoodConfig, index: usize, id: &str, orders: Vec<Order>) -> P
         let taken = o.taken_min.max(2) * 60_000;
         let picked = t + [5, 10, 15][rng.random_range(0..3)] * 60_000;
         let picked = picked.min(t + taken - 120_000).max(t + 60_000);
-        let at_pickup = (picked - 60_000).max(t);
+        // At the restaurant 1 to 5 minutes before pickup, as the training simulation has it.
+        let wait = rng.random_range(60_000..=(picked - t - 30_000).clamp(60_000, 300_000));
+        let at_pickup = (picked - wait).max(t + 60_000).min(picked);
         let at_dropoff = t + taken - 60_000;
         let delivered = t + taken;
 
@@ -171,13 +174,16 @@ fn courier(config: &FoodConfig, index: usize, id: &str, orders: Vec<Order>) -> P
                 Some(EventType::Delivered),
             ),
         ];
+        // The handset pings on its own clock, whatever the courier's status does.
+        let mut p = t + rng.random_range(20_000..=70_000);
         for (t0, t1, a, b, end) in legs {
-            let mut p = t0 + step;
             while p < t1 {
                 if let Some(e) = emit.ping(&mut rng, Some(&task), p, along(a, b, t0, t1, p), 20.0) {
                     events.push_back(e);
                 }
-                p += step;
+                // Handsets do not ping like a clock: within a sixth of the interval either
+                // way, as the training simulation has it.
+                p += step + rng.random_range(-step / 6..=step / 6);
             }
             if let Some(kind) = end {
                 events.push_back(emit.event(kind, Some(&task), t1, b));

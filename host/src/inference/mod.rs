@@ -8,7 +8,6 @@ mod forest;
 #[cfg(feature = "tract")]
 mod graph;
 mod model;
-mod onnx;
 #[cfg(feature = "tract")]
 mod onnx_op;
 mod tree_ensemble;

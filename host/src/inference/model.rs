@@ -11,13 +11,9 @@ use super::InferenceError;
 use super::forest::Forest;
 #[cfg(feature = "tract")]
 use super::graph::Graph;
-use super::onnx::ModelProto;
 use super::tree_ensemble;
-
-/// ONNX metadata keys the training pipeline writes.
-pub const META_NAME: &str = "fleet.model_name";
-pub const META_VERSION: &str = "fleet.model_version";
-pub const META_FEATURES: &str = "fleet.features";
+pub use fleet_onnx::{META_FEATURES, META_NAME, META_VERSION};
+use fleet_onnx::{ModelBaseline, ModelProto};
 
 /// A loaded model, ready to run from many threads.
 pub struct Model {
@@ -78,6 +74,9 @@ impl Header {
             .ok_or_else(|| {
                 anyhow::anyhow!("no {META_FEATURES} metadata: the input columns are unnamed")
             })?;
+        // Drift is measured against it at the aggregator: a model that ships a baseline
+        // that cannot be read is refused here, where the release is built or loaded.
+        ModelBaseline::of_proto(&proto)?;
         Ok(Self {
             proto,
             name,

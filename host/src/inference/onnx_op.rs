@@ -13,7 +13,8 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 
 use super::forest::Forest;
-use super::{onnx, tree_ensemble};
+use super::tree_ensemble;
+use fleet_onnx::proto as onnx;
 
 /// Replaces tract's `TreeEnsembleClassifier` with ours.
 pub(crate) fn register(register: &mut OnnxOpRegister) {

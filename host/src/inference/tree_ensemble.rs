@@ -4,7 +4,7 @@
 use anyhow::{Context as _, bail, ensure};
 
 use super::forest::{Forest, LeafSpec, Mode, NodeSpec, PostTransform};
-use super::onnx::NodeProto;
+use fleet_onnx::proto::NodeProto;
 
 fn ints(node: &NodeProto, name: &str) -> anyhow::Result<Vec<i64>> {
     node.attr(name)

@@ -2,6 +2,7 @@
 //! prefixes so that one ingest is one atomic batch. One writer (the committer); readers
 //! anywhere. This file writes; [`queries`] reads, a page at a time.
 
+mod drift;
 mod queries;
 #[cfg(test)]
 mod tests;
@@ -9,7 +10,7 @@ mod tests;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fleet_proto::record::{AlertStep, DecisionRecord, Schema};
 use fleet_proto::{JournalId, Record, Seq};
@@ -22,12 +23,15 @@ use super::plan::{self, LatestOf, Plan};
 use super::rows::{Counters, DeadLetterRow, DeviceRow, LatestRow, Span};
 use super::views::{StateRow, TaskItem};
 use super::{Alert, AlertChange, Batch, HistoryError, IngestOutcome, JournalView};
+use crate::drift::{Baselines, DriftRow};
 
 /// sled-backed [`History`](super::History).
 pub struct SledHistory {
     /// sled 1.0's handle is `Send` but not `Sync`: each use works on its own clone.
     db_handle: Mutex<Db>,
     written: Mutex<Written>,
+    /// What decisions are binned by for drift.
+    baselines: Arc<Baselines>,
 }
 
 /// Rows every ingest rewrites, as the last successful ingest wrote them: ingest is the only
@@ -41,6 +45,11 @@ struct Written {
     /// The open alert (or none) of tasks and couriers by [`Key::alert_open`]; emptied when it
     /// holds [`MAX_WRITTEN_LATEST`].
     open_alerts: OpenAlerts,
+    /// Drift windows by [`Key::drift`], and their spans by [`Key::drift_span`].
+    drift: HashMap<Vec<u8>, DriftRow>,
+    drift_spans: HashMap<Vec<u8>, (i64, i64)>,
+    /// Decisions since start of models without a known baseline.
+    unbaselined: u64,
 }
 
 /// The open alert (or none) of each key an ingest touched, by [`Key::alert_open`].
@@ -142,9 +151,15 @@ impl SledHistory {
             .clone()
     }
 
-    /// Opens (or creates) the history at `path`. Durability comes from the committer's ingest
-    /// log and its checkpoints (see [`crate::committer`]).
+    /// Opens (or creates) the history at `path`, with the built-in model's baseline for drift.
     pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        Self::open_with(path, Arc::new(Baselines::with_builtin()))
+    }
+
+    /// Opens (or creates) the history at `path`; decisions are binned for drift by the
+    /// baselines `baselines` knows when they are ingested. Durability comes from the
+    /// committer's ingest log and its checkpoints (see [`crate::committer`]).
+    pub fn open_with(path: &Path, baselines: Arc<Baselines>) -> Result<Self, HistoryError> {
         let db = fleet_sled::open(path, 256 << 20).map_err(std::io::Error::from)?;
         check_layout(&db, path)?;
         let counters = match db.get(COUNTERS)? {
@@ -158,7 +173,11 @@ impl SledHistory {
                 devices: HashMap::new(),
                 latest: HashMap::new(),
                 open_alerts: HashMap::new(),
+                drift: HashMap::new(),
+                drift_spans: HashMap::new(),
+                unbaselined: 0,
             }),
+            baselines,
         })
     }
 
@@ -287,8 +306,14 @@ impl SledHistory {
         let mut sled_batch = sled::Batch::default();
         let mut next = written.counters.clone();
         self.write_plan(&db, &mut written, device, &plan, &mut next, &mut sled_batch)?;
+        let mut schemas: HashMap<u64, Option<Schema>> = plan
+            .schemas
+            .iter()
+            .map(|s| (s.id, Some((*s).clone())))
+            .collect();
         let (open_alerts, alert_steps) =
-            self.write_alerts(&db, &written, device, &plan, &mut sled_batch)?;
+            self.write_alerts(&db, &written, device, &plan, &mut schemas, &mut sled_batch)?;
+        let drift = self.write_drift(&db, &written, &plan, &mut schemas, &mut sled_batch)?;
         let mut outcome = plan.outcome;
         outcome.alert_steps = alert_steps;
         if let Some(t) = plan.newest_event_ms {
@@ -312,6 +337,7 @@ impl SledHistory {
             written.open_alerts.clear();
         }
         written.open_alerts.extend(open_alerts);
+        drift.remember(&mut written);
         written.counters = next;
         written.devices.insert(device.into(), row);
         Ok(outcome)
@@ -394,6 +420,7 @@ impl SledHistory {
         written: &Written,
         device: &str,
         plan: &Plan<'_>,
+        schemas: &mut HashMap<u64, Option<Schema>>,
         batch: &mut sled::Batch,
     ) -> Result<(OpenAlerts, Vec<AlertChange>), HistoryError> {
         let mut keyed: HashMap<Vec<u8>, KeyAlerts> = HashMap::new();
@@ -410,16 +437,11 @@ impl SledHistory {
         }
         let mut open_alerts = HashMap::with_capacity(keyed.len());
         let mut steps = Vec::new();
-        let mut schemas: HashMap<u64, Option<Schema>> = plan
-            .schemas
-            .iter()
-            .map(|s| (s.id, Some((*s).clone())))
-            .collect();
         for (key, mut alerts) in keyed {
             for (step, row) in std::mem::take(&mut alerts.steps) {
                 steps.push(AlertChange {
                     step,
-                    alert: self.alert_view(&row, &mut schemas)?,
+                    alert: self.alert_view(&row, schemas)?,
                 });
             }
             for row in &alerts.closed {

@@ -9,7 +9,7 @@ use fleet_proto::{JournalId, Seq};
 use super::{SledHistory, decode, decode_task_item, read, str_at, u64_at};
 use crate::history::alerts::AlertRow;
 use crate::history::keys::{self, Key};
-use crate::history::rows::{DeadLetterRow, DeviceRow};
+use crate::history::rows::{DeadLetterRow, DeviceRow, LatestRow};
 use crate::history::views::{self, StateRow, TaskItem};
 use crate::history::{
     Alert, AlertFilter, Batch, DeadLetterFilter, DeadLetters, DeviceStatus, History, HistoryError,
@@ -274,6 +274,26 @@ impl History for SledHistory {
             .map(|l| l.view()))
     }
 
+    fn latest_couriers(&self, page: &PageRequest) -> Result<Page<Latest>, HistoryError> {
+        let lo = [keys::LATEST_COURIER];
+        scan_page(self, &lo, &prefix_end(&lo), page, |k, v| {
+            Ok(Some(decode::<LatestRow>(k, v)?.view()))
+        })
+    }
+
+    fn open_alerts(&self, page: &PageRequest) -> Result<Page<Alert>, HistoryError> {
+        let lo = [keys::ALERT_OPEN];
+        let db = self.db();
+        let mut schemas = HashMap::new();
+        scan_page(self, &lo, &prefix_end(&lo), page, |k, v| {
+            let (opened_ms, id): (i64, String) = decode(k, v)?;
+            match read::<AlertRow>(&db, &Key::alert(opened_ms, &id).0)? {
+                Some(row) => self.alert_view(&row, &mut schemas).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn devices(&self, now_ms: i64, page: &PageRequest) -> Result<Page<DeviceStatus>, HistoryError> {
         let lo = [keys::DEVICE];
         scan_page(self, &lo, &prefix_end(&lo), page, |k, v| {
@@ -315,7 +335,10 @@ impl History for SledHistory {
     }
 
     fn stats(&self) -> Result<Stats, HistoryError> {
-        let c = self.written().counters.clone();
+        let (c, unbaselined) = {
+            let written = self.written();
+            (written.counters.clone(), written.unbaselined)
+        };
         let devices = fleet_sled::range::prefix(&self.db(), &[keys::DEVICE]).count() as u64;
         Ok(Stats {
             events: c.events,
@@ -326,6 +349,25 @@ impl History for SledHistory {
             duplicates_absorbed: c.duplicates,
             dead_letters_open: c.dead_letters_open,
             dead_letters_rescored: c.dead_letters_rescored,
+            decisions_without_baseline: unbaselined,
         })
+    }
+
+    fn drift(
+        &self,
+        model: &str,
+        fingerprint: u64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, crate::drift::DriftRow)>, HistoryError> {
+        self.read_drift(model, fingerprint, from_ms, to_ms)
+    }
+
+    fn drift_span(
+        &self,
+        model: &str,
+        fingerprint: u64,
+    ) -> Result<Option<(i64, i64)>, HistoryError> {
+        self.read_drift_span(model, fingerprint)
     }
 }

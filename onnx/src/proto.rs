@@ -1,6 +1,6 @@
-//! The part of the ONNX format the host reads itself: a model's metadata and, when its graph
+//! The ONNX messages the fleet reads: a model's metadata and, when its graph
 //! is one `TreeEnsembleClassifier` from input to outputs (what XGBoost and LightGBM exports
-//! are), that node. A build without tract runs such models; see [`super::model`].
+//! are), that node, which the host runs with its own evaluator.
 //!
 //! Only the fields read are declared; prost skips the rest, and accepts repeated numbers packed
 //! or not (ONNX is proto2, whose writers do either). Field numbers are those of `onnx.proto`.
@@ -8,79 +8,79 @@
 use prost::Message;
 
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct ModelProto {
+pub struct ModelProto {
     #[prost(message, optional, tag = "7")]
-    pub(crate) graph: Option<GraphProto>,
+    pub graph: Option<GraphProto>,
     #[prost(message, repeated, tag = "14")]
-    pub(crate) metadata_props: Vec<StringStringEntryProto>,
+    pub metadata_props: Vec<StringStringEntryProto>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct GraphProto {
+pub struct GraphProto {
     #[prost(message, repeated, tag = "1")]
-    pub(crate) node: Vec<NodeProto>,
+    pub node: Vec<NodeProto>,
     #[prost(message, repeated, tag = "5")]
-    pub(crate) initializer: Vec<Opaque>,
+    pub initializer: Vec<Opaque>,
     #[prost(message, repeated, tag = "11")]
-    pub(crate) input: Vec<ValueInfoProto>,
+    pub input: Vec<ValueInfoProto>,
     #[prost(message, repeated, tag = "12")]
-    pub(crate) output: Vec<ValueInfoProto>,
+    pub output: Vec<ValueInfoProto>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct NodeProto {
+pub struct NodeProto {
     #[prost(string, repeated, tag = "1")]
-    pub(crate) input: Vec<String>,
+    pub input: Vec<String>,
     #[prost(string, repeated, tag = "2")]
-    pub(crate) output: Vec<String>,
+    pub output: Vec<String>,
     #[prost(string, tag = "3")]
-    pub(crate) name: String,
+    pub name: String,
     #[prost(string, tag = "4")]
-    pub(crate) op_type: String,
+    pub op_type: String,
     #[prost(message, repeated, tag = "5")]
-    pub(crate) attribute: Vec<AttributeProto>,
+    pub attribute: Vec<AttributeProto>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct AttributeProto {
+pub struct AttributeProto {
     #[prost(string, tag = "1")]
-    pub(crate) name: String,
+    pub name: String,
     #[prost(bytes = "vec", tag = "4")]
-    pub(crate) s: Vec<u8>,
+    pub s: Vec<u8>,
     #[prost(float, repeated, tag = "7")]
-    pub(crate) floats: Vec<f32>,
+    pub floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]
-    pub(crate) ints: Vec<i64>,
+    pub ints: Vec<i64>,
     #[prost(bytes = "vec", repeated, tag = "9")]
-    pub(crate) strings: Vec<Vec<u8>>,
+    pub strings: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct ValueInfoProto {
+pub struct ValueInfoProto {
     #[prost(string, tag = "1")]
-    pub(crate) name: String,
+    pub name: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct StringStringEntryProto {
+pub struct StringStringEntryProto {
     #[prost(string, tag = "1")]
-    pub(crate) key: String,
+    pub key: String,
     #[prost(string, tag = "2")]
-    pub(crate) value: String,
+    pub value: String,
 }
 
 /// A message whose content is not read, only counted.
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct Opaque {}
+pub struct Opaque {}
 
 impl ModelProto {
     /// Decodes a serialized model.
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
         Self::decode(bytes)
     }
 
     /// The value of the metadata entry `key`.
-    pub(crate) fn meta(&self, key: &str) -> Option<&str> {
+    pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata_props
             .iter()
             .find(|p| p.key == key)
@@ -89,7 +89,7 @@ impl ModelProto {
 
     /// The graph's only node when it is a `TreeEnsembleClassifier` reading the graph's only
     /// input and producing every graph output.
-    pub(crate) fn whole_graph_ensemble(&self) -> Option<&NodeProto> {
+    pub fn whole_graph_ensemble(&self) -> Option<&NodeProto> {
         let graph = self.graph.as_ref()?;
         let ([node], [input], []) = (&graph.node[..], &graph.input[..], &graph.initializer[..])
         else {
@@ -103,7 +103,7 @@ impl ModelProto {
 }
 
 impl NodeProto {
-    pub(crate) fn attr(&self, name: &str) -> Option<&AttributeProto> {
+    pub fn attr(&self, name: &str) -> Option<&AttributeProto> {
         self.attribute.iter().find(|a| a.name == name)
     }
 }
