@@ -158,7 +158,12 @@ fn main() {
     let started = Instant::now();
     for i in 0..folds {
         let v = &values[i % values.len()];
-        row.fold(&known.baseline, &map, std::hint::black_box(v), (i % 100) as f32 / 100.0);
+        row.fold(
+            &known.baseline,
+            &map,
+            std::hint::black_box(v),
+            (i % 100) as f32 / 100.0,
+        );
     }
     println!(
         "binning one decision (15 features and the score): {:.0} ns",

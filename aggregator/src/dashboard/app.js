@@ -185,14 +185,16 @@ async function showDrift() {
     const body = $("drift").querySelector("tbody");
     body.replaceChildren();
     const raised = d.models.filter((m) => m.alert).map((m) => m.model);
-    $("drift-summary").textContent = raised.length ? `drift alert: ${raised.join(", ")}` : `${d.models.length} model(s), no alert`;
+    const few = d.models.filter((m) => m.decisions < d.min_decisions).map((m) => `${m.model}: ${m.decisions} decisions, too few to judge`);
+    $("drift-summary").textContent = raised.length ? `drift alert: ${raised.join(", ")}` : [`${d.models.length} model(s), no alert`, ...few].join("; ");
     $("drift-summary").className = raised.length ? "critical" : "";
     for (const m of d.models) {
+      const judged = m.decisions >= d.min_decisions;
       // The score first, then the features by PSI, highest first.
       const rows = [m.score, ...m.features.slice().sort((a, b) => (b.psi ?? 0) - (a.psi ?? 0))];
       for (const f of rows) {
         const tr = document.createElement("tr");
-        tr.className = `drift ${f.seasonal ? "seasonal" : f.band || ""}`;
+        tr.className = `drift ${f.seasonal || !judged ? "muted" : f.band || ""}`;
         tr.append(
           text("td", m.model),
           text("td", f.seasonal ? `${f.name} (calendar)` : f.name),

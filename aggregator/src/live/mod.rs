@@ -68,7 +68,12 @@ pub struct LiveFeed {
 
 struct FeedState {
     next_seq: u64,
-    ring: VecDeque<Arc<LiveEvent>>,
+    /// The last [`LiveConfig::ring`] events, in the groups they were published in (shared
+    /// with the broadcast), so that a subscriber catching up takes the lock only to copy a
+    /// few group pointers.
+    ring: VecDeque<Published>,
+    /// Events in `ring`.
+    ring_events: usize,
     /// Event time of the last position pushed per courier.
     last_position: HashMap<String, i64>,
 }
@@ -92,6 +97,7 @@ impl LiveFeed {
             state: Mutex::new(FeedState {
                 next_seq: 1,
                 ring: VecDeque::new(),
+                ring_events: 0,
                 last_position: HashMap::new(),
             }),
             wake,
@@ -108,35 +114,44 @@ impl LiveFeed {
         if derived.is_empty() {
             return;
         }
-        let published: Vec<Arc<LiveEvent>> = {
-            let mut state = self.state();
-            let mut out = Vec::with_capacity(derived.len());
-            for item in derived.into_items() {
-                if let (Topic::Positions, Some(courier), Some(at)) =
-                    (item.topic, &item.courier, item.time_ms)
-                {
-                    match state.last_position.get(courier) {
-                        Some(&last) if at < last + self.config.position_interval_ms => continue,
-                        _ => {
-                            state.last_position.insert(courier.clone(), at);
-                        }
+        let mut state = self.state();
+        let mut out = Vec::with_capacity(derived.len());
+        for item in derived.into_items() {
+            if let (Topic::Positions, Some(courier), Some(at)) =
+                (item.topic, &item.courier, item.time_ms)
+            {
+                match state.last_position.get(courier) {
+                    Some(&last) if at < last + self.config.position_interval_ms => continue,
+                    _ => {
+                        state.last_position.insert(courier.clone(), at);
                     }
                 }
-                let seq = state.next_seq;
-                state.next_seq += 1;
-                let event = Arc::new(item.numbered(seq));
-                state.ring.push_back(event.clone());
-                out.push(event);
             }
-            while state.ring.len() > self.config.ring {
-                state.ring.pop_front();
-            }
-            out
-        };
-        if !published.is_empty() {
-            // No subscriber is not an error.
-            let _ = self.wake.send(Arc::new(published));
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            out.push(Arc::new(item.numbered(seq)));
         }
+        if out.is_empty() {
+            return;
+        }
+        let published: Published = Arc::new(out);
+        state.ring_events += published.len();
+        state.ring.push_back(published.clone());
+        while state.ring_events > self.config.ring {
+            let excess = state.ring_events - self.config.ring;
+            let front = state.ring.front().expect("the ring holds events");
+            if front.len() <= excess {
+                state.ring_events -= front.len();
+                state.ring.pop_front();
+            } else {
+                let tail = Arc::new(front[excess..].to_vec());
+                state.ring[0] = tail;
+                state.ring_events -= excess;
+            }
+        }
+        // Sent under the lock, so that subscribers receive groups in the order of their
+        // numbers. No subscriber is not an error.
+        let _ = self.wake.send(published);
     }
 
     /// A receiver of what is published from now on.
@@ -146,16 +161,29 @@ impl LiveFeed {
 
     /// What was published after `since`, as far as the ring still holds it.
     pub fn since(&self, since: u64) -> Resumed {
-        let state = self.state();
-        let first = state.ring.front().map_or(state.next_seq, |e| e.seq);
-        let missed = first.saturating_sub(since + 1);
-        let events = state
-            .ring
+        let (groups, first) = {
+            let state = self.state();
+            let first = state
+                .ring
+                .front()
+                .and_then(|g| g.first())
+                .map_or(state.next_seq, |e| e.seq);
+            let start = state
+                .ring
+                .partition_point(|g| g.last().is_some_and(|e| e.seq <= since));
+            let groups: Vec<Published> = state.ring.range(start..).cloned().collect();
+            (groups, first)
+        };
+        let events = groups
             .iter()
+            .flat_map(|g| g.iter())
             .filter(|e| e.seq > since)
             .cloned()
             .collect();
-        Resumed { events, missed }
+        Resumed {
+            events,
+            missed: first.saturating_sub(since + 1),
+        }
     }
 
     /// The sequence of the newest event published (0: none yet).
