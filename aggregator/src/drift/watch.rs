@@ -143,3 +143,99 @@ pub fn spawn_watch(watch: Arc<DriftWatch>, history: Arc<dyn History>, live: Arc<
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use fleet_proto::record::{DecisionRecord, Schema, Severity};
+    use fleet_proto::{Entry, Record};
+
+    use super::*;
+    use crate::history::{Batch, SledHistory};
+    use crate::live::LiveConfig;
+
+    /// `n` decisions of the built-in model whose features are all `value`.
+    fn decisions(model: &str, names: &[String], from: u64, n: u64, value: f32) -> Vec<Entry> {
+        let mut out = vec![Entry {
+            seq: from,
+            record: Record::Schema(Schema {
+                id: 1,
+                model: model.into(),
+                feature_names: names.to_vec(),
+            }),
+        }];
+        for i in 0..n {
+            out.push(Entry {
+                seq: from + 1 + i,
+                record: Record::Decision(DecisionRecord {
+                    event_id: format!("e{from}-{i}"),
+                    prediction_id: format!("p{from}-{i}"),
+                    courier_id: "C-1".into(),
+                    task_id: None,
+                    time_ms: 1_795_300_000_000 + i as i64 * 1_000,
+                    score: 0.5,
+                    severity: Severity::Info,
+                    actions: vec![],
+                    model: model.into(),
+                    modules: ["f@1".into(), "s@1".into(), "p@1".into()],
+                    schema: 1,
+                    features: vec![value; names.len()],
+                    top_factors: vec![],
+                    release: None,
+                    alert_step: None,
+                }),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn the_drift_alert_is_pushed_once_when_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let baselines = Arc::new(Baselines::with_builtin());
+        let history = SledHistory::open_with(&dir.path().join("h"), baselines.clone()).unwrap();
+        let known = baselines.all().remove(0);
+        let model = known.baseline.model.clone();
+        let names: Vec<String> = known
+            .baseline
+            .features
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        let live = LiveFeed::new(LiveConfig::default());
+        let watch = DriftWatch::new(baselines);
+
+        // Nothing yet: nothing pushed, nothing exported.
+        watch.evaluate(&history, &live).unwrap();
+        assert_eq!(live.head(), 0);
+
+        let entries = decisions(&model, &names, 1, 600, 1e6);
+        let through = entries.last().unwrap().seq;
+        history
+            .ingest(&Batch {
+                device: "d",
+                journal: 1,
+                through,
+                journaled: through,
+                entries: &entries,
+                now_ms: 0,
+            })
+            .unwrap();
+        watch.evaluate(&history, &live).unwrap();
+        let pushed = live.since(0).events;
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].topic, crate::live::Topic::Drift);
+        let event: serde_json::Value = serde_json::from_str(&pushed[0].json).unwrap();
+        assert_eq!(event["data"]["model"], model.as_str());
+        assert_eq!(event["data"]["alert"], true);
+        let metrics = watch.render_metrics();
+        assert!(
+            metrics.contains(&format!("fleet_drift_alert{{model=\"{model}\"}} 1")),
+            "{metrics}"
+        );
+        assert!(metrics.contains("fleet_drift_psi{"), "{metrics}");
+
+        // Evaluated again with nothing new: not pushed again.
+        watch.evaluate(&history, &live).unwrap();
+        assert_eq!(live.head(), 1);
+    }
+}

@@ -18,6 +18,12 @@ const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/alerts", Some(Role::Viewer)),
     ("GET", "/api/v1/alerts/pred-1", Some(Role::Viewer)),
     ("GET", "/api/v1/predictions/pred-1", Some(Role::Viewer)),
+    ("GET", "/api/v1/drift", Some(Role::Viewer)),
+    (
+        "GET",
+        "/api/v1/couriers/nearby?lat=1&lon=2",
+        Some(Role::Viewer),
+    ),
     ("GET", "/api/v1/stream", Some(Role::Viewer)),
     ("GET", "/api/v1/dead-letters", Some(Role::Viewer)),
     ("GET", "/api/v1/tasks/T-1", Some(Role::Viewer)),
