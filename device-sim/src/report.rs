@@ -248,6 +248,25 @@ pub struct Alerts {
     pub precision: f64,
     /// Of the late tasks, the share alerted.
     pub recall: f64,
+    /// The same per task at each severity, with the lead time of the first alert.
+    pub warning: TaskQuality,
+    pub critical: TaskQuality,
+}
+
+/// Alerts judged per task at one severity: a task counts as alerted once any of its decisions
+/// reached the severity.
+#[derive(Debug, Default, Serialize)]
+pub struct TaskQuality {
+    pub tasks_alerted: u64,
+    /// Of the tasks alerted, the share that ended late.
+    pub precision: f64,
+    /// Of the late tasks, the share alerted.
+    pub recall: f64,
+    /// Minutes from a late task's first alert to its promise, the median over late tasks
+    /// alerted (negative: the alert came after the promise).
+    pub lead_min_median: Option<f64>,
+    /// Late tasks whose first alert came after their promise.
+    pub late_alerted_after_promise: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -371,6 +390,16 @@ impl Report {
             a.precision,
             a.recall
         );
+        for (name, q) in [("warning", &a.warning), ("critical", &a.critical)] {
+            let lead = q
+                .lead_min_median
+                .map_or("-".to_string(), |m| format!("{m:.1} min"));
+            let _ = writeln!(
+                s,
+                "  per task at {name}: {} alerted, precision {:.2}, recall {:.2}, median lead {lead} before the promise ({} late tasks first alerted after it)",
+                q.tasks_alerted, q.precision, q.recall, q.late_alerted_after_promise
+            );
+        }
         for d in &self.drift {
             let list = |l: &[(String, f64)]| {
                 l.iter()

@@ -10,6 +10,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::FleetOptions;
 use super::devices::Fleet;
 use super::ledger::Ledger;
+use super::quality::task_quality;
 use super::release::Release;
 use crate::aggregator::Aggregator;
 use crate::report::{Alerts, BurstReport, DriftSummary, Percentiles, ProcessUsage, Report};
@@ -170,6 +171,8 @@ fn alerts(release: &Release, ledger: &Ledger) -> Alerts {
         } else {
             hit / late.len() as f64
         },
+        warning: task_quality(&release.truth, &ledger.first_alerts, false),
+        critical: task_quality(&release.truth, &ledger.first_alerts, true),
     }
 }
 

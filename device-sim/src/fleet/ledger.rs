@@ -11,6 +11,7 @@ use fleet_host::event::Event;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::devices::Device;
+use super::quality::FirstAlerts;
 
 /// Everything counted while running.
 #[derive(Default)]
@@ -26,6 +27,8 @@ pub(super) struct Ledger {
     pub(super) dead_lettered: u64,
     /// Alerts raised per task.
     pub(super) alerted: HashMap<String, u32>,
+    /// When each task was first alerted, at warning and at critical.
+    pub(super) first_alerts: HashMap<String, FirstAlerts>,
     /// Alerts their policy resolved (the risk fell back).
     pub(super) alerts_resolved: u64,
     /// Event ids (hashed) each courier's device acknowledged as new.
@@ -108,6 +111,10 @@ pub(super) async fn submit(
                 l.alerts_raised += 1;
                 if let Some(t) = &d.task_id {
                     *l.alerted.entry(t.clone()).or_default() += 1;
+                    l.first_alerts
+                        .entry(t.clone())
+                        .or_default()
+                        .note(d.severity, d.event_time.timestamp_millis());
                 }
             }
             if d.alert_step == Some(AlertStep::Resolved) {

@@ -2,7 +2,8 @@
 //! the clock that releases each courier's events when they fall due (`release.rs`), delivery
 //! to the devices and the bookkeeping of what each acknowledged and the aggregator stored
 //! (`ledger.rs`), the faults of a run (`faults.rs`), a release deployed mid-run
-//! (`deploy.rs`), and the report with its exact audit (`audit.rs`).
+//! (`deploy.rs`), and the report with its exact audit (`audit.rs`) and the alerts' quality per
+//! task (`quality.rs`).
 
 mod audit;
 mod deploy;
@@ -11,6 +12,7 @@ mod faults;
 mod ledger;
 mod modules;
 mod progress;
+mod quality;
 mod release;
 
 pub use deploy::Deploy;

@@ -224,6 +224,8 @@ fn van(
             TaskTruth {
                 task_id: t,
                 late: delivered > *due,
+                promised_ms: *due,
+                ended_ms: delivered,
             },
         );
         (here, now) = (*pos, delivered);

@@ -100,7 +100,9 @@ fn cab(id: &str, rows: &[Row], offset: FixedOffset) -> Prepared {
                     assigned.event_id.clone(),
                     TaskTruth {
                         task_id: t.clone(),
-                        late: end.ms - r.ms > PROMISE_MIN * 60_000,
+                        late: end.ms > promised,
+                        promised_ms: promised,
+                        ended_ms: end.ms,
                     },
                 );
                 events.push_back(assigned);

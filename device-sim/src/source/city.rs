@@ -169,6 +169,8 @@ impl CityCourier {
         self.pending_truth = Some(TaskTruth {
             task_id: task,
             late: delivered > promised,
+            promised_ms: promised,
+            ended_ms: delivered,
         });
         // Idle between orders, pinging without a task.
         let idle = self.rng.random_range(60_000..600_000);

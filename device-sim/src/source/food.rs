@@ -140,7 +140,9 @@ fn courier(config: &FoodConfig, index: usize, id: &str, orders: Vec<Order>) -> P
             assigned.event_id.clone(),
             TaskTruth {
                 task_id: task.clone(),
-                late: o.taken_min > PROMISE_MIN,
+                late: delivered > promised,
+                promised_ms: promised,
+                ended_ms: delivered,
             },
         );
         events.push_back(assigned);

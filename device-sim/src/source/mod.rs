@@ -18,6 +18,9 @@ use fleet_host::event::Event;
 pub struct TaskTruth {
     pub task_id: String,
     pub late: bool,
+    /// When the task was promised for, and when it ended (simulated ms since the epoch).
+    pub promised_ms: i64,
+    pub ended_ms: i64,
 }
 
 /// One courier's events.
