@@ -1,17 +1,18 @@
 //! `device-sim`: runs a courier fleet against an aggregator and reports what happened.
 
+mod cli;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, FixedOffset};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use cli::{ScenarioArgs, scenario};
 use device_sim::aggregator::{self, Aggregator};
 use device_sim::fleet::{self, FleetOptions};
 use device_sim::proxy::Impairment;
-use device_sim::source::{self, Scenario};
 use fleet_aggregator::auth::{Role, TokenFile};
 use fleet_wal::testing::SmallDisk;
 
@@ -49,19 +50,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Source {
-    /// Synthetic couriers and orders around `--center`.
-    City,
-    /// food-delivery/deliverytime.csv: real orders, simulated tracks.
-    Food,
-    /// cabspotting: 499 San Francisco cabs, one real day of pings and fares.
-    Cabs,
-    /// amazon-lmrrc: 13 real Amazon routes, real stop order and delivery windows, simulated
-    /// driving.
-    Amazon,
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum ReportFormat {
     Text,
@@ -70,34 +58,11 @@ enum ReportFormat {
 
 #[derive(clap::Args, Debug, Clone)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value = "city")]
-    source: Source,
-    /// Couriers (replays: the first N in the data; 0 = all).
-    #[arg(long, default_value_t = 200)]
-    couriers: usize,
-    /// Simulated hours (replays: at most this much of the data).
-    #[arg(long, default_value_t = 2.0)]
-    hours: f64,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
     /// Simulated seconds per wall second.
     #[arg(long, default_value_t = 100.0)]
     speed: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// City center (synthetic city).
-    #[arg(long, default_value = "12.9716,77.5946", value_parser = parse_point)]
-    center: (f64, f64),
-    #[arg(long, default_value_t = 8.0)]
-    radius_km: f64,
-    /// Simulated start, RFC 3339 (synthetic city and food replay).
-    #[arg(long, default_value = "2026-11-23T10:00:00+05:30")]
-    start: DateTime<FixedOffset>,
-    /// Seconds between location pings (default: 10 in the city, 60 in the food and Amazon replays).
-    #[arg(long)]
-    ping_s: Option<f64>,
-    /// Synthetic city: couriers take their first order within this many seconds of the
-    /// start; 0 puts the whole fleet on the road at once (steady load from the first second).
-    #[arg(long, default_value_t = 600.0)]
-    shift_start_s: f64,
     /// Couriers per device: 1 is a handset each; a large number is one edge node for all.
     #[arg(long, default_value_t = 1)]
     couriers_per_device: usize,
@@ -154,9 +119,6 @@ struct RunArgs {
     /// Delete `--work` first if it exists.
     #[arg(long)]
     fresh: bool,
-    /// Where the real data lives (only the replays read it; the synthetic city does not).
-    #[arg(long, default_value = "../shared/data")]
-    data_dir: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     report: ReportFormat,
     #[arg(long)]
@@ -188,14 +150,6 @@ struct RunArgs {
     /// When to deploy it, wall seconds from the start.
     #[arg(long, default_value_t = 10.0)]
     deploy_at: f64,
-}
-
-fn parse_point(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s.split_once(',').ok_or("expected LAT,LON")?;
-    Ok((
-        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
-        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
-    ))
 }
 
 fn parse_pair(s: &str) -> Result<(f64, f64), String> {
@@ -270,67 +224,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// A file of the data directory a replay reads, or an error that says how to point at it.
-fn data_file(args: &RunArgs, source: &str, relative: &str) -> anyhow::Result<PathBuf> {
-    let path = args.data_dir.join(relative);
-    if !path.exists() {
-        anyhow::bail!(
-            "the {source} replay reads {}, which does not exist here: point --data-dir at the data directory (default ../shared/data, relative to where device-sim runs); the synthetic city (--source city) needs no data",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
-    let hours_ms = (args.hours * 3.6e6) as i64;
-    let couriers = (args.couriers > 0).then_some(args.couriers);
-    Ok(match args.source {
-        Source::City => source::city::scenario(&source::city::CityConfig {
-            couriers: args.couriers,
-            center: args.center,
-            radius_km: args.radius_km,
-            seed: args.seed,
-            start_ms: args.start.timestamp_millis(),
-            offset: *args.start.offset(),
-            duration_ms: hours_ms,
-            ping_s: args.ping_s.unwrap_or(10.0),
-            shift_start_s: args.shift_start_s,
-            noise: Default::default(),
-        }),
-        Source::Food => source::food::scenario(
-            &data_file(args, "food", "food-delivery/deliverytime.csv")?,
-            &source::food::FoodConfig {
-                seed: args.seed,
-                start_ms: args.start.timestamp_millis(),
-                offset: *args.start.offset(),
-                ping_s: args.ping_s.unwrap_or(60.0),
-                couriers,
-                max_duration_ms: Some(hours_ms),
-            },
-        )?,
-        Source::Cabs => source::cabs::scenario(
-            &data_file(
-                args,
-                "cabs",
-                "cabspotting/cabspotting_sf_2008-05-21_pdt.csv",
-            )?,
-            FixedOffset::west_opt(7 * 3600).expect("valid offset"),
-            couriers,
-            Some(hours_ms),
-        )?,
-        Source::Amazon => source::amazon::scenario(
-            &data_file(args, "amazon", "amazon-lmrrc")?,
-            &source::amazon::AmazonConfig {
-                seed: args.seed,
-                ping_s: args.ping_s.unwrap_or(60.0),
-                couriers,
-                max_duration_ms: Some(hours_ms),
-            },
-        )?,
-    })
-}
-
 fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.fresh && args.work.exists() {
         std::fs::remove_dir_all(&args.work)
@@ -343,7 +236,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(&args.work)?;
-    let scenario = scenario(&args)?;
+    let scenario = scenario(&args.scenario)?;
     let disk = match &args.disk_full {
         Some(fault) => Some(SmallDisk::mount(args.small_disk_mib).with_context(|| {
             format!(
@@ -433,7 +326,7 @@ fn options(args: &RunArgs) -> FleetOptions {
         couriers_per_device: args.couriers_per_device,
         speed: args.speed,
         tick: Duration::from_millis(50),
-        seed: args.seed,
+        seed: args.scenario.seed,
         repeat_rate: args.repeat_rate,
         late_rate: args.late_rate,
         faulty: args.faulty,
