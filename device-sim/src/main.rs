@@ -34,6 +34,10 @@ struct Cli {
 enum Command {
     /// Runs a fleet (the default).
     Run(Box<RunArgs>),
+    /// Writes a scenario's events (JSON lines, as handsets send them) and its tasks' truth
+    /// (promise, end, late) instead of running it: training and evaluation data from exactly
+    /// what a run replays.
+    Generate(cli::GenerateArgs),
     /// Serves an aggregator in this process (what `--aggregator-process` starts).
     #[command(hide = true)]
     Aggregator {
@@ -220,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             api_rate,
         }),
         Some(Command::Run(args)) => run(*args),
+        Some(Command::Generate(args)) => cli::generate(&args),
         None => run(cli.run),
     }
 }

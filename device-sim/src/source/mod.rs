@@ -5,6 +5,7 @@
 pub mod amazon;
 pub mod cabs;
 pub mod city;
+pub mod dump;
 pub mod food;
 mod track;
 
