@@ -24,6 +24,26 @@ pub(crate) enum Source {
     Amazon,
 }
 
+/// How tasks are promised (the city and the food and cab replays; Amazon's delivery windows
+/// are the data's own).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum PromiseArg {
+    /// Assignment + 30 minutes, what the late-risk model 1.0 was trained on.
+    Fixed,
+    /// Quoted as platforms do: their estimate for the distances and the hour, plus a buffer
+    /// for the load, rounded up to 5 minutes.
+    Quoted,
+}
+
+impl From<PromiseArg> for source::promise::Promises {
+    fn from(p: PromiseArg) -> Self {
+        match p {
+            PromiseArg::Fixed => Self::Fixed,
+            PromiseArg::Quoted => Self::Quoted,
+        }
+    }
+}
+
 /// Which couriers, where and for how long.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ScenarioArgs {
@@ -52,6 +72,8 @@ pub(crate) struct ScenarioArgs {
     /// start; 0 puts the whole fleet on the road at once (steady load from the first second).
     #[arg(long, default_value_t = 600.0)]
     pub(crate) shift_start_s: f64,
+    #[arg(long, value_enum, default_value = "fixed")]
+    pub(crate) promises: PromiseArg,
     /// Where the real data lives (only the replays read it; the synthetic city does not).
     #[arg(long, default_value = "../shared/data")]
     pub(crate) data_dir: PathBuf,
@@ -92,6 +114,7 @@ pub(crate) fn scenario(args: &ScenarioArgs) -> anyhow::Result<Scenario> {
             ping_s: args.ping_s.unwrap_or(10.0),
             shift_start_s: args.shift_start_s,
             noise: Default::default(),
+            promises: args.promises.into(),
         }),
         Source::Food => source::food::scenario(
             &data_file(args, "food", "food-delivery/deliverytime.csv")?,
@@ -102,6 +125,7 @@ pub(crate) fn scenario(args: &ScenarioArgs) -> anyhow::Result<Scenario> {
                 ping_s: args.ping_s.unwrap_or(60.0),
                 couriers,
                 max_duration_ms: Some(hours_ms),
+                promises: args.promises.into(),
             },
         )?,
         Source::Cabs => source::cabs::scenario(
@@ -113,6 +137,7 @@ pub(crate) fn scenario(args: &ScenarioArgs) -> anyhow::Result<Scenario> {
             FixedOffset::west_opt(7 * 3600).expect("valid offset"),
             couriers,
             Some(hours_ms),
+            args.promises.into(),
         )?,
         Source::Amazon => source::amazon::scenario(
             &data_file(args, "amazon", "amazon-lmrrc")?,

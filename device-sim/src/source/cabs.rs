@@ -1,8 +1,9 @@
 //! Replay of the Cabspotting fleet-day (`cabspotting/*.csv`: `cab_id,unix_ts,lat,lon,occupied`):
 //! each cab is a courier, each row a location ping at its real time and place. A 0 -> 1 change
 //! of `occupied` is a pickup: a task is assigned and picked up there, with the place where
-//! the fare ends as its dropoff and a 30-minute promise; the 1 -> 0 change is the drop-off
-//! (arrived and delivered). Late = the trip took over 30 minutes. Trips already under way at
+//! the fare ends as its dropoff and a promise quoted for the straight-line distance at 25 km/h
+//! (`promise.rs`); the 1 -> 0 change is the drop-off (arrived and delivered). Late = the
+//! fare ended after its promise. Trips already under way at
 //! the start or still open at the end are pings without a task. Gaps, jumps, repeated
 //! timestamps and far-off fixes reach the runtime as they are.
 
@@ -10,12 +11,14 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use anyhow::Context as _;
-use chrono::FixedOffset;
+use chrono::{FixedOffset, Timelike};
 use fleet_host::event::EventType;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 
-use super::city::PROMISE_MIN;
-use super::track::Emitter;
-use super::{Prepared, Scenario, TaskTruth, prepared_scenario};
+use super::track::{Emitter, haversine_km};
+use super::promise::Promises;
+use super::{Prepared, Scenario, TaskTruth, at, prepared_scenario};
 
 struct Row {
     ms: i64,
@@ -28,6 +31,7 @@ pub fn scenario(
     offset: FixedOffset,
     couriers: Option<usize>,
     max_duration_ms: Option<i64>,
+    promises: Promises,
 ) -> anyhow::Result<Scenario> {
     let text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
@@ -62,7 +66,7 @@ pub fn scenario(
         .map(|(id, mut rows)| {
             // Stable: rows with the same timestamp keep their file order.
             rows.sort_by_key(|r| r.ms);
-            cab(&id, &rows, offset)
+            cab(&id, &rows, offset, promises)
         })
         .collect();
     Ok(prepared_scenario(
@@ -73,7 +77,7 @@ pub fn scenario(
     ))
 }
 
-fn cab(id: &str, rows: &[Row], offset: FixedOffset) -> Prepared {
+fn cab(id: &str, rows: &[Row], offset: FixedOffset, promises: Promises) -> Prepared {
     let mut emit = Emitter {
         courier: id.to_string(),
         offset,
@@ -83,6 +87,8 @@ fn cab(id: &str, rows: &[Row], offset: FixedOffset) -> Prepared {
     };
     let mut events = VecDeque::new();
     let mut truth = HashMap::new();
+    // Each cab's quotes vary the same way on every run.
+    let mut rng = SmallRng::seed_from_u64(xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
     let mut task: Option<String> = None;
     let mut trips = 0;
     for (i, r) in rows.iter().enumerate() {
@@ -92,7 +98,12 @@ fn cab(id: &str, rows: &[Row], offset: FixedOffset) -> Prepared {
             if let Some(end) = rows[i..].iter().find(|x| !x.occupied) {
                 trips += 1;
                 let t = format!("{id}-trip{trips}");
-                let promised = r.ms + PROMISE_MIN * 60_000;
+                // A ride quoted at 25 km/h as the crow flies, plus the wait at the door.
+                let estimate = || {
+                    let eta_min = haversine_km(r.pos, end.pos) / 25.0 * 60.0 + 3.0;
+                    (eta_min, at(r.ms, offset).hour())
+                };
+                let promised = promises.promise(r.ms, estimate, &mut rng);
                 let mut assigned = emit.assigned(&t, r.ms, r.pos, r.pos, end.pos, promised);
                 assigned.order_type = Some("meal".into());
                 assigned.vehicle_type = Some("motorcycle".into());

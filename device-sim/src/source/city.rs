@@ -1,7 +1,8 @@
 //! A synthetic city: couriers take orders one after another; each order is a task with a
-//! pickup, a dropoff and a promise (assignment + 30 min, the promise the model was trained
-//! with). Speeds vary with the hour (rush hours are slow) and by task; kitchens are slow at
-//! random; handsets add GPS scatter, jumps and gaps. Deterministic for a seed.
+//! pickup, a dropoff and a promise quoted as platforms do (their estimate for the distances
+//! at the hour's expected speed, plus a buffer for the load: `promise.rs`). Speeds vary with
+//! the hour (rush hours are slow) and by task; kitchens are slow at random; handsets add GPS
+//! scatter, jumps and gaps. Deterministic for a seed.
 
 use std::collections::VecDeque;
 
@@ -11,10 +12,13 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::track::{Emitter, GpsNoise, along, gaussian, haversine_km, offset_km};
+use super::promise::{self, Promises};
 use super::{CourierFeed, Scenario, TaskTruth, at};
 
-/// The promise given at assignment.
-pub const PROMISE_MIN: i64 = 30;
+/// The kitchen time the platform expects when it quotes a promise, minutes.
+const PLATFORM_PREP_MIN: f64 = 8.0;
+/// The speed the platform expects outside rush hours, km/h.
+const PLATFORM_KMH: f64 = 21.0;
 
 #[derive(Clone, Debug)]
 pub struct CityConfig {
@@ -32,6 +36,7 @@ pub struct CityConfig {
     /// beginning); 0 puts the whole fleet on the road at once.
     pub shift_start_s: f64,
     pub noise: GpsNoise,
+    pub promises: Promises,
 }
 
 pub fn scenario(config: &CityConfig) -> Scenario {
@@ -121,7 +126,16 @@ impl CityCourier {
         let pickup = self.within_city(offset_km(self.pos, d1, b1 * std::f64::consts::TAU));
         let (d2, b2) = (self.rng.random_range(1.0..7.0), self.rng.random::<f64>());
         let dropoff = self.within_city(offset_km(pickup, d2, b2 * std::f64::consts::TAU));
-        let promised = t0 + PROMISE_MIN * 60_000;
+        let platform_kmh = PLATFORM_KMH * self.traffic(t0);
+        let ride_min = |km: f64| km / platform_kmh * 60.0;
+        let (from, offset) = (self.pos, self.config.offset);
+        let estimate = || {
+            let eta_min = PLATFORM_PREP_MIN.max(ride_min(haversine_km(from, pickup)))
+                + ride_min(haversine_km(pickup, dropoff))
+                + promise::HANDOVER_MIN;
+            (eta_min, at(t0, offset).hour())
+        };
+        let promised = self.config.promises.promise(t0, estimate, &mut self.rng);
         let mut assigned = self
             .emit
             .assigned(&task, t0, self.pos, pickup, dropoff, promised);
@@ -289,6 +303,7 @@ mod tests {
             ping_s: 5.0,
             shift_start_s: 600.0,
             noise: GpsNoise::default(),
+            promises: Promises::Fixed,
         }
     }
 
@@ -348,5 +363,25 @@ mod tests {
         let (_, truth) = run(&config(40, 1));
         let late = truth.iter().filter(|t| t.late).count() as f64 / truth.len() as f64;
         assert!((0.1..0.6).contains(&late), "late share {late}");
+    }
+
+    /// Quoted promises follow each task's distances and the hour: they vary, in steps of 5
+    /// minutes, and a tenth or so of tasks miss theirs, as on delivery platforms.
+    #[test]
+    fn quoted_promises_vary_and_a_few_tasks_miss_them() {
+        let quoted = CityConfig {
+            promises: Promises::Quoted,
+            ..config(40, 1)
+        };
+        let (events, truth) = run(&quoted);
+        let promised_min: std::collections::BTreeSet<i64> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::TaskAssigned)
+            .map(|e| (e.promised_at.unwrap() - e.event_time).num_minutes())
+            .collect();
+        assert!(promised_min.len() >= 5, "{promised_min:?}");
+        assert!(promised_min.iter().all(|m| m % 5 == 0), "{promised_min:?}");
+        let late = truth.iter().filter(|t| t.late).count() as f64 / truth.len() as f64;
+        assert!((0.03..0.3).contains(&late), "late share {late}");
     }
 }

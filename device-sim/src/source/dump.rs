@@ -72,6 +72,7 @@ mod tests {
             ping_s: 10.0,
             shift_start_s: 60.0,
             noise: Default::default(),
+            promises: crate::source::promise::Promises::Quoted,
         };
         let (mut events, mut tasks) = (Vec::new(), Vec::new());
         let written = write(scenario(&config), "city", &mut events, &mut tasks).unwrap();

@@ -6,6 +6,7 @@ pub mod amazon;
 pub mod cabs;
 pub mod city;
 pub mod dump;
+pub mod promise;
 pub mod food;
 mod track;
 
