@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod ingest_log;
 pub mod live;
 pub mod metrics;
+pub mod models;
 pub mod nearby;
 pub mod releases;
 pub mod revocation;

@@ -41,6 +41,9 @@ enum Command {
     /// Each model's drift against its training baseline: PSI per feature and for the score,
     /// and whether the drift alert is raised.
     Drift(observe::DriftArgs),
+    /// The model registry: every model the fleet knows, its stage (production, canary,
+    /// retired, published), the devices running it, its metrics and the releases carrying it.
+    Models(observe::ModelsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Devices(args) => fleet::devices(args),
         Command::Alerts(args) => observe::alerts(args),
         Command::Drift(args) => observe::drift(args),
+        Command::Models(args) => observe::models(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

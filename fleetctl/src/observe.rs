@@ -39,6 +39,15 @@ pub(crate) struct AlertsArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct ModelsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Print the aggregator's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct DriftArgs {
     /// `name@version` of the model (all with a baseline by default).
     #[arg(long)]
@@ -131,6 +140,40 @@ pub(crate) fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
     }
     if all.is_empty() {
         println!("(none)");
+    }
+    Ok(())
+}
+
+pub(crate) fn models(args: ModelsArgs) -> anyhow::Result<()> {
+    let answer = args.api.connect()?.get("/api/v1/models")?;
+    if args.json {
+        println!("{answer:#}");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<11} {:>7} {:>8}  releases",
+        "model", "stage", "devices", "auc"
+    );
+    for m in answer["models"].as_array().into_iter().flatten() {
+        let mut carriers: Vec<String> = m["releases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| text(&r["label"]))
+            .collect();
+        if m["builtin"] == Value::Bool(true) {
+            carriers.insert(0, "built in".into());
+        }
+        println!(
+            "{:<24} {:<11} {:>7} {:>8}  {}",
+            text(&m["model"]),
+            text(&m["stage"]),
+            m["devices_running"],
+            m["metrics"]["auc"]
+                .as_f64()
+                .map_or("-".into(), |a| format!("{a:.3}")),
+            carriers.join(", ")
+        );
     }
     Ok(())
 }

@@ -134,6 +134,7 @@ fn commands_that_need_the_aggregator_say_what_is_missing() {
         &["devices", "--help"],
         &["alerts", "--help"],
         &["drift", "--help"],
+        &["models", "--help"],
     ] {
         assert!(ok(dir, command).contains("--token-file"), "{command:?}");
     }

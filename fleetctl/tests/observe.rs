@@ -179,6 +179,19 @@ fn alerts_and_drift_read_as_the_api_answers() {
     let table = fleetctl(&["drift"], &api, &token);
     assert!(table.contains("DRIFT ALERT"), "{table}");
     assert!(table.contains("(calendar)"), "{table}");
+    // The registry: the built-in model, in production with no deployment yet.
+    let models: Value =
+        serde_json::from_str(&fleetctl(&["models", "--json"], &api, &token)).unwrap();
+    let m = &models["models"][0];
+    assert_eq!(
+        (&m["model"], &m["stage"]),
+        (&model.as_str().into(), &"production".into())
+    );
+    let table = fleetctl(&["models"], &api, &token);
+    assert!(
+        table.contains("production") && table.contains("built in"),
+        "{table}"
+    );
     // A model without a baseline is named as such.
     let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
         .args(["drift", "--model", "nope@1", "--api", &api, "--token-file"])

@@ -1,14 +1,18 @@
 //! The part of the ONNX format the fleet reads itself, without an inference engine: the
 //! messages a model file is decoded into ([`proto`]), the metadata the training pipeline
-//! writes (name, version, input feature names, and the training [`Baseline`] that drift is
-//! measured against), and a whole-graph tree ensemble for the host's own evaluator.
+//! writes (name, version, input feature names, what trained it and its metrics ([`ModelInfo`]),
+//! and the training [`Baseline`] that drift is measured against), and a whole-graph tree ensemble for the host's own evaluator.
 //! The host runs models with it; the aggregator reads the baselines of the models it
 //! distributes.
 
 pub mod baseline;
+mod info;
 pub mod proto;
 
 pub use baseline::{Baseline, BaselineError, ModelBaseline};
+pub use info::ModelInfo;
+/// Why a model file could not be decoded.
+pub use prost::DecodeError;
 pub use proto::ModelProto;
 
 /// ONNX metadata keys the training pipeline writes.
@@ -17,3 +21,7 @@ pub const META_VERSION: &str = "fleet.model_version";
 pub const META_FEATURES: &str = "fleet.features";
 /// The training baseline, as JSON (see [`ModelBaseline`]).
 pub const META_BASELINE: &str = "fleet.baseline";
+/// What trained the model, as JSON.
+pub const META_TRAINING: &str = "fleet.training";
+/// Its held-out metrics, as JSON.
+pub const META_METRICS: &str = "fleet.metrics";

@@ -9,8 +9,7 @@ use arc_swap::ArcSwap;
 use fleet_onnx::{BaselineError, ModelBaseline};
 use sha2::{Digest, Sha256};
 
-/// The model the devices' built-in modules score with (`models/late_risk/model.onnx`).
-const BUILTIN_MODEL: &[u8] = include_bytes!("../../../models/late_risk/model.onnx");
+use crate::models::BUILTIN_MODEL;
 
 /// A model's baseline and its fingerprint: histograms binned by one baseline never merge
 /// with another's (a model re-trained under the same version gets histograms of its own).

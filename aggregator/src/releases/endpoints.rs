@@ -1,6 +1,6 @@
 //! The operator's release API. Viewers read: `GET /api/v1/releases` (published releases),
 //! `GET /api/v1/releases/{id}` (one release and, per targeted device, where its install
-//! stands), `GET /api/v1/deployments`. Operators change: `POST /api/v1/releases` (the body is
+//! stands), `GET /api/v1/deployments`, `GET /api/v1/models` (the model registry). Operators change: `POST /api/v1/releases` (the body is
 //! a release file; verified against the aggregator's `release-keys/` before it is stored) and
 //! `POST /api/v1/deployments` (`{"release": ID or LABEL, "target": "all" | {"devices": [..]} |
 //! {"labels": {..}}}`).
@@ -33,6 +33,7 @@ pub fn viewer_routes(releases: Arc<FleetReleases>) -> Router {
         .route("/api/v1/releases", get(list))
         .route("/api/v1/releases/{id}", get(show))
         .route("/api/v1/deployments", get(deployments))
+        .route("/api/v1/models", get(models))
         .with_state(releases)
 }
 
@@ -67,6 +68,10 @@ async fn show(State(releases): State<Arc<FleetReleases>>, Path(id): Path<String>
         Ok(None) => error(StatusCode::NOT_FOUND, "no such release"),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
+}
+
+async fn models(State(releases): State<Arc<FleetReleases>>) -> Response {
+    Json(json!({ "models": releases.models() })).into_response()
 }
 
 async fn deployments(State(releases): State<Arc<FleetReleases>>) -> Response {

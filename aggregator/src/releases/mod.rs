@@ -22,6 +22,7 @@ use fleet_release::store::ReleaseStore;
 use fleet_release::{ReleaseId, ReleaseManifest, TrustedKeys};
 
 use crate::drift::Baselines;
+use crate::models::{ModelRegistry, ModelView};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -111,6 +112,8 @@ pub struct FleetReleases {
     device_changes: std::sync::atomic::AtomicU64,
     /// The training baselines of the built-in model and of every published release's models.
     baselines: Arc<Baselines>,
+    /// Those models, with what they say of themselves.
+    models: ModelRegistry,
 }
 
 /// Writes a file whole (temporary file, fsync, rename, fsync of the directory).
@@ -145,6 +148,7 @@ impl FleetReleases {
             changes: watch::Sender::new(0),
             device_changes: std::sync::atomic::AtomicU64::new(0),
             baselines: Arc::new(Baselines::with_builtin()),
+            models: ModelRegistry::with_builtin(),
         };
         for id in releases.store.releases()? {
             let (manifest, _) = releases.store.signed(&id)?;
@@ -154,7 +158,7 @@ impl FleetReleases {
                     .artifact(&model.artifact)
                     .map(|a| releases.store.content(a))
                     .transpose()?;
-                releases.add_baseline(&manifest, content.as_deref());
+                releases.learn_model(&id, &manifest, content.as_deref());
             }
             releases.remember(&id, &manifest);
         }
@@ -166,12 +170,22 @@ impl FleetReleases {
         self.baselines.clone()
     }
 
-    /// Learns the baseline a release's model ships, if it ships one.
-    fn add_baseline(&self, manifest: &ReleaseManifest, model: Option<&[u8]>) {
+    /// Learns a release's model: into the registry, and its baseline, if it ships one.
+    fn learn_model(&self, id: &ReleaseId, manifest: &ReleaseManifest, model: Option<&[u8]>) {
         let Some(model) = model else { return };
+        if let Err(e) = self.models.learn(model, Some(&id.hex())) {
+            tracing::warn!(release = %manifest.label(), error = %e, "a model is unreadable; it is not in the registry");
+        }
         if let Err(e) = self.baselines.add_model(model) {
             tracing::warn!(release = %manifest.label(), error = %e, "a model's baseline is unreadable; no drift for it");
         }
+    }
+
+    /// Every model the fleet knows, with its stage and the devices running it.
+    pub fn models(&self) -> Vec<ModelView> {
+        let deployments = self.deployments();
+        self.models
+            .view(&self.list(), &deployments, &self.devices())
     }
 
     fn remember(&self, id: &ReleaseId, manifest: &ReleaseManifest) -> Published {
@@ -193,7 +207,7 @@ impl FleetReleases {
         self.store.publish(&release).map_err(PublishError::Store)?;
         for model in &release.manifest.models {
             let content = release.artifact(&model.artifact);
-            self.add_baseline(&release.manifest, content.map(|c| &c[..]));
+            self.learn_model(&release.id, &release.manifest, content.map(|c| &c[..]));
         }
         tracing::info!(release = %release.label(), "release published");
         Ok(self.remember(&release.id, &release.manifest))

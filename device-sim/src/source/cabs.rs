@@ -16,8 +16,8 @@ use fleet_host::event::EventType;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use super::track::{Emitter, haversine_km};
 use super::promise::Promises;
+use super::track::{Emitter, haversine_km};
 use super::{Prepared, Scenario, TaskTruth, at, prepared_scenario};
 
 struct Row {

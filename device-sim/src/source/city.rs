@@ -11,8 +11,8 @@ use fleet_host::event::{Event, EventType};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::track::{Emitter, GpsNoise, along, gaussian, haversine_km, offset_km};
 use super::promise::{self, Promises};
+use super::track::{Emitter, GpsNoise, along, gaussian, haversine_km, offset_km};
 use super::{CourierFeed, Scenario, TaskTruth, at};
 
 /// The kitchen time the platform expects when it quotes a promise, minutes.

@@ -16,8 +16,8 @@ use fleet_host::event::EventType;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::track::{Emitter, GpsNoise, along, haversine_km, offset_km};
 use super::promise::Promises;
+use super::track::{Emitter, GpsNoise, along, haversine_km, offset_km};
 use super::{Prepared, Scenario, TaskTruth, at, prepared_scenario};
 
 struct Order {

@@ -6,8 +6,8 @@ pub mod amazon;
 pub mod cabs;
 pub mod city;
 pub mod dump;
-pub mod promise;
 pub mod food;
+pub mod promise;
 mod track;
 
 pub use track::GpsNoise;

@@ -19,6 +19,7 @@ const ENDPOINTS: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/alerts/pred-1", Some(Role::Viewer)),
     ("GET", "/api/v1/predictions/pred-1", Some(Role::Viewer)),
     ("GET", "/api/v1/drift", Some(Role::Viewer)),
+    ("GET", "/api/v1/models", Some(Role::Viewer)),
     (
         "GET",
         "/api/v1/couriers/nearby?lat=1&lon=2",

@@ -364,6 +364,24 @@ fn a_deployed_release_becomes_active_on_every_device_under_load_without_losing_a
         "{refused}"
     );
     let full = bytes_served(&viewer) - before;
+    // The model registry: the release carries the built-in model's file, now in production
+    // through it, on every device (the refusing one runs it built in).
+    let models = viewer.get_json("/api/v1/models");
+    let models = models["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{models:?}");
+    let m = &models[0];
+    assert!(
+        m["model"].as_str().unwrap().starts_with("late_risk@"),
+        "{m}"
+    );
+    assert_eq!(
+        (&m["stage"], &m["builtin"]),
+        (&"production".into(), &true.into())
+    );
+    assert_eq!(m["releases"][0]["label"], label.as_str(), "{m}");
+    assert_eq!(m["devices_running"], DEVICES as u64, "{m}");
+    assert!(m["metrics"]["auc"].as_f64().unwrap() > 0.9, "{m}");
+    assert!(m["training"]["train_rows"].as_u64().unwrap() > 0, "{m}");
 
     // A release that changes only the policy's threshold: only the policy travels.
     let v2 = std::fs::read(release(
