@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::{Scenario, TaskTruth};
 
-/// What [`write`] wrote.
+/// What [`write()`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Written {
     pub events: u64,

@@ -14,7 +14,7 @@ pub enum Promises {
     /// Assignment + 30 minutes.
     #[default]
     Fixed,
-    /// The platform's estimate plus a buffer for the load ([`quote`]).
+    /// The platform's estimate plus a buffer for the load, rounded up to 5 minutes.
     Quoted,
 }
 
