@@ -251,6 +251,17 @@ pub struct Alerts {
     /// The same per task at each severity, with the lead time of the first alert.
     pub warning: TaskQuality,
     pub critical: TaskQuality,
+    /// The rule without a model (time needed at the recent speed past the time left by more
+    /// than `margin_min`), its margin chosen to catch as many late tasks as the model did at
+    /// critical.
+    pub baseline: Option<BaselineQuality>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BaselineQuality {
+    pub margin_min: f64,
+    #[serde(flatten)]
+    pub quality: TaskQuality,
 }
 
 /// Alerts judged per task at one severity: a task counts as alerted once any of its decisions
@@ -398,6 +409,17 @@ impl Report {
                 s,
                 "  per task at {name}: {} alerted, precision {:.2}, recall {:.2}, median lead {lead} before the promise ({} late tasks first alerted after it)",
                 q.tasks_alerted, q.precision, q.recall, q.late_alerted_after_promise
+            );
+        }
+        if let Some(b) = &a.baseline {
+            let q = &b.quality;
+            let lead = q
+                .lead_min_median
+                .map_or("-".to_string(), |m| format!("{m:.1} min"));
+            let _ = writeln!(
+                s,
+                "  without a model (needed > left {:+.1} min, at the model's critical recall): {} alerted, precision {:.2}, recall {:.2}, median lead {lead}",
+                b.margin_min, q.tasks_alerted, q.precision, q.recall
             );
         }
         for d in &self.drift {

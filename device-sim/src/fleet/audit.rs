@@ -13,7 +13,9 @@ use super::ledger::Ledger;
 use super::quality::task_quality;
 use super::release::Release;
 use crate::aggregator::Aggregator;
-use crate::report::{Alerts, BurstReport, DriftSummary, Percentiles, ProcessUsage, Report};
+use crate::report::{
+    Alerts, BaselineQuality, BurstReport, DriftSummary, Percentiles, ProcessUsage, Report,
+};
 
 /// What a finished run hands to its report.
 pub(super) struct Run<'a> {
@@ -149,6 +151,14 @@ fn alerts(release: &Release, ledger: &Ledger) -> Alerts {
         .collect();
     let per_task: Vec<u32> = ledger.alerted.values().copied().collect();
     let hit = alerted.iter().filter(|t| late.contains(*t)).count() as f64;
+    let critical = task_quality(&release.truth, &ledger.first_alerts, true);
+    let baseline = release
+        .baseline
+        .judged_at_recall(&release.truth, critical.recall)
+        .map(|(margin_min, quality)| BaselineQuality {
+            margin_min,
+            quality,
+        });
     Alerts {
         raised: ledger.alerts_raised,
         resolved: ledger.alerts_resolved,
@@ -172,7 +182,8 @@ fn alerts(release: &Release, ledger: &Ledger) -> Alerts {
             hit / late.len() as f64
         },
         warning: task_quality(&release.truth, &ledger.first_alerts, false),
-        critical: task_quality(&release.truth, &ledger.first_alerts, true),
+        critical,
+        baseline,
     }
 }
 

@@ -6,6 +6,7 @@
 //! task (`quality.rs`).
 
 mod audit;
+mod baseline;
 mod deploy;
 mod devices;
 mod faults;

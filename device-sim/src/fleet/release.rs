@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::FleetOptions;
+use super::baseline::BaselineJudge;
 use crate::source::{CourierFeed, Scenario, TaskTruth};
 
 /// One device's events of one tick: (courier, event, arrived late).
@@ -19,6 +20,8 @@ pub(super) struct Release {
     pub(super) name: String,
     pub(super) feeds: Vec<Box<dyn CourierFeed>>,
     pub(super) truth: Vec<TaskTruth>,
+    /// The rule without a model, following every task, to judge the model against.
+    pub(super) baseline: BaselineJudge,
     rng: SmallRng,
     /// Events held back for the next tick, per courier.
     held: Vec<Vec<Event>>,
@@ -53,6 +56,7 @@ impl Release {
             name: scenario.name,
             feeds: scenario.feeds,
             truth: Vec::new(),
+            baseline: BaselineJudge::default(),
             rng: SmallRng::seed_from_u64(seed ^ 0x5EED),
             held: vec![Vec::new(); couriers],
             queue,
@@ -127,6 +131,9 @@ impl Release {
         let mut fresh = Vec::new();
         self.feeds[c].advance(self.sim_now, &mut fresh, &mut self.truth);
         self.generated += fresh.len() as u64;
+        for e in &fresh {
+            self.baseline.observe(e);
+        }
         let late = std::mem::take(&mut self.held[c]);
         for mut e in fresh {
             if skew_s != 0 {

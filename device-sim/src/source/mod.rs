@@ -8,7 +8,7 @@ pub mod city;
 pub mod dump;
 pub mod food;
 pub mod promise;
-mod track;
+pub(crate) mod track;
 
 pub use track::GpsNoise;
 
