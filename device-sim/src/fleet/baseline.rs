@@ -207,6 +207,9 @@ mod tests {
         // keeps; the margin sits just under the largest).
         let lead = q.lead_min_median.unwrap();
         assert!((19.0..=20.0).contains(&lead), "lead {lead}");
-        assert!(judge.judged_at_recall(&truth[..1], 1.0).is_none(), "no late task");
+        assert!(
+            judge.judged_at_recall(&truth[..1], 1.0).is_none(),
+            "no late task"
+        );
     }
 }
