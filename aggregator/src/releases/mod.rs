@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use fleet_proto::distribution::{DeviceReport, Digest, Offer, Step};
 use fleet_release::store::ReleaseStore;
 use fleet_release::{ReleaseId, ReleaseManifest, TrustedKeys};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::drift::Baselines;
 use crate::models::{ModelRegistry, ModelView};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 /// Most bytes of a release file accepted by `POST /api/v1/releases`.
 pub const MAX_PUBLISH: u64 = 512 << 20;
@@ -154,10 +154,15 @@ impl FleetReleases {
             let (manifest, _) = releases.store.signed(&id)?;
             let manifest = ReleaseManifest::from_canonical_bytes(&manifest)?;
             for model in &manifest.models {
-                let content = manifest
-                    .artifact(&model.artifact)
-                    .map(|a| releases.store.content(a))
-                    .transpose()?;
+                // A stored model that no longer reads back costs its drift and registry
+                // entry, not the aggregator's start (devices fetching it are refused then).
+                let content = manifest.artifact(&model.artifact).and_then(|a| {
+                    releases
+                        .store
+                        .content(a)
+                        .inspect_err(|e| tracing::warn!(release = %manifest.label(), error = %e, "a stored model does not read back"))
+                        .ok()
+                });
                 releases.learn_model(&id, &manifest, content.as_deref());
             }
             releases.remember(&id, &manifest);
@@ -601,5 +606,15 @@ mod tests {
         assert!(releases.find("nothing@1.0.0").unwrap().is_none());
         // Too short to be an id prefix.
         assert!(releases.find(&newest.id[..7]).unwrap().is_none());
+
+        // Stored artifacts that no longer read back (a disk error, a hand edit) cost their
+        // models' registry entries, not the aggregator's start.
+        drop(releases);
+        for entry in std::fs::read_dir(dir.path().join("objects")).unwrap() {
+            std::fs::write(entry.unwrap().path(), b"corrupt").unwrap();
+        }
+        let releases = FleetReleases::open(dir.path()).unwrap();
+        assert_eq!(versions(&releases), ["1.9.0", "1.9.1", "1.10.0"]);
+        assert_eq!(releases.models().len(), 1, "the built-in model only");
     }
 }
