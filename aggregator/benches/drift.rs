@@ -116,12 +116,7 @@ fn main() {
     let builtin = Arc::new(Baselines::with_builtin());
     let known = builtin.all().remove(0);
     let model = known.baseline.model.clone();
-    let names: Vec<String> = known
-        .baseline
-        .features
-        .iter()
-        .map(|f| f.name.clone())
-        .collect();
+    let names = known.baseline.feature_names();
 
     let dir = tempfile::tempdir().unwrap();
     let binned = SledHistory::open_with(&dir.path().join("binned"), builtin.clone()).unwrap();

@@ -93,6 +93,11 @@ pub enum BaselineError {
 }
 
 impl ModelBaseline {
+    /// The input features' names, in the model's input order.
+    pub fn feature_names(&self) -> Vec<String> {
+        self.features.iter().map(|f| f.name.clone()).collect()
+    }
+
     /// The baseline in a model file's metadata; `None` when it ships none.
     pub fn of_model(onnx: &[u8]) -> Result<Option<Self>, BaselineError> {
         Self::of_proto(&ModelProto::parse(onnx)?)
@@ -176,6 +181,7 @@ mod tests {
         let b = ModelBaseline::of_proto(&meta(GOOD, "a")).unwrap().unwrap();
         assert_eq!(b.model, "m@1.0.0");
         assert_eq!(b.features[0].baseline, quartiles());
+        assert_eq!(b.feature_names(), ["a"]);
         assert_eq!(b.score.bins(), 3);
         assert!(ModelBaseline::of_proto(&model(&[])).unwrap().is_none());
 

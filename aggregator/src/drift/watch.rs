@@ -195,12 +195,7 @@ mod tests {
         let history = SledHistory::open_with(&dir.path().join("h"), baselines.clone()).unwrap();
         let known = baselines.all().remove(0);
         let model = known.baseline.model.clone();
-        let names: Vec<String> = known
-            .baseline
-            .features
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        let names = known.baseline.feature_names();
         let live = LiveFeed::new(LiveConfig::default());
         let watch = DriftWatch::new(baselines);
 

@@ -123,12 +123,7 @@ fn alerts_and_drift_read_as_the_api_answers() {
 
     let known = Baselines::with_builtin().all().remove(0);
     let model = known.baseline.model.clone();
-    let names: Vec<String> = known
-        .baseline
-        .features
-        .iter()
-        .map(|f| f.name.clone())
-        .collect();
+    let names = known.baseline.feature_names();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let data = tmp.path().join("data");
     let shared = Shared::open_sled(&data).unwrap();

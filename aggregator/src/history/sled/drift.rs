@@ -221,12 +221,7 @@ mod tests {
         let baselines = Arc::new(Baselines::with_builtin());
         let known = baselines.all().remove(0);
         let (model, fp) = (known.baseline.model.clone(), known.fingerprint);
-        let names: Vec<String> = known
-            .baseline
-            .features
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        let names = known.baseline.feature_names();
         let values = vec![1.0; names.len()];
         let entries = vec![
             Entry {
