@@ -27,6 +27,7 @@ struct Entry {
 }
 
 /// Models by the sha256 of their file.
+#[derive(Default)]
 pub struct ModelRegistry(Mutex<BTreeMap<String, Entry>>);
 
 /// How a model stands in the fleet.
@@ -68,18 +69,10 @@ pub struct ModelView {
 }
 
 impl ModelRegistry {
-    /// The registry with the built-in model in it.
-    pub fn with_builtin() -> Self {
-        let registry = Self(Mutex::new(BTreeMap::new()));
-        if let Err(e) = registry.learn(BUILTIN_MODEL, None) {
-            tracing::warn!(error = %e, "the built-in model is unreadable; the registry lists releases' models only");
-        }
-        registry
-    }
-
-    /// Learns a model file: built in (`release` none) or carried by a release (id, hex).
-    pub fn learn(&self, onnx: &[u8], release: Option<&str>) -> Result<(), fleet_onnx::DecodeError> {
-        let info = ModelInfo::of_proto(&ModelProto::parse(onnx)?);
+    /// Learns a model file (`onnx`, decoded as `model`): built in (`release` none) or carried
+    /// by a release (id, hex).
+    pub fn learn(&self, onnx: &[u8], model: &ModelProto, release: Option<&str>) {
+        let info = ModelInfo::of_proto(model);
         let sha256: String = Sha256::digest(onnx)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -96,7 +89,6 @@ impl ModelRegistry {
             }
             None => entry.builtin = true,
         }
-        Ok(())
     }
 
     /// Every model with its stage, given the releases published, the deployments (oldest
@@ -193,7 +185,11 @@ mod tests {
     /// narrower, newer deployment puts its model in canary.
     #[test]
     fn stages_follow_the_deployments() {
-        let registry = ModelRegistry::with_builtin();
+        let registry = ModelRegistry::default();
+        let learn = |onnx: &[u8], release| {
+            registry.learn(onnx, &ModelProto::parse(onnx).unwrap(), release);
+        };
+        learn(BUILTIN_MODEL, None);
         let stage = |deployments: &[Deployment]| -> Vec<(String, bool, Stage)> {
             registry
                 .view(&[], deployments, &BTreeMap::new())
@@ -207,7 +203,7 @@ mod tests {
         assert_eq!((builtin[0].1, builtin[0].2), (true, Stage::Production));
 
         // The same model file in release "aa"; a second model in release "bb".
-        registry.learn(BUILTIN_MODEL, Some("aa")).unwrap();
+        learn(BUILTIN_MODEL, Some("aa"));
         let mut other = ModelProto::parse(BUILTIN_MODEL).unwrap();
         for p in &mut other.metadata_props {
             if p.key == fleet_onnx::META_VERSION {
@@ -215,7 +211,7 @@ mod tests {
             }
         }
         use prost::Message as _;
-        registry.learn(&other.encode_to_vec(), Some("bb")).unwrap();
+        learn(&other.encode_to_vec(), Some("bb"));
         let by_version = |deployments: &[Deployment]| -> BTreeMap<String, Stage> {
             registry
                 .view(&[], deployments, &BTreeMap::new())

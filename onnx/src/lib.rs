@@ -11,8 +11,6 @@ pub mod proto;
 
 pub use baseline::{Baseline, BaselineError, ModelBaseline};
 pub use info::ModelInfo;
-/// Why a model file could not be decoded.
-pub use prost::DecodeError;
 pub use proto::ModelProto;
 
 /// ONNX metadata keys the training pipeline writes.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use fleet_onnx::{BaselineError, ModelBaseline};
+use fleet_onnx::{BaselineError, ModelBaseline, ModelProto};
 use sha2::{Digest, Sha256};
 
 use crate::models::BUILTIN_MODEL;
@@ -50,7 +50,12 @@ impl Baselines {
 
     /// Adds the baseline a model file ships, if any; returns it.
     pub fn add_model(&self, onnx: &[u8]) -> Result<Option<Arc<KnownBaseline>>, BaselineError> {
-        let Some(baseline) = ModelBaseline::of_model(onnx)? else {
+        self.add(&ModelProto::parse(onnx)?)
+    }
+
+    /// Adds the baseline a decoded model ships, if any; returns it.
+    pub fn add(&self, model: &ModelProto) -> Result<Option<Arc<KnownBaseline>>, BaselineError> {
+        let Some(baseline) = ModelBaseline::of_proto(model)? else {
             return Ok(None);
         };
         let known = Arc::new(KnownBaseline::new(baseline));

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use fleet_onnx::ModelProto;
 use fleet_proto::distribution::{DeviceReport, Digest, Offer, Step};
 use fleet_release::store::ReleaseStore;
 use fleet_release::{ReleaseId, ReleaseManifest, TrustedKeys};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::drift::Baselines;
-use crate::models::{ModelRegistry, ModelView};
+use crate::models::{BUILTIN_MODEL, ModelRegistry, ModelView};
 
 /// Most bytes of a release file accepted by `POST /api/v1/releases`.
 pub const MAX_PUBLISH: u64 = 512 << 20;
@@ -147,9 +148,10 @@ impl FleetReleases {
             counters: Mutex::new(Counters::default()),
             changes: watch::Sender::new(0),
             device_changes: std::sync::atomic::AtomicU64::new(0),
-            baselines: Arc::new(Baselines::with_builtin()),
-            models: ModelRegistry::with_builtin(),
+            baselines: Arc::new(Baselines::default()),
+            models: ModelRegistry::default(),
         };
+        releases.learn_model(None, BUILTIN_MODEL);
         for id in releases.store.releases()? {
             let (manifest, _) = releases.store.signed(&id)?;
             let manifest = ReleaseManifest::from_canonical_bytes(&manifest)?;
@@ -163,7 +165,9 @@ impl FleetReleases {
                         .inspect_err(|e| tracing::warn!(release = %manifest.label(), error = %e, "a stored model does not read back"))
                         .ok()
                 });
-                releases.learn_model(&id, &manifest, content.as_deref());
+                if let Some(content) = content {
+                    releases.learn_model(Some((&id, &manifest)), &content);
+                }
             }
             releases.remember(&id, &manifest);
         }
@@ -175,14 +179,21 @@ impl FleetReleases {
         self.baselines.clone()
     }
 
-    /// Learns a release's model: into the registry, and its baseline, if it ships one.
-    fn learn_model(&self, id: &ReleaseId, manifest: &ReleaseManifest, model: Option<&[u8]>) {
-        let Some(model) = model else { return };
-        if let Err(e) = self.models.learn(model, Some(&id.hex())) {
-            tracing::warn!(release = %manifest.label(), error = %e, "a model is unreadable; it is not in the registry");
-        }
-        if let Err(e) = self.baselines.add_model(model) {
-            tracing::warn!(release = %manifest.label(), error = %e, "a model's baseline is unreadable; no drift for it");
+    /// Learns a model, built in (`release` none) or a release's, decoded once: into the
+    /// registry, and its baseline, if it ships one.
+    fn learn_model(&self, release: Option<(&ReleaseId, &ReleaseManifest)>, onnx: &[u8]) {
+        let label = release.map_or_else(|| "built in".to_string(), |(_, m)| m.label());
+        let model = match ModelProto::parse(onnx) {
+            Ok(model) => model,
+            Err(e) => {
+                tracing::warn!(release = %label, error = %e, "a model is unreadable; it is not in the registry and has no drift");
+                return;
+            }
+        };
+        let id = release.map(|(id, _)| id.hex());
+        self.models.learn(onnx, &model, id.as_deref());
+        if let Err(e) = self.baselines.add(&model) {
+            tracing::warn!(release = %label, error = %e, "a model's baseline is unreadable; no drift for it");
         }
     }
 
@@ -211,8 +222,9 @@ impl FleetReleases {
             .map_err(PublishError::Refused)?;
         self.store.publish(&release).map_err(PublishError::Store)?;
         for model in &release.manifest.models {
-            let content = release.artifact(&model.artifact);
-            self.learn_model(&release.id, &release.manifest, content.map(|c| &c[..]));
+            if let Some(content) = release.artifact(&model.artifact) {
+                self.learn_model(Some((&release.id, &release.manifest)), content);
+            }
         }
         tracing::info!(release = %release.label(), "release published");
         Ok(self.remember(&release.id, &release.manifest))
