@@ -243,6 +243,8 @@ pub struct Alerts {
     pub most_on_a_task: u32,
     pub tasks: u64,
     pub tasks_late: u64,
+    /// Tasks alerted at all, and how many of them ended late and of the late were alerted:
+    /// `warning`'s figures, kept here for readers of the report from before.
     pub tasks_alerted: u64,
     /// Of the tasks alerted, the share that ended late.
     pub precision: f64,
@@ -278,6 +280,19 @@ pub struct TaskQuality {
     pub lead_min_median: Option<f64>,
     /// Late tasks whose first alert came after their promise.
     pub late_alerted_after_promise: u64,
+}
+
+impl TaskQuality {
+    /// `N alerted, precision P, recall R, median lead L before the promise`.
+    fn text(&self) -> String {
+        let lead = self
+            .lead_min_median
+            .map_or("-".to_string(), |m| format!("{m:.1} min"));
+        format!(
+            "{} alerted, precision {:.2}, recall {:.2}, median lead {lead} before the promise",
+            self.tasks_alerted, self.precision, self.recall
+        )
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -402,24 +417,19 @@ impl Report {
             a.recall
         );
         for (name, q) in [("warning", &a.warning), ("critical", &a.critical)] {
-            let lead = q
-                .lead_min_median
-                .map_or("-".to_string(), |m| format!("{m:.1} min"));
             let _ = writeln!(
                 s,
-                "  per task at {name}: {} alerted, precision {:.2}, recall {:.2}, median lead {lead} before the promise ({} late tasks first alerted after it)",
-                q.tasks_alerted, q.precision, q.recall, q.late_alerted_after_promise
+                "  per task at {name}: {} ({} late tasks first alerted after it)",
+                q.text(),
+                q.late_alerted_after_promise
             );
         }
         if let Some(b) = &a.baseline {
-            let q = &b.quality;
-            let lead = q
-                .lead_min_median
-                .map_or("-".to_string(), |m| format!("{m:.1} min"));
             let _ = writeln!(
                 s,
-                "  without a model (needed > left {:+.1} min, at the model's critical recall): {} alerted, precision {:.2}, recall {:.2}, median lead {lead}",
-                b.margin_min, q.tasks_alerted, q.precision, q.recall
+                "  without a model (needed > left {:+.1} min, at the model's critical recall): {}",
+                b.margin_min,
+                b.quality.text()
             );
         }
         for d in &self.drift {

@@ -136,21 +136,9 @@ pub(super) fn report(run: Run<'_>) -> anyhow::Result<Report> {
 
 /// Alert precision and recall per task, against the tasks that ended late.
 fn alerts(release: &Release, ledger: &Ledger) -> Alerts {
-    let late: HashSet<&str> = release
-        .truth
-        .iter()
-        .filter(|t| t.late)
-        .map(|t| t.task_id.as_str())
-        .collect();
-    let tasks: HashSet<&str> = release.truth.iter().map(|t| t.task_id.as_str()).collect();
-    let alerted: HashSet<&str> = ledger
-        .alerted
-        .keys()
-        .map(String::as_str)
-        .filter(|t| tasks.contains(t))
-        .collect();
     let per_task: Vec<u32> = ledger.alerted.values().copied().collect();
-    let hit = alerted.iter().filter(|t| late.contains(*t)).count() as f64;
+    // Alerted at all is alerted at warning or above.
+    let warning = task_quality(&release.truth, &ledger.first_alerts, false);
     let critical = task_quality(&release.truth, &ledger.first_alerts, true);
     let baseline = release
         .baseline
@@ -168,20 +156,12 @@ fn alerts(release: &Release, ledger: &Ledger) -> Alerts {
             f64::from(per_task.iter().sum::<u32>()) / per_task.len() as f64
         },
         most_on_a_task: per_task.iter().copied().max().unwrap_or(0),
-        tasks: tasks.len() as u64,
-        tasks_late: late.len() as u64,
-        tasks_alerted: alerted.len() as u64,
-        precision: if alerted.is_empty() {
-            0.0
-        } else {
-            hit / alerted.len() as f64
-        },
-        recall: if late.is_empty() {
-            0.0
-        } else {
-            hit / late.len() as f64
-        },
-        warning: task_quality(&release.truth, &ledger.first_alerts, false),
+        tasks: release.truth.len() as u64,
+        tasks_late: release.truth.iter().filter(|t| t.late).count() as u64,
+        tasks_alerted: warning.tasks_alerted,
+        precision: warning.precision,
+        recall: warning.recall,
+        warning,
         critical,
         baseline,
     }
