@@ -69,6 +69,29 @@ impl Api {
         answer("GET", &url, response)
     }
 
+    /// Every item under `key` of a list the API pages, at most `max`: `path` (with its query,
+    /// if any) asked page after page, each for what is still wanted (at most the API's
+    /// 10,000), following `next_cursor` until the last.
+    pub(crate) fn get_all(&self, path: &str, key: &str, max: usize) -> anyhow::Result<Vec<Value>> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        while all.len() < max {
+            let limit = (max - all.len()).min(10_000);
+            let mut page = format!("{path}{separator}limit={limit}");
+            if let Some(c) = &cursor {
+                page = format!("{page}&cursor={c}");
+            }
+            let answer = self.get(&page)?;
+            all.extend(answer[key].as_array().cloned().unwrap_or_default());
+            match answer["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        Ok(all)
+    }
+
     pub(crate) fn post(
         &self,
         path: &str,

@@ -190,21 +190,10 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn devices(args: DevicesArgs) -> anyhow::Result<()> {
-    let api = args.api.connect()?;
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/v1/devices?cursor={c}"),
-            None => "/api/v1/devices".to_string(),
-        };
-        let page = api.get(&path)?;
-        all.extend(page["devices"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let all = args
+        .api
+        .connect()?
+        .get_all("/api/v1/devices", "devices", usize::MAX)?;
     if args.json {
         println!("{:#}", Value::Array(all));
         return Ok(());

@@ -91,32 +91,19 @@ fn encode(v: &str) -> String {
 }
 
 pub(crate) fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
-    let api = args.api.connect()?;
-    let mut all: Vec<Value> = Vec::new();
-    let mut cursor: Option<String> = None;
-    while all.len() < args.limit {
-        let limit = (args.limit - all.len()).min(10_000).to_string();
-        let path = format!(
-            "/api/v1/alerts{}",
-            query(&[
-                ("since", args.since.as_deref()),
-                ("severity", args.severity.as_deref()),
-                ("state", Some(&args.state)),
-                ("task", args.task.as_deref()),
-                ("courier", args.courier.as_deref()),
-                ("device", args.device.as_deref()),
-                ("model", args.model.as_deref()),
-                ("limit", Some(&limit)),
-                ("cursor", cursor.as_deref()),
-            ])
-        );
-        let page = api.get(&path)?;
-        all.extend(page["alerts"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let path = format!(
+        "/api/v1/alerts{}",
+        query(&[
+            ("since", args.since.as_deref()),
+            ("severity", args.severity.as_deref()),
+            ("state", Some(&args.state)),
+            ("task", args.task.as_deref()),
+            ("courier", args.courier.as_deref()),
+            ("device", args.device.as_deref()),
+            ("model", args.model.as_deref()),
+        ])
+    );
+    let all = args.api.connect()?.get_all(&path, "alerts", args.limit)?;
     if args.json {
         println!("{:#}", Value::Array(all));
         return Ok(());

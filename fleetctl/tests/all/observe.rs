@@ -174,6 +174,11 @@ fn alerts_and_drift_read_as_the_api_answers() {
     let table = fleetctl(&["drift"], &api, &token);
     assert!(table.contains("DRIFT ALERT"), "{table}");
     assert!(table.contains("(calendar)"), "{table}");
+    // Devices, every page of them: the one that synced.
+    let devices: Value =
+        serde_json::from_str(&fleetctl(&["devices", "--json"], &api, &token)).unwrap();
+    assert_eq!(devices[0]["device"], "dev-1", "{devices}");
+
     // The registry: the built-in model, in production with no deployment yet.
     let models: Value =
         serde_json::from_str(&fleetctl(&["models", "--json"], &api, &token)).unwrap();
