@@ -1,7 +1,7 @@
 //! The command line's arguments that choose what couriers a run has (shared by a fleet run
 //! and `generate`), and the scenario they make.
 
-use std::io::BufWriter;
+use std::io::{BufWriter, Write as _};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -178,7 +178,6 @@ pub(crate) fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         .to_possible_value()
         .expect("every source has a name");
     let written = source::dump::write(scenario, source.get_name(), &mut events, &mut tasks)?;
-    use std::io::Write as _;
     events.flush()?;
     tasks.flush()?;
     println!(
